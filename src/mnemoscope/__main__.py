@@ -1,0 +1,3 @@
+from mnemoscope.cli import app
+
+app(prog_name="mnemoscope")

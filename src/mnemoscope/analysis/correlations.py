@@ -1,0 +1,249 @@
+"""How per-example memorization and influence scores agree, with bootstrap confidence intervals.
+
+Three statistics are reported for every pair of methods:
+
+* **Spearman's rho**: Pearson correlation of the ranks; measures whether the two
+  methods order the examples the same way (any monotone relation scores 1).
+* **Pearson's r**: linear correlation of the raw scores; sensitive to the scale
+  and to a few extreme examples.
+* **Kendall's tau-b**: probability that a random pair of examples is ordered
+  alike minus the probability it is ordered oppositely, corrected for ties.
+
+Confidence intervals are percentile bootstrap intervals over examples (Efron &
+Tibshirani, *An Introduction to the Bootstrap*, 1993, ch. 13): examples are
+resampled with replacement, the statistic is recomputed on each resample, and
+the interval is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``
+percentiles of the resampled statistics. A percentile interval is not forced to
+contain the point estimate, though with more than a handful of examples it does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from mnemoscope.store.tables import CORRELATIONS
+
+STATISTICS: tuple[str, ...] = ("spearman", "pearson", "kendall")
+
+# Resamples are processed in blocks of about this many elements so that a
+# 60k-example dataset with 1000 resamples does not need gigabytes at once.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _validate(n_bootstrap: int, confidence: float) -> None:
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)):
+        raise ValueError(f"n_bootstrap must be an integer >= 1, got {n_bootstrap!r}")
+    if n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be >= 1, got {n_bootstrap}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
+
+
+def _rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of ``x`` with the same row of ``y``.
+
+    ``x``, ``y``: ``[rows, n]``. Returns ``[rows]``; NaN where a row is constant.
+    """
+    # A constant row's centred values need not be exactly 0 in floating point,
+    # so constancy is detected on the raw values.
+    constant = (np.ptp(x, axis=1) == 0) | (np.ptp(y, axis=1) == 0)
+    xc = x - x.mean(axis=1, keepdims=True)
+    yc = y - y.mean(axis=1, keepdims=True)
+    num = np.einsum("ij,ij->i", xc, yc)
+    den = np.sqrt(np.einsum("ij,ij->i", xc, xc) * np.einsum("ij,ij->i", yc, yc))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.clip(num / den, -1.0, 1.0)
+    r[constant] = np.nan
+    return r
+
+
+def _bootstrap(a: np.ndarray, b: np.ndarray, n_bootstrap: int, seed: int) -> dict[str, np.ndarray]:
+    """The three statistics on ``n_bootstrap`` resamples of ``(a, b)``; ``a``, ``b``: ``[n]``.
+
+    Returns ``{statistic: [n_bootstrap]}``, NaN for resamples where ``a`` or ``b`` is constant.
+    """
+    n = a.size
+    rng = np.random.default_rng(seed)
+    rows_per_block = max(1, _BLOCK_ELEMENTS // n)
+    out = {name: np.empty(n_bootstrap) for name in STATISTICS}
+    for start in range(0, n_bootstrap, rows_per_block):
+        stop = min(start + rows_per_block, n_bootstrap)
+        idx = rng.integers(0, n, size=(stop - start, n))  # [rows, n]
+        ra, rb = a[idx], b[idx]
+        out["pearson"][start:stop] = _rowwise_pearson(ra, rb)
+        out["spearman"][start:stop] = _rowwise_pearson(
+            stats.rankdata(ra, axis=1), stats.rankdata(rb, axis=1)
+        )
+        kendall = out["kendall"]
+        for row in range(stop - start):
+            if np.ptp(ra[row]) == 0 or np.ptp(rb[row]) == 0:
+                kendall[start + row] = np.nan
+            else:
+                kendall[start + row] = stats.kendalltau(ra[row], rb[row], variant="b").statistic
+    return out
+
+
+def correlation_with_ci(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, tuple[float, float, float, int]]:
+    """Spearman, Pearson and Kendall tau-b of ``a`` vs ``b`` with percentile bootstrap CIs.
+
+    Args:
+        a, b: ``[n]`` scores of the same examples under two methods. Positions where
+            either is not finite are dropped.
+        n_bootstrap: number of resamples of the examples (with replacement); the same
+            resamples are used for all three statistics.
+        confidence: coverage of the interval, in ``(0, 1)``.
+        seed: seed of the ``numpy`` generator drawing the resamples; the result is a
+            deterministic function of the inputs and the seed.
+
+    Returns:
+        ``{'spearman' | 'pearson' | 'kendall': (value, ci_low, ci_high, n)}`` where
+        ``value`` is the statistic on all kept pairs and ``n`` the number kept. With
+        fewer than 3 kept pairs, or when ``a`` or ``b`` is constant, value and bounds
+        are NaN. Resamples in which ``a`` or ``b`` is constant are left out of the
+        percentiles.
+
+    Raises:
+        ValueError: ``n_bootstrap < 1``, ``confidence`` outside ``(0, 1)``, or ``a`` and
+            ``b`` of different shapes.
+    """
+    _validate(n_bootstrap, confidence)
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same length, got {a.size} and {b.size}")
+    kept = np.isfinite(a) & np.isfinite(b)
+    a, b = a[kept], b[kept]
+    n = int(a.size)
+    if n < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return {name: (np.nan, np.nan, np.nan, n) for name in STATISTICS}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        values = {
+            "spearman": float(stats.spearmanr(a, b).statistic),
+            "pearson": float(stats.pearsonr(a, b).statistic),
+            "kendall": float(stats.kendalltau(a, b, variant="b").statistic),
+        }
+        resampled = _bootstrap(a, b, n_bootstrap, seed)
+
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    result: dict[str, tuple[float, float, float, int]] = {}
+    for name in STATISTICS:
+        boot = resampled[name]
+        if np.isfinite(boot).any():
+            low, high = np.nanpercentile(boot, [tail, 100.0 - tail])
+        else:  # every resample degenerate (tiny n with heavy ties)
+            low, high = np.nan, np.nan
+        result[name] = (values[name], float(low), float(high), n)
+    return result
+
+
+def _mean_over_seeds(scores: pd.DataFrame) -> pd.DataFrame:
+    """One score per (dataset, arch, family, method, example_id): the mean over seeds.
+
+    NaN scores are skipped by the mean, so an example keeps a score if any seed scored it.
+    """
+    keys = ["dataset", "arch", "family", "method", "example_id"]
+    return scores.groupby(keys, sort=False, as_index=False)["score"].mean()
+
+
+def _method_pairs(methods: list[str], family: dict[str, str]) -> list[tuple[str, str]]:
+    """Memorization x influence pairs, then same-family pairs; ``methods`` in table order."""
+    memorization = [m for m in methods if family[m] == "memorization"]
+    influence = [m for m in methods if family[m] == "influence"]
+    cross = [(m, i) for m in memorization for i in influence]
+    return cross + list(combinations(memorization, 2)) + list(combinations(influence, 2))
+
+
+def correlation_table(
+    scores: pd.DataFrame,
+    *,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Correlations between every pair of score methods, per (dataset, arch).
+
+    Args:
+        scores: the scores table (columns of ``store.tables.SCORES``). If a (dataset,
+            arch) has several seeds, each method's score is first averaged over seeds
+            per example (ignoring NaN), so the correlation is between seed-averaged scores.
+        n_bootstrap, confidence, seed: as in :func:`correlation_with_ci`; every pair
+            uses the same ``seed``.
+
+    Returns:
+        A frame with exactly the columns of ``store.tables.CORRELATIONS``. Per (dataset,
+        arch), in order of first appearance: every (memorization method, influence
+        method) pair with ``method_a`` the memorization method, then every pair of
+        distinct methods within a family, ``method_a`` first in table order. Each pair
+        is computed on the examples both methods scored (finite scores only) and has
+        three rows: spearman, pearson, kendall.
+
+    Raises:
+        ValueError: bad ``n_bootstrap`` / ``confidence``, missing columns, or a method
+            whose family is not exactly one of 'memorization' / 'influence'.
+    """
+    _validate(n_bootstrap, confidence)
+    missing = [
+        c
+        for c in ("dataset", "arch", "family", "method", "example_id", "score")
+        if c not in scores.columns
+    ]
+    if missing:
+        raise ValueError(f"scores table is missing columns {missing}")
+    families = scores.groupby("method", sort=False)["family"].unique()
+    bad = {
+        m: list(f)
+        for m, f in families.items()
+        if len(f) != 1 or f[0] not in ("memorization", "influence")
+    }
+    if bad:
+        raise ValueError(f"each method needs one family, 'memorization' or 'influence'; got {bad}")
+    family = {m: f[0] for m, f in families.items()}
+    method_order = list(families.index)
+
+    rows: list[dict[str, object]] = []
+    for (dataset, arch), group in _mean_over_seeds(scores).groupby(["dataset", "arch"], sort=False):
+        wide = group.pivot(index="example_id", columns="method", values="score")
+        present = [m for m in method_order if m in wide.columns]
+        for method_a, method_b in _method_pairs(present, family):
+            # Examples one method did not score are NaN after the pivot and are dropped
+            # by correlation_with_ci: an inner join on example_id.
+            result = correlation_with_ci(
+                wide[method_a].to_numpy(),
+                wide[method_b].to_numpy(),
+                n_bootstrap=n_bootstrap,
+                confidence=confidence,
+                seed=seed,
+            )
+            for statistic in STATISTICS:
+                value, low, high, n = result[statistic]
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "arch": arch,
+                        "method_a": method_a,
+                        "method_b": method_b,
+                        "statistic": statistic,
+                        "value": value,
+                        "ci_low": low,
+                        "ci_high": high,
+                        "n": n,
+                    }
+                )
+    table = pd.DataFrame(rows, columns=CORRELATIONS.names)
+    return table.astype(
+        {"value": "float64", "ci_low": "float64", "ci_high": "float64", "n": "int64"}
+    )

@@ -1,0 +1,128 @@
+"""The ``mnemoscope`` command: argument handling only; the work lives in the packages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mnemoscope.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Per-example memorization and influence of neural networks, and how they relate.",
+)
+out_console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(command: F) -> F:
+    """Turn a :class:`UserError` into one line on stderr and exit code 2, no traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as error:
+            err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _run_and_summarise(config: Any, out: Path) -> None:
+    from mnemoscope.report.summary import summary_table
+    from mnemoscope.runner import Reporter, run_study
+
+    result = run_study(config, out, Reporter(err_console))
+    if result.all_cached:
+        err_console.print(
+            f"nothing to do: all {len(result.outcomes)} stages already finished in {out} "
+            "(same config, data and code)"
+        )
+    out_console.print(summary_table(out))
+    out_console.print(f"report: {result.report.resolve()}")
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Path = typer.Option(Path("mnemoscope-demo"), "--out", help="Run directory."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller study, about a minute."),
+) -> None:
+    """Run the built-in study: digits and MNIST-1D, logreg/mlp/cnn, 10% label noise."""
+    from mnemoscope.runner import demo_config
+
+    _run_and_summarise(demo_config(quick), out)
+
+
+@app.command()
+@user_errors
+def run(
+    config: Path = typer.Argument(..., help="Study config (YAML)."),
+    out: Path = typer.Option(..., "--out", help="Run directory (created; reused to resume)."),
+) -> None:
+    """Run a study from a YAML config; an existing run directory is resumed."""
+    from mnemoscope.config import load_config
+
+    study = load_config(config)  # validated before anything is written
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    _run_and_summarise(study, out)
+
+
+@app.command()
+@user_errors
+def report(run_dir: Path = typer.Argument(..., help="A finished run directory.")) -> None:
+    """(Re)draw report.html from a run directory's tables."""
+    from mnemoscope.report import render_report
+    from mnemoscope.store import RunDir
+
+    RunDir.existing(run_dir)
+    out_console.print(f"report: {render_report(run_dir).resolve()}")
+
+
+@app.command()
+def datasets() -> None:
+    """List the built-in datasets."""
+    from mnemoscope.data import BUILTIN
+
+    table = Table("name", "kind", "classes", "description", title="built-in datasets")
+    for spec in BUILTIN.values():
+        table.add_row(spec.name, spec.kind, str(spec.n_classes), spec.description)
+    out_console.print(table)
+
+
+@app.command()
+def methods() -> None:
+    """List the memorization and influence estimators, their cost and reference."""
+    from mnemoscope.config import StudyConfig  # noqa: F401  (registers every estimator)
+    from mnemoscope.estimator import REGISTRY
+
+    table = Table("method", "family", "cost", "reference", title="estimators")
+    for name, cls in sorted(REGISTRY.items(), key=lambda item: (item[1].family, item[0])):
+        table.add_row(name, cls.family, cls.cost, cls.reference)
+    out_console.print(table)
+
+
+@app.command()
+@user_errors
+def query(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    sql: str = typer.Argument(..., help='SQL over the views examples, scores, correlations, detection.'),
+) -> None:
+    """Query a run's Parquet tables with DuckDB SQL."""
+    from mnemoscope.store.query import query as run_query
+
+    frame = run_query(run_dir, sql)
+    table = Table(*[str(c) for c in frame.columns])
+    for row in frame.itertuples(index=False):
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    out_console.print(table)

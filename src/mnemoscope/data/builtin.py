@@ -1,0 +1,130 @@
+"""Built-in datasets, generated or loaded locally: no download, ever.
+
+Each loader returns the whole pool ``(x [N, *shape] float32, y [N] int64)``; the
+split, label noise and standardisation are applied by :func:`mnemoscope.data.prepare`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from mnemoscope.data.dataset import Kind
+
+Pool = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    """A built-in dataset: how to make its pool and what it is."""
+
+    name: str
+    kind: Kind
+    n_classes: int
+    default_samples: int | None  # None: the source's fixed size
+    description: str
+    load: Callable[[int | None, int], Pool]  # (n_samples, seed) -> pool
+
+
+def _digits(n_samples: int | None, seed: int) -> Pool:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
+    return x, bunch.target.astype(np.int64)
+
+
+def _breast_cancer(n_samples: int | None, seed: int) -> Pool:
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    return bunch.data.astype(np.float32), bunch.target.astype(np.int64)
+
+
+@contextmanager
+def _global_rng_preserved() -> Iterator[None]:
+    """mnist1d reseeds numpy's and Python's global RNGs; give the caller theirs back."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+
+
+def _mnist1d(n_samples: int | None, seed: int) -> Pool:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = n_samples or 4000
+    args.seed = seed
+    with _global_rng_preserved():
+        raw = make_dataset(args)  # generated locally; get_dataset would download a pickle
+    x = np.concatenate([raw["x"], raw["x_test"]]).astype(np.float32)[:, None, :]
+    y = np.concatenate([raw["y"], raw["y_test"]]).astype(np.int64)
+    return x, y
+
+
+def _blobs(n_samples: int | None, seed: int) -> Pool:
+    """Gaussian classes, each a large typical cluster plus a long tail of rare sub-clusters.
+
+    Sub-cluster sizes fall off as a Zipf law (size ∝ 1/rank), so each class has a
+    few singletons and pairs far from its bulk: the atypical examples that, by
+    Feldman (2020), a model must memorize to classify.
+    """
+    n_samples = n_samples or 1500
+    n_classes, dim, n_sub = 5, 10, 12
+    rng = np.random.default_rng([seed, 0xB10B])
+    per_class = n_samples // n_classes
+    ranks = np.arange(1, n_sub + 1)
+    weights = 1.0 / ranks
+    xs, ys = [], []
+    for label in range(n_classes):
+        centre = rng.normal(0.0, 4.0, dim)
+        sizes = np.maximum(1, np.floor(per_class * 0.35 * weights / weights.sum())).astype(int)
+        sizes[0] = per_class - sizes[1:].sum()  # the bulk takes the rest
+        for rank, size in enumerate(sizes):
+            offset = 0.0 if rank == 0 else rng.normal(0.0, 3.0, dim)
+            spread = 1.0 if rank == 0 else 0.3
+            xs.append(centre + offset + rng.normal(0.0, spread, (size, dim)))
+            ys.append(np.full(size, label))
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
+
+
+BUILTIN: dict[str, BuiltinDataset] = {
+    d.name: d
+    for d in (
+        BuiltinDataset(
+            "digits", "image", 10, None, "sklearn handwritten digits, 1797 images 1×8×8", _digits
+        ),
+        BuiltinDataset(
+            "mnist1d",
+            "sequence",
+            10,
+            4000,
+            "MNIST-1D (Greydanus 2020) generated locally, sequences 1×40",
+            _mnist1d,
+        ),
+        BuiltinDataset(
+            "breast_cancer",
+            "tabular",
+            2,
+            None,
+            "sklearn Wisconsin breast cancer, 569 × 30 features (standardised)",
+            _breast_cancer,
+        ),
+        BuiltinDataset(
+            "blobs",
+            "tabular",
+            5,
+            1500,
+            "synthetic Gaussian classes with a long tail of rare sub-clusters, 10 features",
+            _blobs,
+        ),
+    )
+}

@@ -1,0 +1,57 @@
+"""Per-example gradients of the training loss, in batches, with ``vmap(grad(...))``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Literal, Union
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.nn import functional as F
+
+from mnemoscope.errors import ConfigError
+from mnemoscope.models import last_layer_names
+
+ParamSelection = Union[Literal["all", "last_layer"], list[str]]
+Params = dict[str, torch.Tensor]
+
+
+def select_params(module: nn.Module, selection: ParamSelection) -> list[str]:
+    """Names of the parameters to differentiate: ``'all'``, ``'last_layer'`` or a list."""
+    names = [name for name, _ in module.named_parameters()]
+    if selection == "all":
+        return names
+    if selection == "last_layer":
+        return last_layer_names(module)
+    unknown = [name for name in selection if name not in names]
+    if unknown:
+        raise ConfigError(f"params: unknown parameter names {unknown}; the model has {names}")
+    return list(selection)
+
+
+def per_example_grads(
+    module: nn.Module,
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    names: Sequence[str],
+    batch_size: int = 256,
+) -> Iterator[torch.Tensor]:
+    """Yield ``[b, P]`` flattened gradients of ``ℓ(z_i; θ)`` for consecutive batches.
+
+    ``params`` holds one model's parameters (no leading model dimension); only
+    ``names`` are differentiated, concatenated in that order. One forward and
+    backward per example, vectorised over the batch: O(n) passes in all.
+    """
+    trainable = {k: params[k] for k in names}
+    frozen = {k: v for k, v in params.items() if k not in trainable}
+
+    def loss(theta: Params, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(module, {**frozen, **theta}, (xi[None],))
+        return F.cross_entropy(logits, yi[None])
+
+    per_example = vmap(grad(loss), in_dims=(None, 0, 0))
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        g = per_example(trainable, xb, yb)
+        yield torch.cat([g[k].flatten(1) for k in names], dim=1)

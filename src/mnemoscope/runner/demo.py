@@ -1,0 +1,34 @@
+"""The built-in demo study: digits and MNIST-1D, three architectures, 10% label noise."""
+
+from __future__ import annotations
+
+from mnemoscope.config import StudyConfig, parse_config
+
+
+def demo_config(quick: bool = False) -> StudyConfig:
+    """The demo: ≤ 5 minutes on a 2-core CPU (``quick``: ≤ 1 minute, smaller everything)."""
+    return parse_config(
+        {
+            "name": "demo-quick" if quick else "demo",
+            "seed": 0,
+            "device": "cpu",
+            "datasets": [
+                {"name": "digits", "label_noise": 0.1, **({"n_samples": 800} if quick else {})},
+                {"name": "mnist1d", "label_noise": 0.1, "n_samples": 800 if quick else 2000},
+            ],
+            "archs": ["logreg", "mlp", "cnn"],
+            "train": {
+                "epochs": 12 if quick else 30,
+                "batch_size": 64,
+                "optimizer": "sgd",
+                "lr": 0.05,
+                "momentum": 0.9,
+                "weight_decay": 0.0005,
+            },
+            "memorization": [
+                {"method": "feldman_zhang", "n_models": 8 if quick else 32, "subset_fraction": 0.7}
+            ],
+            "influence": [{"method": "tracin", "checkpoints": 3 if quick else 5}, {"method": "grad_dot"}],
+            "analysis": {"n_bootstrap": 200 if quick else 1000},
+        }
+    )

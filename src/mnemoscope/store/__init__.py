@@ -1,0 +1,31 @@
+"""The run directory: layout, atomic writes, content-hash cache, tables."""
+
+from mnemoscope.store.atomic import (
+    atomic_path,
+    write_bytes,
+    write_json,
+    write_parquet,
+    write_safetensors,
+    write_text,
+)
+from mnemoscope.store.cache import code_version, content_hash
+from mnemoscope.store.rundir import RunDir, safe_name
+from mnemoscope.store.tables import CORRELATIONS, DETECTION, EXAMPLES, SCORES, TABLES
+
+__all__ = [
+    "CORRELATIONS",
+    "DETECTION",
+    "EXAMPLES",
+    "SCORES",
+    "TABLES",
+    "RunDir",
+    "atomic_path",
+    "code_version",
+    "content_hash",
+    "safe_name",
+    "write_bytes",
+    "write_json",
+    "write_parquet",
+    "write_safetensors",
+    "write_text",
+]

@@ -1,0 +1,75 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import save_file
+
+from mnemoscope.store.tables import to_arrow
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``.
+
+    The temporary file lives in the same directory so the final ``os.replace`` is
+    atomic on POSIX. On error the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def _write_with(path: Path, write: Callable[[Path], None]) -> Path:
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def write_text(path: Path, text: str) -> Path:
+    return _write_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    return _write_with(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_parquet(path: Path, frame: pd.DataFrame, schema=None) -> Path:
+    """Write ``frame`` as Parquet; with ``schema`` the columns are checked and cast."""
+    table = to_arrow(frame, schema) if schema is not None else None
+
+    def write(tmp: Path) -> None:
+        if table is not None:
+            pq.write_table(table, tmp)
+        else:
+            frame.to_parquet(tmp, index=False)
+
+    return _write_with(path, write)
+
+
+def write_safetensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> Path:
+    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return _write_with(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))

@@ -1,0 +1,78 @@
+"""The run's tables: exact column names and types (a contract other work relies on).
+
+Each table is one Parquet file at the top of the run directory. Columns may be
+added by later work; none may be renamed or dropped.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+
+EXAMPLES = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("example_id", pa.int64()),
+        ("split", pa.string()),  # 'train' | 'test'
+        ("label", pa.int64()),  # the label the models were trained on (after noise)
+        ("original_label", pa.int64()),
+        ("is_mislabeled", pa.bool_()),
+    ]
+)
+
+SCORES = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("arch", pa.string()),
+        ("seed", pa.int64()),
+        ("family", pa.string()),  # 'memorization' | 'influence'
+        ("method", pa.string()),
+        ("example_id", pa.int64()),
+        ("score", pa.float64()),
+        ("stderr", pa.float64()),  # nullable
+    ]
+)
+
+CORRELATIONS = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("arch", pa.string()),
+        ("method_a", pa.string()),
+        ("method_b", pa.string()),
+        ("statistic", pa.string()),  # 'spearman' | 'pearson' | 'kendall'
+        ("value", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("n", pa.int64()),
+    ]
+)
+
+DETECTION = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("arch", pa.string()),
+        ("method", pa.string()),
+        ("target", pa.string()),  # 'mislabeled'
+        ("auc", pa.float64()),
+        ("n_positive", pa.int64()),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "examples": EXAMPLES,
+    "scores": SCORES,
+    "correlations": CORRELATIONS,
+    "detection": DETECTION,
+}
+
+
+def to_arrow(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """Cast ``frame`` to ``schema``: exactly its columns, in its order, with its types.
+
+    Raises ``ValueError`` naming the missing columns rather than writing a table
+    that breaks the contract.
+    """
+    missing = [name for name in schema.names if name not in frame.columns]
+    if missing:
+        raise ValueError(f"table is missing columns {missing}; expected {schema.names}")
+    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)

@@ -1,0 +1,324 @@
+"""The one trainer: K models of one architecture trained at once with ``torch.func``.
+
+Parameters of the K models are stacked along a leading dimension and the forward
+pass is ``vmap(functional_call)`` over models, each model reading its own batch
+of its own subset. Because the K parameter sets are disjoint, the gradient of the
+*sum* of the K mean batch losses with respect to the stacked tensors is, slice by
+slice, each model's own gradient: one backward pass trains all K. A single model
+is an ensemble of one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+from torch.nn import functional as F
+
+from mnemoscope.data import Dataset
+from mnemoscope.models import build_model
+from mnemoscope.store.atomic import write_safetensors
+from mnemoscope.train.masks import derive_seed
+from mnemoscope.train.optim import Params, StackedOptimizer
+from mnemoscope.train.options import TrainConfig
+
+EVAL_BATCH = 1024
+DEFAULT_CHUNK = 64
+
+
+@dataclass
+class Checkpoint:
+    """Parameters ``[K, ...]`` after ``epoch`` epochs and the learning rate then in force."""
+
+    epoch: int
+    lr: float
+    params: Params
+
+
+@dataclass
+class TrainedEnsemble:
+    """K trained models and what was recorded while training them.
+
+    Attributes:
+        params: final parameters, each ``[K, ...]``.
+        masks: ``[K, n]`` bool, ``masks[k, i]``: training example i was in model k's subset.
+        train_loss: ``[K, E, n]`` cross-entropy of every training example (in the subset
+            or not) under model k after epoch e.
+        train_correct: ``[K, E, n]`` bool, the argmax prediction equals the training label.
+        train_logits: ``[K, n, C]`` final logits on the training pool.
+        test_logits: ``[K, n_test, C]`` final logits on the test split.
+        checkpoints: parameters saved during training, oldest first.
+    """
+
+    arch: str
+    input_shape: tuple[int, ...]
+    n_classes: int
+    params: Params
+    masks: torch.Tensor
+    train_loss: torch.Tensor
+    train_correct: torch.Tensor
+    train_logits: torch.Tensor
+    test_logits: torch.Tensor
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+
+    @property
+    def n_models(self) -> int:
+        return int(self.masks.shape[0])
+
+    def module(self) -> nn.Module:
+        """A module of this architecture to ``functional_call`` with these parameters."""
+        return build_model(self.arch, self.input_shape, self.n_classes)
+
+    def save(self, path: Path) -> Path:
+        """Write everything to one safetensors file, atomically."""
+        tensors = {f"params.{k}": v for k, v in self.params.items()}
+        for i, ckpt in enumerate(self.checkpoints):
+            tensors.update({f"checkpoint.{i}.{k}": v for k, v in ckpt.params.items()})
+        tensors.update(
+            masks=self.masks,
+            train_loss=self.train_loss,
+            train_correct=self.train_correct,
+            train_logits=self.train_logits,
+            test_logits=self.test_logits,
+        )
+        meta = {
+            "arch": self.arch,
+            "input_shape": list(self.input_shape),
+            "n_classes": self.n_classes,
+            "checkpoints": [{"epoch": c.epoch, "lr": c.lr} for c in self.checkpoints],
+        }
+        return write_safetensors(path, tensors, {"mnemoscope": json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path: Path) -> TrainedEnsemble:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            meta = json.loads(handle.metadata()["mnemoscope"])
+        tensors = load_file(str(path))
+
+        def group(prefix: str) -> Params:
+            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        checkpoints = [
+            Checkpoint(c["epoch"], c["lr"], group(f"checkpoint.{i}."))
+            for i, c in enumerate(meta["checkpoints"])
+        ]
+        return cls(
+            arch=meta["arch"],
+            input_shape=tuple(meta["input_shape"]),
+            n_classes=meta["n_classes"],
+            params=group("params."),
+            masks=tensors["masks"],
+            train_loss=tensors["train_loss"],
+            train_correct=tensors["train_correct"],
+            train_logits=tensors["train_logits"],
+            test_logits=tensors["test_logits"],
+            checkpoints=checkpoints,
+        )
+
+
+def init_module(
+    arch: str, input_shape: tuple[int, ...], n_classes: int, seed: int, k: int
+) -> nn.Module:
+    """Model k's initial weights: drawn under a seed derived from ``(seed, k)``.
+
+    The global RNG is forked, so the caller's random state is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, 0x1417, k))
+        return build_model(arch, input_shape, n_classes)
+
+
+def epoch_orders(mask_row: torch.Tensor, seed: int, k: int, epochs: int) -> list[torch.Tensor]:
+    """Model k's data order: for each epoch, a permutation of the indices in its subset.
+
+    One generator per model, seeded from ``(seed, k)``, drawn epoch after epoch,
+    as a ``DataLoader(shuffle=True, generator=...)`` would.
+    """
+    members = mask_row.nonzero().flatten()
+    generator = torch.Generator().manual_seed(derive_seed(seed, 0x0D3E, k))
+    return [members[torch.randperm(len(members), generator=generator)] for _ in range(epochs)]
+
+
+def _batched_schedule(
+    orders: list[torch.Tensor], batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad K orders to a common length: indices and weights ``[K, steps, batch_size]``.
+
+    Padding carries weight 0, so a model's last (short) batch has the same mean
+    loss as when trained alone, and a model with no batch left at a step is idle.
+    """
+    steps = max(math.ceil(len(o) / batch_size) for o in orders)
+    index = torch.zeros(len(orders), steps * batch_size, dtype=torch.long)
+    weight = torch.zeros(len(orders), steps * batch_size)
+    for k, order in enumerate(orders):
+        index[k, : len(order)] = order
+        weight[k, : len(order)] = 1.0
+    shape = (len(orders), steps, batch_size)
+    return index.view(shape), weight.view(shape)
+
+
+class _Stack:
+    """K models as stacked parameters and a vmapped forward pass."""
+
+    def __init__(self, modules: list[nn.Module], device: torch.device) -> None:
+        params, _ = stack_module_state(modules)
+        self.params = {k: v.detach().to(device).requires_grad_(True) for k, v in params.items()}
+        self.template = modules[0].to("meta")
+
+    def _one(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.template, params, (x,))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [K, B, ...]`` → logits ``[K, B, C]``, model k on its own batch."""
+        return vmap(self._one)(self.params, x)
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [N, ...]`` shared by all models → logits ``[K, N, C]``."""
+        n_models = next(iter(self.params.values())).shape[0]
+        # An expanded (batched) input rather than in_dims=None: GroupNorm has no vmap
+        # rule for an unbatched input.
+        return torch.cat(
+            [self.forward(xb.expand(n_models, *xb.shape)) for xb in x.split(EVAL_BATCH)], dim=1
+        )
+
+
+def _snapshot(params: Params) -> Params:
+    return {k: v.detach().cpu().clone() for k, v in params.items()}
+
+
+def train_ensemble(
+    arch: str,
+    dataset: Dataset,
+    masks: torch.Tensor,
+    config: TrainConfig,
+    *,
+    seed: int,
+    checkpoint_epochs: Sequence[int] = (),
+    device: str | torch.device = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> TrainedEnsemble:
+    """Train ``K = masks.shape[0]`` models of ``arch``, model k on ``masks[k]``.
+
+    Models are trained ``config.chunk_size`` at a time; model k's initial weights
+    and data order depend only on ``(seed, k)``, so the result does not depend on
+    the chunking. ``checkpoint_epochs`` (1-based) says after which epochs to keep
+    the parameters. ``progress(m)`` is called after each epoch with m models done
+    with that epoch.
+
+    Cost: ``K · epochs · |subset|`` forward/backward passes plus ``K · epochs · n``
+    forward passes to record per-example loss and correctness.
+    """
+    n_models, n = masks.shape
+    if n != dataset.n_train:
+        raise ValueError(f"masks have {n} columns but the dataset has {dataset.n_train} examples")
+    if bool((masks.sum(1) == 0).any()):
+        raise ValueError("every model needs at least one training example; a mask row is empty")
+    bad = [e for e in checkpoint_epochs if not 1 <= e <= config.epochs]
+    if bad:
+        raise ValueError(f"checkpoint epochs {bad} outside 1..{config.epochs}")
+    device = torch.device(device)
+    x_train, y_train = dataset.x_train.to(device), dataset.y_train.to(device)
+    x_test = dataset.x_test.to(device)
+    chunk = config.chunk_size or min(n_models, DEFAULT_CHUNK)
+    parts: list[TrainedEnsemble] = []
+    for start in range(0, n_models, chunk):
+        ks = range(start, min(start + chunk, n_models))
+        parts.append(
+            _train_chunk(
+                arch, dataset, masks, list(ks), config, seed, set(checkpoint_epochs),
+                device, x_train, y_train, x_test, progress,
+            )
+        )
+    return _concatenate(parts)
+
+
+def _train_chunk(
+    arch: str,
+    dataset: Dataset,
+    masks: torch.Tensor,
+    ks: list[int],
+    config: TrainConfig,
+    seed: int,
+    checkpoint_epochs: set[int],
+    device: torch.device,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    progress: Callable[[int], None] | None,
+) -> TrainedEnsemble:
+    modules = [init_module(arch, dataset.input_shape, dataset.n_classes, seed, k) for k in ks]
+    stack = _Stack(modules, device)
+    optimizer = StackedOptimizer(stack.params, config)
+    names = list(stack.params)
+    orders = [epoch_orders(masks[k], seed, k, config.epochs) for k in ks]
+    losses, corrects, checkpoints = [], [], []
+    logits = torch.empty(0)
+    for epoch in range(config.epochs):
+        index, weight = _batched_schedule([o[epoch] for o in orders], config.batch_size)
+        index, weight = index.to(device), weight.to(device)
+        for step in range(index.shape[1]):
+            idx, w = index[:, step], weight[:, step]
+            out = stack.forward(x_train[idx])
+            per_example = F.cross_entropy(
+                out.flatten(0, 1), y_train[idx].flatten(), reduction="none"
+            ).view_as(w)
+            batch_loss = (per_example * w).sum(1) / w.sum(1).clamp_min(1.0)
+            grads = torch.autograd.grad(batch_loss.sum(), [stack.params[k] for k in names])
+            optimizer.step(stack.params, dict(zip(names, grads)), w.sum(1) > 0)
+        logits = stack.evaluate(x_train)
+        losses.append(_per_example_loss(logits, y_train).cpu())
+        corrects.append((logits.argmax(-1) == y_train).cpu())
+        if epoch + 1 in checkpoint_epochs:
+            checkpoints.append(Checkpoint(epoch + 1, config.lr, _snapshot(stack.params)))
+        if progress is not None:
+            progress(len(ks))
+    return TrainedEnsemble(
+        arch=arch,
+        input_shape=dataset.input_shape,
+        n_classes=dataset.n_classes,
+        params=_snapshot(stack.params),
+        masks=masks[ks].clone(),
+        train_loss=torch.stack(losses, dim=1),
+        train_correct=torch.stack(corrects, dim=1),
+        train_logits=logits.cpu(),
+        test_logits=stack.evaluate(x_test).cpu(),
+        checkpoints=checkpoints,
+    )
+
+
+def _per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``logits [K, N, C]``, ``labels [N]`` → cross-entropy ``[K, N]``."""
+    return -logits.log_softmax(-1).gather(-1, labels.expand(logits.shape[0], -1)[..., None])[..., 0]
+
+
+def _concatenate(parts: list[TrainedEnsemble]) -> TrainedEnsemble:
+    first = parts[0]
+
+    def cat_params(ps: list[Params]) -> Params:
+        return {k: torch.cat([p[k] for p in ps]) for k in ps[0]}
+
+    return TrainedEnsemble(
+        arch=first.arch,
+        input_shape=first.input_shape,
+        n_classes=first.n_classes,
+        params=cat_params([p.params for p in parts]),
+        masks=torch.cat([p.masks for p in parts]),
+        train_loss=torch.cat([p.train_loss for p in parts]),
+        train_correct=torch.cat([p.train_correct for p in parts]),
+        train_logits=torch.cat([p.train_logits for p in parts]),
+        test_logits=torch.cat([p.test_logits for p in parts]),
+        checkpoints=[
+            Checkpoint(c.epoch, c.lr, cat_params([p.checkpoints[i].params for p in parts]))
+            for i, c in enumerate(first.checkpoints)
+        ],
+    )

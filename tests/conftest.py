@@ -1,0 +1,20 @@
+"""Shared fixtures: small built-in datasets, cached per session (they are deterministic)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mnemoscope.data import Dataset, prepare
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def digits_small() -> Dataset:
+    return prepare("digits", seed=0, label_noise=0.1, n_samples=300)
+
+
+@pytest.fixture(scope="session")
+def mnist1d_small() -> Dataset:
+    return prepare("mnist1d", seed=0, label_noise=0.1, n_samples=300)

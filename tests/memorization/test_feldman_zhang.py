@@ -1,0 +1,71 @@
+"""Feldman–Zhang memorization: the formula, and planted mislabeled examples as ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from mnemoscope.data import prepare
+from mnemoscope.memorization import FeldmanZhang, FeldmanZhangConfig
+from mnemoscope.train import TrainConfig, TrainedEnsemble, train_ensemble
+
+
+def _ensemble(correct: list[list[int]], masks: list[list[int]]) -> TrainedEnsemble:
+    c = torch.tensor(correct, dtype=torch.bool)[:, None, :]  # [K, 1 epoch, n]
+    k, _, n = c.shape
+    return TrainedEnsemble("logreg", (2,), 2, {}, torch.tensor(masks, dtype=torch.bool),
+                           torch.zeros(k, 1, n), c, torch.zeros(k, n, 2), torch.zeros(k, 1, 2))
+
+
+def test_formula_and_stderr(digits_small):
+    # 4 models, 3 examples. Example 0: right whenever seen, wrong otherwise → mem 1.
+    # Example 1: always right → 0. Example 2: in {0,1} (1 right), out {2,3} (1 right) → 0.
+    masks = [[1, 1, 1], [1, 0, 1], [0, 1, 0], [0, 0, 0]]
+    correct = [[1, 1, 1], [1, 1, 0], [0, 1, 1], [0, 1, 0]]
+    ensemble = _ensemble(correct, masks)
+
+    class Three:
+        train_ids = torch.tensor([10, 11, 12])
+
+    scores = FeldmanZhang(FeldmanZhangConfig()).score(ensemble, Three())
+    np.testing.assert_allclose(scores.score, [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(scores.stderr, [0.0, 0.0, np.sqrt(0.25 / 2 + 0.25 / 2)])
+    assert list(scores.example_ids) == [10, 11, 12]
+    assert scores.family == "memorization"
+
+
+def test_never_held_out_example_gets_nan():
+    ensemble = _ensemble([[1, 1], [1, 0]], [[1, 1], [1, 0]])
+
+    class Two:
+        train_ids = torch.tensor([0, 1])
+
+    scores = FeldmanZhang(FeldmanZhangConfig()).score(ensemble, Two())
+    assert np.isnan(scores.score[0]) and np.isnan(scores.stderr[0])
+    assert scores.score[1] == 1.0
+
+
+def _detection_auc(n_models: int, n_samples: int | None) -> float:
+    dataset = prepare("digits", seed=0, label_noise=0.1, n_samples=n_samples)
+    estimator = FeldmanZhang(FeldmanZhangConfig(n_models=n_models))
+    masks = estimator.masks(dataset.n_train, seed=1)
+    config = TrainConfig(epochs=40, batch_size=32, lr=0.05, weight_decay=5e-4)
+    trained = train_ensemble("mlp", dataset, masks, config, seed=2)
+    scores = estimator.score(trained, dataset)
+    finite = np.isfinite(scores.score)  # NaN only where an example was never held out
+    assert finite.mean() > 0.9 and np.array_equal(finite, np.isfinite(scores.stderr))
+    score, flipped = scores.score[finite], dataset.is_mislabeled.numpy()[finite]
+    # flipped labels are memorized: right when seen, wrong (true class predicted) when not
+    assert score[flipped].mean() > score[~flipped].mean() + 0.2
+    return roc_auc_score(flipped, score)
+
+
+def test_flipped_labels_are_memorized_ci_size():
+    assert _detection_auc(n_models=12, n_samples=600) >= 0.9
+
+
+@pytest.mark.slow
+def test_flipped_labels_are_memorized_full_digits():
+    assert _detection_auc(n_models=64, n_samples=None) >= 0.9
