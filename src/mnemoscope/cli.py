@@ -116,7 +116,9 @@ def methods() -> None:
 @user_errors
 def query(
     run_dir: Path = typer.Argument(..., help="A run directory."),
-    sql: str = typer.Argument(..., help='SQL over the views examples, scores, correlations, detection.'),
+    sql: str = typer.Argument(
+        ..., help="SQL over the views examples, scores, correlations, detection."
+    ),
 ) -> None:
     """Query a run's Parquet tables with DuckDB SQL."""
     from mnemoscope.store.query import query as run_query

@@ -62,9 +62,7 @@ class Scores:
                 "method": self.method,
                 "example_id": self.example_ids.astype(np.int64),
                 "score": self.score.astype(np.float64),
-                "stderr": (
-                    self.stderr.astype(np.float64) if self.stderr is not None else np.nan
-                ),
+                "stderr": (self.stderr.astype(np.float64) if self.stderr is not None else np.nan),
             }
         )
 

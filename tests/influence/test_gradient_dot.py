@@ -24,8 +24,14 @@ def _loop_grad(module, params, x, y, names):
 @pytest.fixture(scope="module", params=["mlp", "cnn"])
 def trained(request, digits_small):
     config = TrainConfig(epochs=6, batch_size=64, lr=0.05)
-    model = train_ensemble(request.param, digits_small, full_masks(1, digits_small.n_train),
-                           config, seed=0, checkpoint_epochs=[2, 4, 6])
+    model = train_ensemble(
+        request.param,
+        digits_small,
+        full_masks(1, digits_small.n_train),
+        config,
+        seed=0,
+        checkpoint_epochs=[2, 4, 6],
+    )
     return model, digits_small
 
 
@@ -35,7 +41,11 @@ def test_tracin_self_influence_equals_autograd_loop(trained, selection):
     estimator = TracIn(TracInConfig(checkpoints=3, params=selection, batch_size=50))
     scores = estimator.self_influence(model, data)
     module = model.module()
-    names = [n for n, _ in module.named_parameters()] if selection == "all" else last_layer_names(module)
+    names = (
+        [n for n, _ in module.named_parameters()]
+        if selection == "all"
+        else last_layer_names(module)
+    )
     expected = np.zeros(data.n_train)
     for ckpt in model.checkpoints:
         params = {k: v[0] for k, v in ckpt.params.items()}
@@ -60,9 +70,12 @@ def test_grad_dot_train_by_test_equals_loop(trained):
             g_i = _loop_grad(module, final, data.x_train[i], data.y_train[i], names).double()
             assert float(matrix[t, i]) == pytest.approx(float(g_t @ g_i), rel=1e-4, abs=1e-8)
     # the diagonal of train×train is the self-influence
-    diagonal = estimator.influence(model, data, data.x_train[:5], data.y_train[:5])[range(5), range(5)]
-    np.testing.assert_allclose(diagonal.numpy(), estimator.self_influence(model, data).score[:5],
-                               rtol=1e-6)
+    diagonal = estimator.influence(model, data, data.x_train[:5], data.y_train[:5])[
+        range(5), range(5)
+    ]
+    np.testing.assert_allclose(
+        diagonal.numpy(), estimator.self_influence(model, data).score[:5], rtol=1e-6
+    )
 
 
 def test_tracin_uses_checkpoints_evenly_spaced():
@@ -72,9 +85,14 @@ def test_tracin_uses_checkpoints_evenly_spaced():
 
 def test_self_influence_flags_flipped_labels(digits_small):
     # Convex model, planted noise: flipped labels have large loss gradients.
-    model = train_ensemble("logreg", digits_small, full_masks(1, digits_small.n_train),
-                           TrainConfig(epochs=20, batch_size=32, lr=0.05), seed=0,
-                           checkpoint_epochs=[5, 10, 15, 20])
+    model = train_ensemble(
+        "logreg",
+        digits_small,
+        full_masks(1, digits_small.n_train),
+        TrainConfig(epochs=20, batch_size=32, lr=0.05),
+        seed=0,
+        checkpoint_epochs=[5, 10, 15, 20],
+    )
     flipped = digits_small.is_mislabeled.numpy()
     for estimator in (TracIn(TracInConfig(checkpoints=4)), GradDot(GradDotConfig())):
         auc = roc_auc_score(flipped, estimator.self_influence(model, digits_small).score)

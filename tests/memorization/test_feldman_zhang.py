@@ -15,8 +15,17 @@ from mnemoscope.train import TrainConfig, TrainedEnsemble, train_ensemble
 def _ensemble(correct: list[list[int]], masks: list[list[int]]) -> TrainedEnsemble:
     c = torch.tensor(correct, dtype=torch.bool)[:, None, :]  # [K, 1 epoch, n]
     k, _, n = c.shape
-    return TrainedEnsemble("logreg", (2,), 2, {}, torch.tensor(masks, dtype=torch.bool),
-                           torch.zeros(k, 1, n), c, torch.zeros(k, n, 2), torch.zeros(k, 1, 2))
+    return TrainedEnsemble(
+        "logreg",
+        (2,),
+        2,
+        {},
+        torch.tensor(masks, dtype=torch.bool),
+        torch.zeros(k, 1, n),
+        c,
+        torch.zeros(k, n, 2),
+        torch.zeros(k, 1, 2),
+    )
 
 
 def test_formula_and_stderr(digits_small):

@@ -21,14 +21,20 @@ def train_alone(arch, dataset, mask_row, config: TrainConfig, seed: int, k: int)
     """The plain PyTorch loop: one model, torch.optim, the same init and data order."""
     model = init_module(arch, dataset.input_shape, dataset.n_classes, seed, k)
     if config.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                              weight_decay=config.weight_decay)
+        opt = torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
     elif config.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
-                               weight_decay=config.weight_decay)
+        opt = torch.optim.Adam(
+            model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
-                                weight_decay=config.weight_decay)
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
     for order in epoch_orders(mask_row, seed, k, config.epochs):
         for batch in order.split(config.batch_size):
             opt.zero_grad()
@@ -42,11 +48,20 @@ def train_alone(arch, dataset, mask_row, config: TrainConfig, seed: int, k: int)
     [("logreg", "sgd"), ("mlp", "sgd"), ("mlp", "adam"), ("mlp", "adamw"), ("cnn", "sgd")],
 )
 def test_vmap_trainer_matches_models_trained_alone(digits_small, arch, optimizer):
-    config = TrainConfig(epochs=3, batch_size=32, optimizer=optimizer,
-                         lr=0.05 if optimizer == "sgd" else 0.01, weight_decay=0.01)
+    config = TrainConfig(
+        epochs=3,
+        batch_size=32,
+        optimizer=optimizer,
+        lr=0.05 if optimizer == "sgd" else 0.01,
+        weight_decay=0.01,
+    )
     # Unequal subset sizes: models run out of batches at different steps.
-    masks = torch.cat([subset_masks(2, digits_small.n_train, 0.5, 1),
-                       subset_masks(1, digits_small.n_train, 0.9, 2)])
+    masks = torch.cat(
+        [
+            subset_masks(2, digits_small.n_train, 0.5, 1),
+            subset_masks(1, digits_small.n_train, 0.9, 2),
+        ]
+    )
     trained = train_ensemble(arch, digits_small, masks, config, seed=7)
     # Adam divides by sqrt(v): where a gradient is ~0, the rounding difference between a
     # batched and a single matmul is amplified. A wrong update rule errs by ~lr = 1e-2.
@@ -54,14 +69,18 @@ def test_vmap_trainer_matches_models_trained_alone(digits_small, arch, optimizer
     for k in range(masks.shape[0]):
         alone = train_alone(arch, digits_small, masks[k], config, seed=7, k=k)
         for name, value in alone.items():
-            torch.testing.assert_close(trained.params[name][k], value.detach(), atol=atol, rtol=1e-4)
+            torch.testing.assert_close(
+                trained.params[name][k], value.detach(), atol=atol, rtol=1e-4
+            )
 
 
 def test_chunking_does_not_change_results(mnist1d_small):
     config = TrainConfig(epochs=2, batch_size=64, lr=0.05)
     masks = subset_masks(5, mnist1d_small.n_train, 0.7, 0)
     whole = train_ensemble("cnn", mnist1d_small, masks, config, seed=3)
-    chunked = train_ensemble("cnn", mnist1d_small, masks, config.model_copy(update={"chunk_size": 2}), seed=3)
+    chunked = train_ensemble(
+        "cnn", mnist1d_small, masks, config.model_copy(update={"chunk_size": 2}), seed=3
+    )
     for name in whole.params:
         torch.testing.assert_close(whole.params[name], chunked.params[name], atol=1e-5, rtol=1e-5)
     assert torch.equal(whole.train_correct, chunked.train_correct)
@@ -71,8 +90,9 @@ def test_records_checkpoints_and_roundtrip(digits_small, tmp_path):
     config = TrainConfig(epochs=4, batch_size=64, lr=0.1)
     masks = subset_masks(3, digits_small.n_train, 0.7, 0)
     done = []
-    trained = train_ensemble("mlp", digits_small, masks, config, seed=0,
-                             checkpoint_epochs=[2, 4], progress=done.append)
+    trained = train_ensemble(
+        "mlp", digits_small, masks, config, seed=0, checkpoint_epochs=[2, 4], progress=done.append
+    )
     n, k = digits_small.n_train, 3
     assert trained.train_loss.shape == (k, 4, n) and trained.train_correct.shape == (k, 4, n)
     assert trained.test_logits.shape == (k, digits_small.n_test, 10)
@@ -88,7 +108,7 @@ def test_records_checkpoints_and_roundtrip(digits_small, tmp_path):
     expected = F.cross_entropy(logits, digits_small.y_train, reduction="none")
     torch.testing.assert_close(trained.train_loss[1, -1], expected, atol=1e-5, rtol=1e-5)
     # training lowers the loss of the examples a model sees
-    assert (trained.train_loss[:, -1][masks].mean() < trained.train_loss[:, 0][masks].mean())
+    assert trained.train_loss[:, -1][masks].mean() < trained.train_loss[:, 0][masks].mean()
     loaded = TrainedEnsemble.load(trained.save(tmp_path / "e.safetensors"))
     assert torch.equal(loaded.masks, trained.masks)
     assert torch.equal(loaded.train_loss, trained.train_loss)
@@ -114,5 +134,11 @@ def test_bad_masks_are_refused(digits_small):
     with pytest.raises(ValueError, match="empty"):
         train_ensemble("logreg", digits_small, empty, config, seed=0)
     with pytest.raises(ValueError, match="checkpoint"):
-        train_ensemble("logreg", digits_small, full_masks(1, digits_small.n_train), config,
-                       seed=0, checkpoint_epochs=[3])
+        train_ensemble(
+            "logreg",
+            digits_small,
+            full_masks(1, digits_small.n_train),
+            config,
+            seed=0,
+            checkpoint_epochs=[3],
+        )

@@ -7,10 +7,9 @@ split, label noise and standardisation are applied by :func:`mnemoscope.data.pre
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 

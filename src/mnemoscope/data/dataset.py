@@ -14,7 +14,15 @@ from mnemoscope.errors import DataError
 
 Kind = Literal["image", "sequence", "tabular"]
 
-_TENSOR_KEYS = ("x_train", "y_train", "y_train_original", "train_ids", "x_test", "y_test", "test_ids")
+_TENSOR_KEYS = (
+    "x_train",
+    "y_train",
+    "y_train_original",
+    "train_ids",
+    "x_test",
+    "y_test",
+    "test_ids",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,7 +112,9 @@ class Dataset:
     def from_tensors(
         cls, name: str, kind: Kind, n_classes: int, tensors: dict[str, torch.Tensor]
     ) -> Dataset:
-        return cls(name=name, kind=kind, n_classes=n_classes, **{k: tensors[k] for k in _TENSOR_KEYS})
+        return cls(
+            name=name, kind=kind, n_classes=n_classes, **{k: tensors[k] for k in _TENSOR_KEYS}
+        )
 
     @property
     def fingerprint(self) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field, PositiveInt
 
@@ -46,8 +45,11 @@ class GradientDot(InfluenceEstimator):
         names = select_params(module, self.config.params)
         for weight, params in self._weighted_params(model):
             params = {k: v.to(device) for k, v in params.items()}
-            yield weight, per_example_grads(
-                module, params, x.to(device), y.to(device), names, self.config.batch_size
+            yield (
+                weight,
+                per_example_grads(
+                    module, params, x.to(device), y.to(device), names, self.config.batch_size
+                ),
             )
 
     def self_influence(self, model, dataset: Dataset, device="cpu") -> Scores:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from mnemoscope.errors import ConfigError
 from mnemoscope.models import last_layer_names
 
-ParamSelection = Union[Literal["all", "last_layer"], list[str]]
+ParamSelection = Literal["all", "last_layer"] | list[str]
 Params = dict[str, torch.Tensor]
 
 

@@ -31,15 +31,23 @@ def summary_table(run_dir: Path) -> Table:
     for dataset, arch in scores_index(correlations, detection):
         row = [dataset, arch]
         for a, b in pairs:
-            hit = cross[(cross["dataset"] == dataset) & (cross["arch"] == arch)
-                        & (cross["method_a"] == a) & (cross["method_b"] == b)]
+            hit = cross[
+                (cross["dataset"] == dataset)
+                & (cross["arch"] == arch)
+                & (cross["method_a"] == a)
+                & (cross["method_b"] == b)
+            ]
             row.append(
                 f"{hit['value'].iloc[0]:.2f} [{hit['ci_low'].iloc[0]:.2f}, {hit['ci_high'].iloc[0]:.2f}]"
-                if len(hit) else "–"
+                if len(hit)
+                else "–"
             )
         for method in methods:
-            hit = detection[(detection["dataset"] == dataset) & (detection["arch"] == arch)
-                            & (detection["method"] == method)]
+            hit = detection[
+                (detection["dataset"] == dataset)
+                & (detection["arch"] == arch)
+                & (detection["method"] == method)
+            ]
             row.append(f"{hit['auc'].iloc[0]:.3f}" if len(hit) else "–")
         table.add_row(*row)
     return table

@@ -28,7 +28,10 @@ def demo_config(quick: bool = False) -> StudyConfig:
             "memorization": [
                 {"method": "feldman_zhang", "n_models": 8 if quick else 32, "subset_fraction": 0.7}
             ],
-            "influence": [{"method": "tracin", "checkpoints": 3 if quick else 5}, {"method": "grad_dot"}],
+            "influence": [
+                {"method": "tracin", "checkpoints": 3 if quick else 5},
+                {"method": "grad_dot"},
+            ],
             "analysis": {"n_bootstrap": 200 if quick else 1000},
         }
     )

@@ -72,7 +72,11 @@ def resolve_device(device: str) -> torch.device:
 
 def _estimator_code(estimator: Estimator) -> str:
     modules = {type(estimator).__module__, "mnemoscope.estimator"}
-    modules |= {base.__module__ for base in type(estimator).__mro__ if base.__module__.startswith("mnemoscope")}
+    modules |= {
+        base.__module__
+        for base in type(estimator).__mro__
+        if base.__module__.startswith("mnemoscope")
+    }
     if isinstance(estimator, InfluenceEstimator):
         modules.add("mnemoscope.influence.gradients")
     return code_version(*sorted(modules))
@@ -88,13 +92,17 @@ class Study:
         self.reporter = reporter or Reporter(quiet=True)
         self.outcomes: list[StageOutcome] = []
         self.memorization: list[MemorizationEstimator] = [
-            REGISTRY[c.method](c) for c in config.memorization  # type: ignore[misc]
+            REGISTRY[c.method](c)
+            for c in config.memorization  # type: ignore[misc]
         ]
         self.influence: list[InfluenceEstimator] = [
-            REGISTRY[c.method](c) for c in config.influence  # type: ignore[misc]
+            REGISTRY[c.method](c)
+            for c in config.influence  # type: ignore[misc]
         ]
 
-    def _stage(self, name: str, key_parts: dict, outputs: list[str], work: Callable[[], None]) -> str:
+    def _stage(
+        self, name: str, key_parts: dict, outputs: list[str], work: Callable[[], None]
+    ) -> str:
         key = content_hash({"stage": name, **key_parts})
         if self.run.is_finished(name, key):
             self.outcomes.append(StageOutcome(name, False, 0.0))
@@ -125,8 +133,12 @@ class Study:
         tables_key = self._tables(datasets, score_files, upstream)
         analysis_key = self._stage(
             "analysis",
-            {"tables": tables_key, "analysis": cfg.analysis.model_dump(), "seed": cfg.seed,
-             "code": code_version("mnemoscope.analysis")},
+            {
+                "tables": tables_key,
+                "analysis": cfg.analysis.model_dump(),
+                "seed": cfg.seed,
+                "code": code_version("mnemoscope.analysis"),
+            },
             ["correlations.parquet", "detection.parquet"],
             self._analyse,
         )
@@ -146,8 +158,11 @@ class Study:
 
         def work() -> None:
             dataset = prepare(
-                ds_cfg.name, seed=self.config.seed, label_noise=ds_cfg.label_noise,
-                test_fraction=ds_cfg.test_fraction, n_samples=ds_cfg.n_samples,
+                ds_cfg.name,
+                seed=self.config.seed,
+                label_noise=ds_cfg.label_noise,
+                test_fraction=ds_cfg.test_fraction,
+                n_samples=ds_cfg.n_samples,
             )
             write_safetensors(self.run.path(file), dataset.tensors())
             self.run.manifest["datasets"][dataset.name] = {
@@ -164,8 +179,11 @@ class Study:
 
         key = self._stage(
             f"data/{ds_cfg.name}",
-            {"dataset": ds_cfg.model_dump(), "seed": self.config.seed,
-             "code": code_version("mnemoscope.data")},
+            {
+                "dataset": ds_cfg.model_dump(),
+                "seed": self.config.seed,
+                "code": code_version("mnemoscope.data"),
+            },
             [file],
             work,
         )
@@ -178,8 +196,14 @@ class Study:
     # -- training and scoring -----------------------------------------------------------
 
     def _train(
-        self, dataset: Dataset, data_key: str, arch: str, ensemble: str, masks: torch.Tensor,
-        seed: int, checkpoint_epochs: list[int],
+        self,
+        dataset: Dataset,
+        data_key: str,
+        arch: str,
+        ensemble: str,
+        masks: torch.Tensor,
+        seed: int,
+        checkpoint_epochs: list[int],
     ) -> tuple[str, str]:
         file = self.run.model_file(dataset.name, arch, ensemble)
         epochs = self.config.train.epochs
@@ -189,18 +213,29 @@ class Study:
             label = f"train {dataset.name}/{arch}/{ensemble} ({masks.shape[0]} models)"
             with self.reporter.task(label, total) as advance:
                 trained = train_ensemble(
-                    arch, dataset, masks, self.config.train, seed=seed,
-                    checkpoint_epochs=checkpoint_epochs, device=self.device, progress=advance,
+                    arch,
+                    dataset,
+                    masks,
+                    self.config.train,
+                    seed=seed,
+                    checkpoint_epochs=checkpoint_epochs,
+                    device=self.device,
+                    progress=advance,
                 )
             trained.save(self.run.path(file))
 
         key = self._stage(
             f"train/{dataset.name}/{arch}/{ensemble}",
-            {"data": data_key, "arch": arch, "seed": seed, "device": str(self.device),
-             "train": self.config.train.model_dump(exclude={"chunk_size"}),
-             "masks": content_hash(masks.to(torch.uint8).numpy().tobytes().hex()),
-             "checkpoints": checkpoint_epochs,
-             "code": code_version("mnemoscope.train", "mnemoscope.models")},
+            {
+                "data": data_key,
+                "arch": arch,
+                "seed": seed,
+                "device": str(self.device),
+                "train": self.config.train.model_dump(exclude={"chunk_size"}),
+                "masks": content_hash(masks.to(torch.uint8).numpy().tobytes().hex()),
+                "checkpoints": checkpoint_epochs,
+                "code": code_version("mnemoscope.train", "mnemoscope.models"),
+            },
             [file],
             work,
         )
@@ -217,26 +252,49 @@ class Study:
             return loaded[file]
 
         results = []
-        epochs = sorted({e for est in self.influence for e in est.checkpoint_epochs(self.config.train.epochs)})
+        epochs = sorted(
+            {e for est in self.influence for e in est.checkpoint_epochs(self.config.train.epochs)}
+        )
         if self.influence:
             full_key, full_file = self._train(
-                dataset, data_key, arch, "full", full_masks(1, dataset.n_train),
-                derive_seed(seed, _FULL), epochs,
+                dataset,
+                data_key,
+                arch,
+                "full",
+                full_masks(1, dataset.n_train),
+                derive_seed(seed, _FULL),
+                epochs,
             )
             for est in self.influence:
-                results.append(self._score(dataset, arch, est, full_key, lambda e=est: e.self_influence(
-                    ensemble(full_file), dataset, self.device)))
+                results.append(
+                    self._score(
+                        dataset,
+                        arch,
+                        est,
+                        full_key,
+                        lambda e=est: e.self_influence(ensemble(full_file), dataset, self.device),
+                    )
+                )
         for est in self.memorization:
             masks = est.masks(dataset.n_train, derive_seed(seed, _MASKS))
             name = "subsets-" + content_hash(masks.to(torch.uint8).numpy().tobytes().hex())[:12]
             train_key, file = self._train(
                 dataset, data_key, arch, name, masks, derive_seed(seed, _SUBSETS), []
             )
-            results.append(self._score(dataset, arch, est, train_key, lambda e=est, f=file: e.score(
-                ensemble(f), dataset)))
+            results.append(
+                self._score(
+                    dataset,
+                    arch,
+                    est,
+                    train_key,
+                    lambda e=est, f=file: e.score(ensemble(f), dataset),
+                )
+            )
         return results
 
-    def _score(self, dataset: Dataset, arch: str, est: Estimator, train_key: str, compute) -> tuple[str, str]:
+    def _score(
+        self, dataset: Dataset, arch: str, est: Estimator, train_key: str, compute
+    ) -> tuple[str, str]:
         file = self.run.score_file(dataset.name, arch, est.name)
 
         def work() -> None:
@@ -247,8 +305,11 @@ class Study:
 
         key = self._stage(
             f"scores/{dataset.name}/{arch}/{est.name}",
-            {"train": train_key, "method": est.config.model_dump(mode="json"),
-             "code": _estimator_code(est)},
+            {
+                "train": train_key,
+                "method": est.config.model_dump(mode="json"),
+                "code": _estimator_code(est),
+            },
             [file],
             work,
         )
@@ -261,7 +322,9 @@ class Study:
             examples = pd.concat([d.examples_frame() for d in datasets], ignore_index=True)
             write_parquet(self.run.path("examples.parquet"), examples, EXAMPLES)
             parts = [pd.read_parquet(self.run.path(f)) for f in score_files]
-            scores = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=SCORES.names)
+            scores = (
+                pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=SCORES.names)
+            )
             write_parquet(self.run.path("scores.parquet"), scores, SCORES)
 
         return self._stage(
@@ -277,7 +340,10 @@ class Study:
         examples = pd.read_parquet(self.run.path("examples.parquet"))
         with self.reporter.task("analysis: bootstrap CIs", None):
             correlations = correlation_table(
-                scores, n_bootstrap=cfg.n_bootstrap, confidence=cfg.confidence, seed=self.config.seed
+                scores,
+                n_bootstrap=cfg.n_bootstrap,
+                confidence=cfg.confidence,
+                seed=self.config.seed,
             )
             detection = detection_table(scores, examples)
         write_parquet(self.run.path("correlations.parquet"), correlations, CORRELATIONS)

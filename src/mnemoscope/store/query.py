@@ -22,7 +22,9 @@ def query(run_dir: Path, sql: str) -> pd.DataFrame:
             path = run.path(f"{table}.parquet")
             if path.exists():
                 literal = str(path).replace("'", "''")
-                connection.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{literal}')")
+                connection.execute(
+                    f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{literal}')"
+                )
         return connection.execute(sql).df()
     except duckdb.Error as error:
         first_line = str(error).strip().splitlines()[0]

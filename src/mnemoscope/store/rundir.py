@@ -27,8 +27,19 @@ from typing import Any
 from mnemoscope.errors import UserError
 from mnemoscope.store.atomic import write_json
 
-_PACKAGES = ("mnemoscope", "torch", "numpy", "scipy", "scikit-learn", "pandas", "pyarrow",
-             "duckdb", "pydantic", "safetensors", "mnist1d")
+_PACKAGES = (
+    "mnemoscope",
+    "torch",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "pandas",
+    "pyarrow",
+    "duckdb",
+    "pydantic",
+    "safetensors",
+    "mnist1d",
+)
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 

@@ -235,8 +235,18 @@ def train_ensemble(
         ks = range(start, min(start + chunk, n_models))
         parts.append(
             _train_chunk(
-                arch, dataset, masks, list(ks), config, seed, set(checkpoint_epochs),
-                device, x_train, y_train, x_test, progress,
+                arch,
+                dataset,
+                masks,
+                list(ks),
+                config,
+                seed,
+                set(checkpoint_epochs),
+                device,
+                x_train,
+                y_train,
+                x_test,
+                progress,
             )
         )
     return _concatenate(parts)

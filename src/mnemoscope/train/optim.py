@@ -32,7 +32,9 @@ class StackedOptimizer:
             else {}
         )
         n_models = next(iter(params.values())).shape[0]
-        self.steps = torch.zeros(n_models, dtype=torch.float64, device=next(iter(params.values())).device)
+        self.steps = torch.zeros(
+            n_models, dtype=torch.float64, device=next(iter(params.values())).device
+        )
 
     @torch.no_grad()
     def step(self, params: Params, grads: Params, active: torch.Tensor) -> None:

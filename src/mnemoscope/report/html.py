@@ -1,0 +1,437 @@
+"""Render a finished run directory as one self-contained ``report.html``.
+
+The report computes no statistics: correlations and AUCs come precomputed from the
+run's tables. This module only selects, sorts and formats rows, and hands the data
+to :mod:`mnemoscope.report.figures` to draw. The one aggregation it does is for
+display: when a score was stored for several seeds, the per-example mean is drawn.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+from safetensors import safe_open
+
+from mnemoscope.errors import UserError
+from mnemoscope.report import figures
+from mnemoscope.store.atomic import write_bytes, write_text
+from mnemoscope.store.rundir import safe_name
+
+STATISTICS = ("spearman", "pearson", "kendall")
+GALLERY_SIZE = 16
+_DATE_KEYS = ("date", "created", "created_at", "timestamp", "started")
+_TEMPLATES = Path(__file__).parent / "templates"
+
+
+@dataclass(frozen=True)
+class Run:
+    """Everything the report reads from a run directory."""
+
+    path: Path
+    manifest: dict[str, Any]
+    examples: pd.DataFrame
+    scores: pd.DataFrame
+    correlations: pd.DataFrame
+    detection: pd.DataFrame
+
+    @property
+    def families(self) -> dict[str, str]:
+        """Method name → score family ('memorization' | 'influence')."""
+        pairs = self.scores[["method", "family"]].drop_duplicates("method")
+        return dict(zip(pairs["method"], pairs["family"], strict=True))
+
+    @property
+    def datasets(self) -> list[str]:
+        """Datasets in manifest order, then any that only the tables mention."""
+        names = list(self.manifest.get("datasets") or {})
+        for frame in (self.scores, self.examples):
+            names += [d for d in frame["dataset"].unique() if d not in names]
+        return names
+
+    def archs(self, dataset: str) -> list[str]:
+        """Architectures with scores for ``dataset``, in the order the scores list them."""
+        return list(self.scores.loc[self.scores["dataset"] == dataset, "arch"].unique())
+
+    def methods(self, dataset: str, family: str) -> list[str]:
+        rows = self.scores[(self.scores["dataset"] == dataset) & (self.scores["family"] == family)]
+        return list(rows["method"].unique())
+
+
+def _required(path: Path) -> Path:
+    if not path.is_file():
+        raise UserError(f"run directory is missing {path.name}: expected {path}")
+    return path
+
+
+def load_run(run_dir: Path) -> Run:
+    """Read the manifest and tables of ``run_dir``; a missing file raises :class:`UserError`."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} does not exist")
+    manifest_path = _required(run_dir / "manifest.json")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{manifest_path} is not valid JSON: {err}") from err
+    if not isinstance(manifest, dict):
+        raise UserError(f"{manifest_path} must hold a JSON object")
+    tables = {}
+    for name in ("examples", "scores", "correlations", "detection"):
+        path = _required(run_dir / f"{name}.parquet")
+        try:
+            tables[name] = pd.read_parquet(path)
+        except Exception as err:  # pyarrow raises several types for corrupt files
+            raise UserError(f"cannot read {path.name}: {err}") from err
+    return Run(path=run_dir, manifest=manifest, **tables)
+
+
+def per_example_scores(scores: pd.DataFrame, dataset: str, arch: str, method: str) -> pd.DataFrame:
+    """One row per example: ``example_id, score, stderr`` (mean over seeds where several)."""
+    rows = scores[
+        (scores["dataset"] == dataset) & (scores["arch"] == arch) & (scores["method"] == method)
+    ]
+    return rows.groupby("example_id", as_index=False, sort=True).agg(
+        score=("score", "mean"), stderr=("stderr", "mean")
+    )
+
+
+def most_memorized(
+    scores: pd.DataFrame, dataset: str, arch: str, method: str, k: int = GALLERY_SIZE
+) -> pd.DataFrame:
+    """The ``k`` examples with the highest ``method`` score, highest first.
+
+    Returns columns ``example_id, score, stderr``; ties are broken by example id so the
+    selection is reproducible, and examples without a finite score are never selected.
+    """
+    frame = per_example_scores(scores, dataset, arch, method)
+    frame = frame[np.isfinite(frame["score"])]
+    frame = frame.sort_values(["score", "example_id"], ascending=[False, True], kind="stable")
+    return frame.head(k).reset_index(drop=True)
+
+
+def format_estimate(value: float, low: float | None = None, high: float | None = None) -> str:
+    """``0.42 [0.38, 0.47]``; the interval is left out where it is missing."""
+    if value is None or not math.isfinite(value):
+        return "—"
+    text = f"{value:.2f}"
+    if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+        text += f" [{low:.2f}, {high:.2f}]"
+    return text
+
+
+def _order(values: list[str], preferred: list[str]) -> list[str]:
+    return [v for v in preferred if v in values] + [v for v in values if v not in preferred]
+
+
+def correlation_tables(run: Run) -> list[dict[str, Any]]:
+    """One table per dataset × arch; cross-family pairs (memorization vs influence) first."""
+    frame, families = run.correlations, run.families
+    if frame.empty:
+        return []
+    statistics = _order(list(frame["statistic"].unique()), list(STATISTICS))
+    tables = []
+    datasets = _order(list(frame["dataset"].unique()), run.datasets)
+    for dataset in datasets:
+        in_dataset = frame[frame["dataset"] == dataset]
+        archs = _order(list(in_dataset["arch"].unique()), run.archs(dataset))
+        for arch in archs:
+            rows = []
+            group = in_dataset[in_dataset["arch"] == arch]
+            for (method_a, method_b), pair in group.groupby(["method_a", "method_b"], sort=False):
+                fam_a, fam_b = families.get(method_a, "?"), families.get(method_b, "?")
+                by_stat = {r.statistic: r for r in pair.itertuples()}
+                rows.append(
+                    {
+                        "method_a": method_a,
+                        "method_b": method_b,
+                        "families": f"{fam_a} × {fam_b}",
+                        "cross": "?" not in (fam_a, fam_b) and fam_a != fam_b,
+                        "cells": [
+                            format_estimate(by_stat[s].value, by_stat[s].ci_low, by_stat[s].ci_high)
+                            if s in by_stat
+                            else "—"
+                            for s in statistics
+                        ],
+                        "n": " / ".join(str(n) for n in pair["n"].unique()),
+                    }
+                )
+            rows.sort(key=lambda row: not row["cross"])  # stable: keeps the table's order
+            tables.append({"dataset": dataset, "arch": arch, "rows": rows})
+    return [{"statistics": statistics, **table} for table in tables]
+
+
+def detection_rows(run: Run) -> list[dict[str, Any]]:
+    """AUC rows sorted by dataset, architecture, then AUC from best to worst."""
+    frame = run.detection
+    if frame.empty:
+        return []
+    frame = frame.assign(
+        _d=frame["dataset"].map({d: i for i, d in enumerate(run.datasets)}).fillna(len(frame)),
+        _auc=frame["auc"].fillna(-np.inf),
+    ).sort_values(["_d", "dataset", "arch", "_auc"], ascending=[True, True, True, False])
+    families = run.families
+    return [
+        {
+            "dataset": r.dataset,
+            "arch": r.arch,
+            "method": r.method,
+            "family": families.get(r.method, "?"),
+            "target": r.target,
+            "auc": "—" if not math.isfinite(r.auc) else f"{r.auc:.3f}",
+            "n_positive": int(r.n_positive),
+        }
+        for r in frame.itertuples()
+    ]
+
+
+class FigureSink:
+    """Writes each figure to ``figures/<name>.png`` and returns its data URI for embedding."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.directory = run_dir / "figures"
+        self.used: set[str] = set()
+
+    def add(self, name: str, png: bytes, caption: str) -> dict[str, str]:
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "figure"
+        unique, i = stem, 1
+        while unique in self.used:  # different user names can sanitize to the same stem
+            i += 1
+            unique = f"{stem}_{i}"
+        self.used.add(unique)
+        write_bytes(self.directory / f"{unique}.png", png)
+        uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        return {"file": f"figures/{unique}.png", "uri": uri, "caption": caption}
+
+
+def _panels(run: Run, dataset: str, mem: str, inf: str | None) -> list[figures.Panel]:
+    """Per-arch paired (memorization, influence) scores of training examples."""
+    train = run.examples[(run.examples["dataset"] == dataset) & (run.examples["split"] == "train")]
+    flags = train[["example_id", "is_mislabeled"]]
+    panels = []
+    for arch in run.archs(dataset):
+        joined = per_example_scores(run.scores, dataset, arch, mem).rename(columns={"score": "x"})
+        if inf is not None:
+            other = per_example_scores(run.scores, dataset, arch, inf)
+            joined = joined.merge(other[["example_id", "score"]], on="example_id")
+            joined = joined.rename(columns={"score": "y"})
+        joined = joined.merge(flags, on="example_id")
+        # e.g. Feldman–Zhang leaves examples never held out NaN: nothing to draw for them
+        finite = np.isfinite(joined["x"]) & (np.isfinite(joined["y"]) if inf is not None else True)
+        joined = joined[finite]
+        if joined.empty:
+            continue
+        panels.append(
+            figures.Panel(
+                title=arch,
+                x=joined["x"].to_numpy(float),
+                y=joined["y"].to_numpy(float) if inf is not None else joined["x"].to_numpy(float),
+                mislabeled=joined["is_mislabeled"].to_numpy(bool),
+            )
+        )
+    return panels
+
+
+def _kind(run: Run, dataset: str, ndim: int) -> str:
+    kind = (run.manifest.get("datasets") or {}).get(dataset, {}).get("kind")
+    if kind in ("image", "sequence", "tabular"):
+        return kind
+    return {3: "image", 2: "sequence"}.get(ndim, "tabular")  # inputs are [C,H,W], [C,L], [d]
+
+
+def _read_rows(run: Run, dataset: str, ids: np.ndarray) -> np.ndarray:
+    """The training inputs of ``ids``, read row by row so large datasets stay on disk."""
+    path = _required(run.path / "data" / f"{safe_name(dataset)}.safetensors")
+    with safe_open(str(path), framework="np") as tensors:
+        missing = {"x_train", "train_ids"} - set(tensors.keys())
+        if missing:
+            raise UserError(f"{path.name} is missing tensors {sorted(missing)}")
+        row_of = {int(i): r for r, i in enumerate(tensors.get_tensor("train_ids"))}
+        absent = [int(i) for i in ids if int(i) not in row_of]
+        if absent:
+            raise UserError(f"{path.name} has no training examples with ids {absent[:5]}")
+        x_train = tensors.get_slice("x_train")
+        return np.stack([x_train[row_of[int(i)] : row_of[int(i)] + 1][0] for i in ids])
+
+
+def _gallery(run: Run, sink: FigureSink, dataset: str, arch: str, method: str) -> dict | None:
+    top = most_memorized(run.scores, dataset, arch, method)
+    if top.empty:
+        return None
+    labels = run.examples[
+        (run.examples["dataset"] == dataset) & (run.examples["split"] == "train")
+    ].set_index("example_id")
+    missing = [int(i) for i in top["example_id"] if i not in labels.index]
+    if missing:
+        raise UserError(f"examples.parquet has no {dataset!r} training rows for ids {missing[:5]}")
+    inputs = _read_rows(run, dataset, top["example_id"].to_numpy())
+    kind = _kind(run, dataset, inputs.ndim - 1)
+    items = [
+        figures.GalleryItem(
+            x=x,
+            label=int(labels.at[row.example_id, "label"]),
+            original_label=int(labels.at[row.example_id, "original_label"]),
+            score=float(row.score),
+            mislabeled=bool(labels.at[row.example_id, "is_mislabeled"]),
+        )
+        for x, row in zip(inputs, top.itertuples(), strict=True)
+    ]
+    png = figures.gallery(items, kind, f"{dataset} / {arch}: top {len(items)} by {method}")
+    caption = (
+        f"The {len(items)} training examples of {dataset} with the highest {method} score "
+        f"under {arch}, highest first; titles give the trained label, the original label and "
+        "the score; red titles mark flipped (mislabeled) examples."
+    )
+    fig = sink.add(f"gallery_{dataset}_{arch}_{method}", png, caption)
+    return {"arch": arch, "method": method, "figure": fig}
+
+
+def dataset_sections(run: Run, sink: FigureSink) -> list[dict[str, Any]]:
+    """Per dataset: scatter plots, histograms and the galleries of the most memorized."""
+    sections = []
+    for dataset in run.datasets:
+        mems = run.methods(dataset, "memorization")
+        infs = run.methods(dataset, "influence")
+        scatters, histograms, galleries = [], [], []
+        for mem in mems:
+            for inf in infs:
+                panels = _panels(run, dataset, mem, inf)
+                if not panels:
+                    continue
+                png = figures.scatter_grid(panels, mem, inf, f"{dataset}: {mem} vs {inf}")
+                caption = (
+                    f"{mem} memorization (x) against {inf} self-influence (y, log scale; "
+                    f"symlog where scores reach zero) of the training examples of {dataset}, "
+                    "one panel per architecture."
+                )
+                scatters.append(sink.add(f"scatter_{dataset}_{mem}_vs_{inf}", png, caption))
+            panels = _panels(run, dataset, mem, None)
+            if panels:
+                png = figures.histogram_grid(panels, mem, f"{dataset}: {mem}")
+                caption = f"Distribution of {mem} scores on {dataset}, clean vs mislabeled."
+                histograms.append(sink.add(f"hist_{dataset}_{mem}", png, caption))
+        if mems:
+            for arch in run.archs(dataset):
+                item = _gallery(run, sink, dataset, arch, mems[0])
+                if item is not None:
+                    galleries.append(item)
+        sections.append(
+            {
+                "name": dataset,
+                "scatters": scatters,
+                "histograms": histograms,
+                "galleries": galleries,
+            }
+        )
+    return sections
+
+
+def stderr_rows(run: Run) -> list[dict[str, Any]]:
+    """Median reported stderr of each memorization score, for the caveats section."""
+    rows = []
+    mem = run.scores[run.scores["family"] == "memorization"]
+    for (dataset, arch, method), group in mem.groupby(["dataset", "arch", "method"], sort=False):
+        stderr = group["stderr"].dropna()
+        rows.append(
+            {
+                "dataset": dataset,
+                "arch": arch,
+                "method": method,
+                "median": f"{stderr.median():.3g}" if len(stderr) else "not reported",
+                "n": len(stderr),
+            }
+        )
+    return rows
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    if isinstance(value, dict):
+        return [
+            pair for k, v in value.items() for pair in _flatten(v, f"{prefix}.{k}" if prefix else k)
+        ]
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return [(prefix or "(config)", text)]
+
+
+def header(run: Run) -> dict[str, Any]:
+    """Run name, date, datasets, versions, stage timings and the config, ready to print."""
+    manifest = run.manifest
+    train = run.examples[run.examples["split"] == "train"]
+    datasets = []
+    for name, info in (manifest.get("datasets") or {}).items():
+        info = info if isinstance(info, dict) else {}
+        shape = info.get("input_shape") or []
+        flipped = info.get("n_mislabeled")
+        if flipped is None:  # older manifests: count the flags in the examples table
+            flipped = int(train.loc[train["dataset"] == name, "is_mislabeled"].sum())
+        datasets.append(
+            {
+                "name": name,
+                "kind": info.get("kind", "?"),
+                "shape": "×".join(str(s) for s in shape) or "?",
+                "n_classes": info.get("n_classes", "?"),
+                "n_train": info.get("n_train", "?"),
+                "n_test": info.get("n_test", "?"),
+                "mislabeled": flipped,
+                "label_noise": info.get("label_noise", "?"),
+                "fingerprint": str(info.get("fingerprint", ""))[:12],
+            }
+        )
+    stages = [
+        {
+            "name": name,
+            "seconds": f"{float(info['seconds']):.1f}" if "seconds" in info else "?",
+            "key": str(info.get("key", ""))[:12],
+        }
+        for name, info in (manifest.get("stages") or {}).items()
+        if isinstance(info, dict)
+    ]
+    date = next((str(manifest[k]) for k in _DATE_KEYS if manifest.get(k)), None)
+    return {
+        "name": str(manifest.get("name") or run.path.name),
+        "date": date,
+        "datasets": datasets,
+        "versions": [(str(k), str(v)) for k, v in (manifest.get("versions") or {}).items()],
+        "stages": stages,
+        "config": _flatten(manifest.get("config") or {}),
+    }
+
+
+def _environment() -> jinja2.Environment:
+    # autoescape everywhere: run, dataset, method and arch names are user-supplied.
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(_TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render_report(run_dir: Path) -> Path:
+    """Write ``report.html`` (and ``figures/*.png``) for the run in ``run_dir``; return its path.
+
+    Raises :class:`UserError` naming the file when a required file is missing.
+    """
+    run = load_run(Path(run_dir))
+    sink = FigureSink(run.path)
+    html = (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            run=header(run),
+            correlations=correlation_tables(run),
+            detection=detection_rows(run),
+            sections=dataset_sections(run, sink),
+            stderr_rows=stderr_rows(run),
+        )
+    )
+    return write_text(run.path / "report.html", html)

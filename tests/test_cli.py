@@ -1,0 +1,139 @@
+"""The command line: bad input is one line and exit code 2, with nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mnemoscope.cli import app
+from tests.runner.test_study import TINY
+
+runner = CliRunner()
+
+
+def _write(tmp_path, config) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+    return str(path)
+
+
+def _with(change) -> dict:
+    config = json.loads(json.dumps(TINY))
+    change(config)
+    return config
+
+
+BAD = [
+    (_with(lambda c: c.update(colour="red")), "colour: unknown key"),
+    (_with(lambda c: c["train"].update(lr=0)), "train.lr: Input should be greater than 0"),
+    (
+        _with(lambda c: c["train"].update(epochs="many")),
+        "train.epochs: Input should be a valid integer",
+    ),
+    (
+        _with(lambda c: c["train"].update(optimizer="rmsprop")),
+        "train.optimizer: Input should be 'sgd', 'adam' or 'adamw'",
+    ),
+    (
+        _with(lambda c: c["train"].update(momentum=1.5)),
+        "train.momentum: Input should be less than 1",
+    ),
+    (_with(lambda c: c.update(archs=["vgg"])), "archs: unknown arch ['vgg']"),
+    (_with(lambda c: c.update(archs=[])), "archs: List should have at least 1 item"),
+    (
+        _with(lambda c: c.update(datasets=[{"name": "cifar10"}])),
+        "datasets.0.name: unknown dataset 'cifar10'",
+    ),
+    (
+        _with(lambda c: c["datasets"][0].update(label_noise=-0.1)),
+        "datasets.0.label_noise: Input should be greater than or equal to 0",
+    ),
+    (_with(lambda c: c["datasets"][0].update(shuffle=True)), "datasets.0.shuffle: unknown key"),
+    (
+        _with(lambda c: c["memorization"][0].update(subset_fraction=1.0)),
+        "memorization.0.feldman_zhang.subset_fraction: Input should be less than 1",
+    ),
+    (
+        _with(lambda c: c["memorization"][0].update(models=3)),
+        "memorization.0.feldman_zhang.models: unknown key",
+    ),
+    (_with(lambda c: c["influence"].append({"method": "magic"})), "influence.2: Input tag 'magic'"),
+    (
+        _with(lambda c: c["influence"].append({"method": "grad_dot"})),
+        "influence: a method is listed twice",
+    ),
+    (
+        _with(lambda c: c["influence"][0].update(checkpoints=0)),
+        "influence.0.tracin.checkpoints: Input should be greater than or equal to 1",
+    ),
+    (_with(lambda c: c.update(device="tpu")), "device: Input should be 'cpu', 'cuda' or 'auto'"),
+    (
+        _with(lambda c: c["analysis"].update(confidence=2)),
+        "analysis.confidence: Input should be less than 1",
+    ),
+    ("name: [unclosed", "not valid YAML"),
+    ("- just\n- a list\n", "expected a mapping"),
+]
+
+
+@pytest.mark.parametrize(("config", "message"), BAD, ids=[m for _, m in BAD])
+def test_bad_config_is_one_line_exit_2_nothing_written(tmp_path, config, message):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", _write(tmp_path, config), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_missing_config_file(tmp_path):
+    result = runner.invoke(app, ["run", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "config file not found" in result.output
+
+
+def test_cuda_requested_without_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["run", _write(tmp_path, _with(lambda c: c.update(device="cuda"))), "--out", str(out)]
+    )
+    assert result.exit_code == 2 and "CUDA is not available" in result.output
+    assert not out.exists()
+
+
+def test_run_query_report_and_listings(tmp_path):
+    out = tmp_path / "out"
+    config = _write(tmp_path, TINY)
+    first = runner.invoke(app, ["run", config, "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    assert "report:" in first.output and "AUC" in first.output
+    second = runner.invoke(app, ["run", config, "--out", str(out)])
+    assert second.exit_code == 0 and "nothing to do" in second.output
+    query = runner.invoke(
+        app,
+        [
+            "query",
+            str(out),
+            "SELECT method, count(*) AS n FROM scores GROUP BY method ORDER BY method",
+        ],
+    )
+    assert query.exit_code == 0, query.output
+    assert "feldman_zhang" in query.output and "tracin" in query.output
+    bad_sql = runner.invoke(app, ["query", str(out), "SELECT nope FROM scores"])
+    assert bad_sql.exit_code == 2 and "query failed" in bad_sql.output
+    assert runner.invoke(app, ["query", str(tmp_path), "SELECT 1"]).exit_code == 2
+    (out / "report.html").unlink()
+    report = runner.invoke(app, ["report", str(out)])
+    assert report.exit_code == 0 and (out / "report.html").exists()
+    listing = runner.invoke(app, ["datasets"])
+    assert all(name in listing.output for name in ("digits", "mnist1d", "breast_cancer", "blobs"))
+    methods = runner.invoke(app, ["methods"])
+    assert all(name in methods.output for name in ("feldman_zhang", "tracin", "grad_dot"))
