@@ -1,8 +1,9 @@
 """Models per second: the vmap ensemble engine vs a plain sequential PyTorch loop.
 
 Both train K MLPs on sklearn digits, each on its own 70% subset, with identical
-hyperparameters, initial weights and data order, and both record every model's
-per-example loss and correctness after every epoch (what the engine records).
+hyperparameters, initial weights and data order, and both record what the engine
+records: every example's loss and correctness at each presentation, and each
+model's final logits on the training pool and the test split.
 The two are timed in the same run on the same machine; the ratio is the claim.
 
     .venv/bin/python bench/ensemble_training.py [--models 64] [--epochs 10] [--device cpu]
@@ -21,8 +22,11 @@ from mnemoscope.train import TrainConfig, epoch_orders, init_module, subset_mask
 
 
 def sequential(dataset, masks, config: TrainConfig, seed: int, device: torch.device) -> None:
-    """The baseline: one model after another, nn.Module + torch.optim.SGD."""
+    """The baseline: one model after another, nn.Module + torch.optim.SGD, recording the
+    same things as the engine: each example's loss and correctness when its batch is
+    presented, then the final logits on the training pool and the test split."""
     x, y = dataset.x_train.to(device), dataset.y_train.to(device)
+    n = dataset.n_train
     for k in range(masks.shape[0]):
         model = init_module("mlp", dataset.input_shape, dataset.n_classes, seed, k).to(device)
         opt = torch.optim.SGD(
@@ -31,16 +35,20 @@ def sequential(dataset, masks, config: TrainConfig, seed: int, device: torch.dev
             momentum=config.momentum,
             weight_decay=config.weight_decay,
         )
-        for order in epoch_orders(masks[k], seed, k, config.epochs):
-            order = order.to(device)
-            for batch in order.split(config.batch_size):
+        losses = torch.full((config.epochs, n), float("nan"), device=device)
+        correct = torch.zeros(config.epochs, n, dtype=torch.bool, device=device)
+        for epoch, order in enumerate(epoch_orders(masks[k], seed, k, config.epochs)):
+            for batch in order.to(device).split(config.batch_size):
                 opt.zero_grad()
-                F.cross_entropy(model(x[batch]), y[batch]).backward()
+                logits = model(x[batch])
+                per_example = F.cross_entropy(logits, y[batch], reduction="none")
+                losses[epoch, batch] = per_example.detach()
+                correct[epoch, batch] = logits.argmax(-1) == y[batch]
+                per_example.mean().backward()
                 opt.step()
-            with torch.no_grad():
-                logits = model(x)
-                F.cross_entropy(logits, y, reduction="none").cpu()
-                (logits.argmax(-1) == y).cpu()
+        with torch.no_grad():
+            model(x).cpu(), model(dataset.x_test.to(device)).cpu()
+        losses.cpu(), correct.cpu()
 
 
 def _timed(fn) -> float:

@@ -12,9 +12,19 @@ from mnemoscope.memorization import FeldmanZhang, FeldmanZhangConfig
 from mnemoscope.train import TrainConfig, TrainedEnsemble, train_ensemble
 
 
+class _Pool:
+    """The two attributes of a dataset the estimator reads: labels (all 0) and ids."""
+
+    def __init__(self, n: int) -> None:
+        self.y_train = torch.zeros(n, dtype=torch.long)
+        self.train_ids = torch.arange(10, 10 + n)
+
+
 def _ensemble(correct: list[list[int]], masks: list[list[int]]) -> TrainedEnsemble:
-    c = torch.tensor(correct, dtype=torch.bool)[:, None, :]  # [K, 1 epoch, n]
-    k, _, n = c.shape
+    """Final logits that predict the label (0) exactly where ``correct`` is 1."""
+    c = torch.tensor(correct, dtype=torch.float)
+    k, n = c.shape
+    logits = torch.stack([c, 1 - c], dim=-1)  # class 0 wins iff correct
     return TrainedEnsemble(
         "logreg",
         (2,),
@@ -22,23 +32,18 @@ def _ensemble(correct: list[list[int]], masks: list[list[int]]) -> TrainedEnsemb
         {},
         torch.tensor(masks, dtype=torch.bool),
         torch.zeros(k, 1, n),
-        c,
-        torch.zeros(k, n, 2),
+        torch.zeros(k, 1, n, dtype=torch.bool),
+        logits,
         torch.zeros(k, 1, 2),
     )
 
 
-def test_formula_and_stderr(digits_small):
+def test_formula_and_stderr():
     # 4 models, 3 examples. Example 0: right whenever seen, wrong otherwise → mem 1.
     # Example 1: always right → 0. Example 2: in {0,1} (1 right), out {2,3} (1 right) → 0.
     masks = [[1, 1, 1], [1, 0, 1], [0, 1, 0], [0, 0, 0]]
     correct = [[1, 1, 1], [1, 1, 0], [0, 1, 1], [0, 1, 0]]
-    ensemble = _ensemble(correct, masks)
-
-    class Three:
-        train_ids = torch.tensor([10, 11, 12])
-
-    scores = FeldmanZhang(FeldmanZhangConfig()).score(ensemble, Three())
+    scores = FeldmanZhang(FeldmanZhangConfig()).score(_ensemble(correct, masks), _Pool(3))
     np.testing.assert_allclose(scores.score, [1.0, 0.0, 0.0])
     np.testing.assert_allclose(scores.stderr, [0.0, 0.0, np.sqrt(0.25 / 2 + 0.25 / 2)])
     assert list(scores.example_ids) == [10, 11, 12]
@@ -47,11 +52,7 @@ def test_formula_and_stderr(digits_small):
 
 def test_never_held_out_example_gets_nan():
     ensemble = _ensemble([[1, 1], [1, 0]], [[1, 1], [1, 0]])
-
-    class Two:
-        train_ids = torch.tensor([0, 1])
-
-    scores = FeldmanZhang(FeldmanZhangConfig()).score(ensemble, Two())
+    scores = FeldmanZhang(FeldmanZhangConfig()).score(ensemble, _Pool(2))
     assert np.isnan(scores.score[0]) and np.isnan(scores.stderr[0])
     assert scores.score[1] == 1.0
 

@@ -18,7 +18,11 @@ from mnemoscope.train import (
 
 
 def train_alone(arch, dataset, mask_row, config: TrainConfig, seed: int, k: int):
-    """The plain PyTorch loop: one model, torch.optim, the same init and data order."""
+    """The plain PyTorch loop: one model, torch.optim, the same init and data order.
+
+    Returns the final parameters and, per epoch and example, the loss and correctness
+    at the example's presentation (NaN / False where the model never saw it).
+    """
     model = init_module(arch, dataset.input_shape, dataset.n_classes, seed, k)
     if config.optimizer == "sgd":
         opt = torch.optim.SGD(
@@ -35,12 +39,18 @@ def train_alone(arch, dataset, mask_row, config: TrainConfig, seed: int, k: int)
         opt = torch.optim.AdamW(
             model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         )
-    for order in epoch_orders(mask_row, seed, k, config.epochs):
+    losses = torch.full((config.epochs, dataset.n_train), float("nan"))
+    correct = torch.zeros(config.epochs, dataset.n_train, dtype=torch.bool)
+    for epoch, order in enumerate(epoch_orders(mask_row, seed, k, config.epochs)):
         for batch in order.split(config.batch_size):
             opt.zero_grad()
-            F.cross_entropy(model(dataset.x_train[batch]), dataset.y_train[batch]).backward()
+            logits = model(dataset.x_train[batch])
+            per_example = F.cross_entropy(logits, dataset.y_train[batch], reduction="none")
+            losses[epoch, batch] = per_example.detach()
+            correct[epoch, batch] = logits.argmax(-1) == dataset.y_train[batch]
+            per_example.mean().backward()
             opt.step()
-    return dict(model.named_parameters())
+    return dict(model.named_parameters()), losses, correct
 
 
 @pytest.mark.parametrize(
@@ -67,7 +77,7 @@ def test_vmap_trainer_matches_models_trained_alone(digits_small, arch, optimizer
     # batched and a single matmul is amplified. A wrong update rule errs by ~lr = 1e-2.
     atol = 2e-5 if optimizer == "sgd" else 2e-4
     for k in range(masks.shape[0]):
-        alone = train_alone(arch, digits_small, masks[k], config, seed=7, k=k)
+        alone, _, _ = train_alone(arch, digits_small, masks[k], config, seed=7, k=k)
         for name, value in alone.items():
             torch.testing.assert_close(
                 trained.params[name][k], value.detach(), atol=atol, rtol=1e-4
@@ -95,23 +105,34 @@ def test_records_checkpoints_and_roundtrip(digits_small, tmp_path):
     )
     n, k = digits_small.n_train, 3
     assert trained.train_loss.shape == (k, 4, n) and trained.train_correct.shape == (k, 4, n)
+    assert trained.train_logits.shape == (k, n, 10)
     assert trained.test_logits.shape == (k, digits_small.n_test, 10)
     assert sum(done) == k * 4
+    # records at each presentation, as a plain loop records them; nothing where unseen
+    for model in range(k):
+        _, losses, correct = train_alone("mlp", digits_small, masks[model], config, 0, model)
+        torch.testing.assert_close(
+            trained.train_loss[model], losses, atol=1e-5, rtol=1e-4, equal_nan=True
+        )
+        assert torch.equal(trained.train_correct[model], correct)
+    assert trained.train_loss[:, :, ~masks[0]][0].isnan().all()
+    assert not trained.train_loss[masks[:, None, :].expand(-1, 4, -1)].isnan().any()
     assert [c.epoch for c in trained.checkpoints] == [2, 4]
     assert all(c.lr == 0.1 for c in trained.checkpoints)
     for name in trained.params:  # the last checkpoint is the final model
         assert torch.equal(trained.checkpoints[-1].params[name], trained.params[name])
-    # the recorded final loss is the loss of the final parameters
+    # the final logits are the final parameters' logits, on seen and unseen examples
     logits = torch.func.functional_call(
         trained.module(), {k_: v[1] for k_, v in trained.params.items()}, (digits_small.x_train,)
     )
-    expected = F.cross_entropy(logits, digits_small.y_train, reduction="none")
-    torch.testing.assert_close(trained.train_loss[1, -1], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(trained.train_logits[1], logits, atol=1e-5, rtol=1e-5)
     # training lowers the loss of the examples a model sees
-    assert trained.train_loss[:, -1][masks].mean() < trained.train_loss[:, 0][masks].mean()
+    first, last = trained.train_loss[:, 0], trained.train_loss[:, -1]
+    assert last[masks].mean() < first[masks].mean()
     loaded = TrainedEnsemble.load(trained.save(tmp_path / "e.safetensors"))
     assert torch.equal(loaded.masks, trained.masks)
-    assert torch.equal(loaded.train_loss, trained.train_loss)
+    assert torch.equal(loaded.train_loss.isnan(), trained.train_loss.isnan())
+    assert torch.equal(loaded.train_logits, trained.train_logits)
     assert [(c.epoch, c.lr) for c in loaded.checkpoints] == [(2, 0.1), (4, 0.1)]
     for name in trained.params:
         assert torch.equal(loaded.checkpoints[0].params[name], trained.checkpoints[0].params[name])

@@ -27,7 +27,7 @@ class FeldmanZhang(MemorizationEstimator):
     """Label memorization of each training example (Feldman & Zhang 2020, Alg. 1).
 
     ``mem_i = mean_{k: M_ki=1} c_ki − mean_{k: M_ki=0} c_ki`` with ``c_ki = 1[argmax
-    f_θk(x_i) = y_i]`` after the last epoch, ``y_i`` the label trained on (after
+    f_θk(x_i) = y_i]`` for the final model k, ``y_i`` the label trained on (after
     noise), ``M`` the ``[K, n]`` subset masks. The score lies in ``[−1, 1]``; higher
     means the model gets the example right only when it has seen it: memorized.
 
@@ -53,7 +53,8 @@ class FeldmanZhang(MemorizationEstimator):
         return subset_masks(self.config.n_models, n_train, self.config.subset_fraction, seed)
 
     def score(self, ensemble: TrainedEnsemble, dataset: Dataset) -> Scores:
-        correct = ensemble.train_correct[:, -1].double()  # [K, n], after the last epoch
+        labels = dataset.y_train.to(ensemble.train_logits.device)
+        correct = (ensemble.train_logits.argmax(-1) == labels).double()  # [K, n], final models
         inside = ensemble.masks.double()
         k_in, k_out = inside.sum(0), (1 - inside).sum(0)
         with np.errstate(divide="ignore", invalid="ignore"):
