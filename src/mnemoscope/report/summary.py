@@ -5,57 +5,50 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from rich.console import Group
 from rich.table import Table
 
 
-def summary_table(run_dir: Path) -> Table:
-    """Per dataset × arch: Spearman (95% CI) of each memorization–influence pair, and the
-    mislabel-detection AUC of each score."""
-    correlations = pd.read_parquet(Path(run_dir) / "correlations.parquet")
-    detection = pd.read_parquet(Path(run_dir) / "detection.parquet")
-    scores = pd.read_parquet(Path(run_dir) / "scores.parquet", columns=["method", "family"])
+def summary_table(run_dir: Path) -> Group:
+    """Two narrow tables: Spearman (95% CI) of each memorization–influence pair, and the
+    mislabel-detection ROC AUC of each score, per dataset × arch."""
+    run_dir = Path(run_dir)
+    correlations = pd.read_parquet(run_dir / "correlations.parquet")
+    detection = pd.read_parquet(run_dir / "detection.parquet")
+    scores = pd.read_parquet(run_dir / "scores.parquet", columns=["method", "family"])
     families = dict(zip(scores["method"], scores["family"]))
     cross = correlations[
         (correlations["statistic"] == "spearman")
-        & (correlations["method_a"].map(families) != correlations["method_b"].map(families))
+        & (correlations["method_a"].map(families) == "memorization")
+        & (correlations["method_b"].map(families) == "influence")
     ]
-    pairs = list(dict.fromkeys(zip(cross["method_a"], cross["method_b"])))
+    rho = Table(title="memorization vs self-influence: Spearman ρ [95% CI]")
+    for column in ("dataset", "arch", "memorization", "influence"):
+        rho.add_column(column)
+    rho.add_column("ρ [95% CI]", justify="right")
+    rho.add_column("n", justify="right")
+    for row in cross.itertuples(index=False):
+        rho.add_row(
+            row.dataset,
+            row.arch,
+            row.method_a,
+            row.method_b,
+            f"{row.value:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}]",
+            str(row.n),
+        )
     methods = list(dict.fromkeys(detection["method"]))
-    table = Table(title="memorization vs influence (Spearman, 95% CI) · mislabel detection AUC")
-    table.add_column("dataset")
-    table.add_column("arch")
-    for a, b in pairs:
-        table.add_column(f"ρ {a}~{b}", justify="right")
+    auc = Table(title="flipped-label detection: ROC AUC of each score")
+    auc.add_column("dataset")
+    auc.add_column("arch")
     for method in methods:
-        table.add_column(f"AUC {method}", justify="right")
-    for dataset, arch in scores_index(correlations, detection):
-        row = [dataset, arch]
-        for a, b in pairs:
-            hit = cross[
-                (cross["dataset"] == dataset)
-                & (cross["arch"] == arch)
-                & (cross["method_a"] == a)
-                & (cross["method_b"] == b)
-            ]
-            row.append(
-                f"{hit['value'].iloc[0]:.2f} [{hit['ci_low'].iloc[0]:.2f}, {hit['ci_high'].iloc[0]:.2f}]"
-                if len(hit)
-                else "–"
-            )
-        for method in methods:
-            hit = detection[
-                (detection["dataset"] == dataset)
-                & (detection["arch"] == arch)
-                & (detection["method"] == method)
-            ]
-            row.append(f"{hit['auc'].iloc[0]:.3f}" if len(hit) else "–")
-        table.add_row(*row)
-    return table
+        auc.add_column(method, justify="right")
+    wide = detection.pivot_table(
+        index=["dataset", "arch"], columns="method", values="auc", sort=False
+    )
+    for (dataset, arch), values in wide.iterrows():
+        auc.add_row(dataset, arch, *[_auc(values.get(m)) for m in methods])
+    return Group(rho, auc)
 
 
-def scores_index(*frames: pd.DataFrame) -> list[tuple[str, str]]:
-    """(dataset, arch) pairs in order of first appearance across the frames."""
-    keys: dict[tuple[str, str], None] = {}
-    for frame in frames:
-        keys.update(dict.fromkeys(zip(frame["dataset"], frame["arch"])))
-    return list(keys)
+def _auc(value: float | None) -> str:
+    return "–" if value is None or pd.isna(value) else f"{value:.3f}"

@@ -18,8 +18,8 @@ def demo_config(quick: bool = False) -> StudyConfig:
             ],
             "archs": ["logreg", "mlp", "cnn"],
             "train": {
-                "epochs": 12 if quick else 30,
-                "batch_size": 64,
+                "epochs": 15 if quick else 40,
+                "batch_size": 32,
                 "optimizer": "sgd",
                 "lr": 0.05,
                 "momentum": 0.9,
