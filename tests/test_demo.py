@@ -1,0 +1,39 @@
+"""The demo: runs with no config on built-in data and finds the planted flipped labels."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from mnemoscope.cli import app
+
+
+def _check_demo(out, quick: bool) -> None:
+    result = CliRunner().invoke(app, ["demo", "--out", str(out)] + (["--quick"] if quick else []))
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["datasets"]) == {"digits", "mnist1d"}
+    assert manifest["config"]["archs"] == ["logreg", "mlp", "cnn"]
+    assert all(d["label_noise"] == 0.1 for d in manifest["datasets"].values())
+    html = (out / "report.html").read_text()
+    assert "digits" in html and "mnist1d" in html and "data:image/png;base64," in html
+    detection = pd.read_parquet(out / "detection.parquet").set_index(["dataset", "arch", "method"])
+    assert len(detection) == 2 * 3 * 3
+    # TracIn self-influence flags flipped digits labels for every architecture
+    for arch in ("logreg", "mlp", "cnn"):
+        assert detection.loc[("digits", arch, "tracin"), "auc"] > 0.9
+    if not quick:  # enough models and epochs for Feldman–Zhang to see memorization
+        for arch in ("mlp", "cnn"):
+            assert detection.loc[("digits", arch, "feldman_zhang"), "auc"] > 0.85
+
+
+def test_quick_demo(tmp_path):
+    _check_demo(tmp_path / "demo", quick=True)
+
+
+@pytest.mark.slow
+def test_full_demo(tmp_path):
+    _check_demo(tmp_path / "demo", quick=False)
