@@ -85,6 +85,21 @@ def test_changed_method_config_redoes_only_what_depends_on_it(finished, tmp_path
     }
 
 
+def test_smaller_config_forgets_what_it_no_longer_runs(finished, tmp_path):
+    out, _ = finished
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    smaller = json.loads(json.dumps(TINY))
+    smaller["archs"] = ["logreg"]
+    result = run_study(parse_config(smaller), copy)
+    assert not any(o.ran for o in result.outcomes if o.name.startswith(("train/", "scores/")))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert not any("/mlp" in stage for stage in manifest["stages"])
+    assert set(pd.read_parquet(copy / "scores.parquet")["arch"]) == {"logreg"}
+
+
 def test_killed_run_resumes_to_the_same_tables(finished, tmp_path, monkeypatch):
     out, _ = finished
     original = study_module.Study._score

@@ -131,6 +131,10 @@ class Study:
                     upstream.append(key)
                     score_files.append(file)
         tables_key = self._tables(datasets, score_files, upstream)
+        self.run.keep_only(
+            [o.name for o in self.outcomes] + ["tables", "analysis", "report"],
+            [d.name for d in cfg.datasets],
+        )
         analysis_key = self._stage(
             "analysis",
             {

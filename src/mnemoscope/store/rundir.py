@@ -111,6 +111,15 @@ class RunDir:
         )
         self.save()
 
+    def keep_only(self, stages: list[str], datasets: list[str]) -> None:
+        """Forget stages and datasets of earlier configs run into this directory, so the
+        manifest (and the report drawn from it) describes the current run alone."""
+        self.manifest["stages"] = {k: v for k, v in self.manifest["stages"].items() if k in stages}
+        self.manifest["datasets"] = {
+            k: v for k, v in self.manifest["datasets"].items() if k in datasets
+        }
+        self.save()
+
     def finish(self, stage: str, key: str, seconds: float, outputs: list[str]) -> None:
         self.manifest["stages"][stage] = {
             "key": key,

@@ -189,7 +189,8 @@ class _Stack:
         """
         probe = {k: v.clone().requires_grad_(True) for k, v in self.params.items()}
         n_models = next(iter(probe.values())).shape[0]
-        out = vmap(self._one)(probe, example[None, :1].expand(n_models, 1, *example.shape[1:]))
+        batch = example[:8]
+        out = vmap(self._one)(probe, batch.expand(n_models, *batch.shape))
         grads = torch.autograd.grad(out.sum(), list(probe.values()))
         self.params = {
             k: torch.empty_strided(g.shape, g.stride(), dtype=v.dtype, device=v.device)
