@@ -137,3 +137,26 @@ def test_run_query_report_and_listings(tmp_path):
     assert all(name in listing.output for name in ("digits", "mnist1d", "breast_cancer", "blobs"))
     methods = runner.invoke(app, ["methods"])
     assert all(name in methods.output for name in ("feldman_zhang", "tracin", "grad_dot"))
+
+
+def test_the_issue_config_shape_parses_unchanged():
+    from pathlib import Path
+
+    from mnemoscope.config import load_config
+
+    config = load_config(Path(__file__).parents[1] / "examples" / "study.yaml")
+    assert config.name == "example" and config.archs == ["logreg", "mlp", "cnn"]
+    assert config.datasets[0].name == "digits" and config.datasets[0].label_noise == 0.1
+    assert config.train.batch_size == 128 and config.train.weight_decay == 0.0005
+    assert [m.method for m in config.memorization] == ["feldman_zhang"]
+    assert config.memorization[0].n_models == 64
+    assert [m.method for m in config.influence] == ["tracin", "grad_dot"]
+    assert config.influence[0].checkpoints == 5
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    out = tmp_path / "taken"
+    out.write_text("precious")
+    result = runner.invoke(app, ["run", _write(tmp_path, TINY), "--out", str(out)])
+    assert result.exit_code == 2 and "not a directory" in result.output
+    assert out.read_text() == "precious"
