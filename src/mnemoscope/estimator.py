@@ -7,6 +7,7 @@ elsewhere.
 
 from __future__ import annotations
 
+from abc import ABC
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -67,7 +68,7 @@ class Scores:
         )
 
 
-class Estimator:
+class Estimator(ABC):
     """Base of every estimator. Subclasses set the class attributes and register.
 
     Attributes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Literal
 
 import torch
@@ -37,8 +38,9 @@ class GradientDot(InfluenceEstimator):
 
     config: GradDotConfig
 
+    @abstractmethod
     def _weighted_params(self, model: TrainedEnsemble) -> list[tuple[float, dict]]:
-        raise NotImplementedError
+        """The ``(w_c, θ_c)`` pairs: weights and single-model parameters."""
 
     def _gradient_blocks(self, model: TrainedEnsemble, x, y, device):
         module = model.module().to(device)
