@@ -9,6 +9,7 @@ config again redoes nothing and a killed run resumes after its last finished sta
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +69,11 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("config error: device: 'cuda' requested but CUDA is not available")
     return torch.device(device)
+
+
+def _mask_digest(masks: torch.Tensor) -> str:
+    """SHA-256 of ``[K, n]`` subset masks: names the ensemble and keys its training."""
+    return hashlib.sha256(masks.to(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def _estimator_code(estimator: Estimator) -> str:
@@ -236,7 +242,7 @@ class Study:
                 "seed": seed,
                 "device": str(self.device),
                 "train": self.config.train.model_dump(exclude={"chunk_size"}),
-                "masks": content_hash(masks.to(torch.uint8).numpy().tobytes().hex()),
+                "masks": _mask_digest(masks),
                 "checkpoints": checkpoint_epochs,
                 "code": code_version("mnemoscope.train", "mnemoscope.models"),
             },
@@ -281,7 +287,7 @@ class Study:
                 )
         for est in self.memorization:
             masks = est.masks(dataset.n_train, derive_seed(seed, _MASKS))
-            name = "subsets-" + content_hash(masks.to(torch.uint8).numpy().tobytes().hex())[:12]
+            name = "subsets-" + _mask_digest(masks)[:12]
             train_key, file = self._train(
                 dataset, data_key, arch, name, masks, derive_seed(seed, _SUBSETS), []
             )
