@@ -41,11 +41,14 @@ BAD = [
         _with(lambda c: c["train"].update(momentum=1.5)),
         "train.momentum: Input should be less than 1",
     ),
-    (_with(lambda c: c.update(archs=["vgg"])), "archs: unknown arch ['vgg']"),
+    (
+        _with(lambda c: c.update(archs=["vgg"])),
+        "archs: unknown arch ['vgg']; known: logreg, mlp, cnn",
+    ),
     (_with(lambda c: c.update(archs=[])), "archs: List should have at least 1 item"),
     (
         _with(lambda c: c.update(datasets=[{"name": "cifar10"}])),
-        "datasets.0.name: unknown dataset 'cifar10'",
+        "datasets.0.name: unknown dataset 'cifar10'; built-in: blobs, breast_cancer, digits, mnist1d",
     ),
     (
         _with(lambda c: c["datasets"][0].update(label_noise=-0.1)),
@@ -60,7 +63,22 @@ BAD = [
         _with(lambda c: c["memorization"][0].update(models=3)),
         "memorization.0.feldman_zhang.models: unknown key",
     ),
-    (_with(lambda c: c["influence"].append({"method": "magic"})), "influence.2: Input tag 'magic'"),
+    (
+        _with(lambda c: c["influence"].append({"method": "magic"})),
+        "influence.2: unknown influence method 'magic'; known: grad_dot, tracin",
+    ),
+    (
+        _with(lambda c: c["memorization"].append({"method": "tracin"})),
+        "memorization.1: unknown memorization method 'tracin'; known: feldman_zhang",
+    ),
+    (
+        _with(lambda c: c.update(executor={"kind": "dask"})),
+        "executor.kind: Input should be 'local' or 'ray'",
+    ),
+    (
+        _with(lambda c: c.update(targets={"split": "train", "n": 0})),
+        "targets.n: Input should be greater than 0",
+    ),
     (
         _with(lambda c: c["influence"].append({"method": "grad_dot"})),
         "influence: a method is listed twice",

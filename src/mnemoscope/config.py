@@ -15,35 +15,98 @@ Shape (a contract; later work adds methods to the lists, never changes the shape
     influence:
       - {method: tracin, checkpoints: 5}
       - {method: grad_dot}
+    targets: {split: test, n: 100}          # optional: train×target influence
+    executor: {kind: local}                 # or {kind: ray, address: auto, num_cpus: 2}
 
 An unknown key or a bad value raises :class:`ConfigError` with one line naming it.
+Method entries are looked up in the estimator registry when the config is
+validated, so an estimator registered by user code is accepted like a built-in one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from mnemoscope import influence as _influence  # noqa: F401  (registers the estimators)
 from mnemoscope import memorization as _memorization  # noqa: F401
 from mnemoscope.data import BUILTIN
 from mnemoscope.errors import ConfigError
-from mnemoscope.estimator import estimators
+from mnemoscope.estimator import MethodConfig, estimators
 from mnemoscope.models import ARCHITECTURES
 from mnemoscope.train import TrainConfig
 
-
-def _method_union(family: Literal["memorization", "influence"]) -> Any:
-    classes = tuple(cls.config_class for cls in estimators(family).values())
-    union = classes[0] if len(classes) == 1 else Union[classes]  # noqa: UP007
-    return Annotated[union, Field(discriminator="method")]
+Family = Literal["memorization", "influence"]
 
 
-MemorizationEntry = _method_union("memorization")
-InfluenceEntry = _method_union("influence")
+def _method_entries(entries: Any, family: Family) -> list[MethodConfig]:
+    """Each entry validated by its estimator's own config class, found in the registry."""
+    if not isinstance(entries, list):
+        raise PydanticCustomError("list_type", "Input should be a list of method entries")
+    known = estimators(family)
+    validated = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, MethodConfig):
+            entry = entry.model_dump()
+        method = entry.get("method") if isinstance(entry, dict) else None
+        if method not in known:
+            what = "a mapping with a 'method' key" if method is None else f"'{method}'"
+            raise PydanticCustomError(
+                "method_entry",
+                "{loc}: unknown {family} method {what}; known: {known}",
+                {"loc": str(i), "family": family, "what": what, "known": ", ".join(sorted(known))},
+            )
+        try:
+            validated.append(known[method].config_class.model_validate(entry))
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+            raise PydanticCustomError(
+                "method_entry",
+                "{loc}: {message}",
+                {"loc": f"{i}.{method}.{field}", "message": message.removeprefix("Value error, ")},
+            ) from None
+    methods = [e.method for e in validated]
+    if len(set(methods)) != len(methods):
+        raise ValueError("a method is listed twice")
+    return validated
+
+
+class ExecutorConfig(BaseModel):
+    """Where the stages run; results are identical under every executor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "ray"] = "local"
+    """``local``: in this process, one stage after another. ``ray``: stages as Ray tasks."""
+    address: str | None = None
+    """Ray only: ``None`` starts a local cluster for the run; ``auto`` or ``host:port``
+    joins a running one (its workers must see the run directory's file system)."""
+    num_cpus: PositiveInt | None = None
+    """Ray only: CPUs of the local cluster started for the run (None: all)."""
+
+
+class TargetsConfig(BaseModel):
+    """The targets of train×target influence, written to ``influence.parquet``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    split: Literal["test", "train"] = "test"
+    n: PositiveInt = 100
+    """The first ``n`` examples of the split (all of them if it has fewer)."""
 
 
 class DatasetConfig(BaseModel):
@@ -83,9 +146,12 @@ class StudyConfig(BaseModel):
     datasets: list[DatasetConfig] = Field(min_length=1)
     archs: list[str] = Field(min_length=1)
     train: TrainConfig = TrainConfig()
-    memorization: list[MemorizationEntry] = Field(default_factory=list)  # type: ignore[valid-type]
-    influence: list[InfluenceEntry] = Field(default_factory=list)  # type: ignore[valid-type]
+    memorization: list[SerializeAsAny[MethodConfig]] = Field(default_factory=list)
+    influence: list[SerializeAsAny[MethodConfig]] = Field(default_factory=list)
     analysis: AnalysisConfig = AnalysisConfig()
+    targets: TargetsConfig | None = None
+    """Train×target influence of every influence method on these targets (optional)."""
+    executor: ExecutorConfig = ExecutorConfig()
 
     @field_validator("archs")
     @classmethod
@@ -105,13 +171,15 @@ class StudyConfig(BaseModel):
             raise ValueError("a dataset is listed twice")
         return datasets
 
-    @field_validator("memorization", "influence")
+    @field_validator("memorization", mode="before")
     @classmethod
-    def _unique_methods(cls, entries: list[Any]) -> list[Any]:
-        methods = [e.method for e in entries]
-        if len(set(methods)) != len(methods):
-            raise ValueError("a method is listed twice")
-        return entries
+    def _memorization_entries(cls, entries: Any) -> list[MethodConfig]:
+        return _method_entries(entries, "memorization")
+
+    @field_validator("influence", mode="before")
+    @classmethod
+    def _influence_entries(cls, entries: Any) -> list[MethodConfig]:
+        return _method_entries(entries, "influence")
 
 
 def _describe(error: ValidationError) -> str:
@@ -120,8 +188,10 @@ def _describe(error: ValidationError) -> str:
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
-    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{where}: {message}{more}"
+    elif first["type"] == "method_entry":
+        where, message = message.split(": ", 1)
+        where = f"{first['loc'][0]}.{where}"
+    return f"{where}: {message}"
 
 
 def parse_config(data: Any) -> StudyConfig:

@@ -1,19 +1,29 @@
-"""What every estimator shares: its config, its output (:class:`Scores`) and a registry.
+"""What every estimator shares: its config, the ensembles it declares, fit then score,
+its output (:class:`Scores`) and a registry.
 
 Both families (memorization, influence) subclass :class:`Estimator`; registering
 a subclass makes it known to the config, the CLI and the runner with no edit
-elsewhere.
+elsewhere: the runner asks each estimator what to train, never the other way round.
 """
 
 from __future__ import annotations
 
-from abc import ABC
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from pydantic import BaseModel, ConfigDict
+
+from mnemoscope.task import Task
+from mnemoscope.train import EnsembleSpec, TrainedEnsemble
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from mnemoscope.data import Dataset
 
 Family = Literal["memorization", "influence"]
 
@@ -68,8 +78,35 @@ class Scores:
         )
 
 
+@dataclass(frozen=True)
+class PlanContext:
+    """What an estimator may know when it declares its ensembles.
+
+    Attributes:
+        n_train: training examples of the dataset.
+        epochs: epochs each model is trained for (the config's ``train.epochs``).
+        seed: a seed for the estimator's masks, the same for every estimator of the
+            study, so estimators asking for the same kind of masks get identical ones.
+    """
+
+    n_train: int
+    epochs: int
+    seed: int
+
+
 class Estimator(ABC):
-    """Base of every estimator. Subclasses set the class attributes and register.
+    """Base of every estimator of either family: declare, fit, score.
+
+    1. :meth:`ensembles` declares, by role, the ensembles to train
+       (:class:`~mnemoscope.train.EnsembleSpec`); the runner trains each distinct one once.
+    2. :meth:`fit` receives them (same roles), the dataset, the task and a device, and
+       keeps what later calls need in attributes ending in ``_``; it returns ``self``.
+       Where that state is expensive, the class sets ``cache_fit = True`` and
+       implements :meth:`fitted_state` / :meth:`load_fitted`: the fit is then its own
+       stage, written once and read by every later stage.
+    3. :meth:`score` gives one score per training example (:class:`Scores`).
+
+    Subclasses set the class attributes and are registered with :func:`register`.
 
     Attributes:
         name: registered name, as written in the config.
@@ -77,6 +114,7 @@ class Estimator(ABC):
         config_class: the pydantic model of its config entry.
         cost: what it costs (models trained, gradients, Hessian form).
         reference: paper and equation.
+        cache_fit: whether the fitted state is kept as its own stage.
     """
 
     name: ClassVar[str]
@@ -84,17 +122,52 @@ class Estimator(ABC):
     config_class: ClassVar[type[MethodConfig]]
     cost: ClassVar[str]
     reference: ClassVar[str]
+    summary: ClassVar[str] = ""
+    cache_fit: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
+
+    @abstractmethod
+    def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
+        """The ensembles this estimator reads, by role (e.g. ``{"model": spec}``)."""
+
+    @abstractmethod
+    def fit(
+        self,
+        ensembles: dict[str, TrainedEnsemble],
+        dataset: Dataset,
+        task: Task,
+        device: str | torch.device = "cpu",
+    ) -> Self:
+        """Take the trained ``ensembles`` (by the roles :meth:`ensembles` named); return self."""
+
+    @abstractmethod
+    def score(self) -> Scores:
+        """One score per training example; higher = more memorized / more influential."""
+
+    def fitted_state(self) -> dict[str, torch.Tensor]:
+        """Tensors that restore the fit with :meth:`load_fitted` (``cache_fit`` classes)."""
+        raise NotImplementedError(f"{self.name} does not cache its fit")
+
+    def load_fitted(
+        self,
+        state: dict[str, torch.Tensor],
+        ensembles: dict[str, TrainedEnsemble],
+        dataset: Dataset,
+        task: Task,
+        device: str | torch.device = "cpu",
+    ) -> Self:
+        """Restore a fit from :meth:`fitted_state` without recomputing it; return self."""
+        raise NotImplementedError(f"{self.name} does not cache its fit")
 
 
 REGISTRY: dict[str, type[Estimator]] = {}
 
 
 def register(cls: type[Estimator]) -> type[Estimator]:
-    """Class decorator: make ``cls`` known under ``cls.name``."""
-    if cls.name in REGISTRY:
+    """Class decorator: make ``cls`` known under ``cls.name`` (and to the config)."""
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
         raise ValueError(f"estimator '{cls.name}' registered twice")
     REGISTRY[cls.name] = cls
     return cls

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from mnemoscope.influence import GradDot, GradDotConfig, TracIn, TracInConfig
 from mnemoscope.models import last_layer_names
+from mnemoscope.task import Task
 from mnemoscope.train import TrainConfig, full_masks, train_ensemble
 
 
@@ -39,7 +40,7 @@ def trained(request, digits_small):
 def test_tracin_self_influence_equals_autograd_loop(trained, selection):
     model, data = trained
     estimator = TracIn(TracInConfig(checkpoints=3, params=selection, batch_size=50))
-    scores = estimator.self_influence(model, data)
+    scores = estimator.fit({"model": model}, data, Task()).self_influence()
     module = model.module()
     names = (
         [n for n, _ in module.named_parameters()]
@@ -58,9 +59,9 @@ def test_tracin_self_influence_equals_autograd_loop(trained, selection):
 
 def test_grad_dot_train_by_test_equals_loop(trained):
     model, data = trained
-    estimator = GradDot(GradDotConfig(batch_size=64))
-    matrix = estimator.influence(model, data, data.x_test[:4], data.y_test[:4])
-    assert matrix.shape == (4, data.n_train)
+    estimator = GradDot(GradDotConfig(batch_size=64)).fit({"model": model}, data, Task())
+    matrix = estimator.influence_matrix(data.x_test[:4], data.y_test[:4])
+    assert matrix.shape == (data.n_train, 4)  # training examples first, then targets
     module = model.module()
     names = [n for n, _ in module.named_parameters()]
     final = {k: v[0] for k, v in model.params.items()}
@@ -68,14 +69,28 @@ def test_grad_dot_train_by_test_equals_loop(trained):
         g_t = _loop_grad(module, final, data.x_test[t], data.y_test[t], names).double()
         for i in (0, 17, data.n_train - 1):
             g_i = _loop_grad(module, final, data.x_train[i], data.y_train[i], names).double()
-            assert float(matrix[t, i]) == pytest.approx(float(g_t @ g_i), rel=1e-4, abs=1e-8)
+            assert float(matrix[i, t]) == pytest.approx(float(g_t @ g_i), rel=1e-4, abs=1e-8)
     # the diagonal of train×train is the self-influence
-    diagonal = estimator.influence(model, data, data.x_train[:5], data.y_train[:5])[
-        range(5), range(5)
-    ]
-    np.testing.assert_allclose(
-        diagonal.numpy(), estimator.self_influence(model, data).score[:5], rtol=1e-6
+    diagonal = estimator.influence_matrix(data.x_train[:5], data.y_train[:5])[range(5), range(5)]
+    np.testing.assert_allclose(diagonal.numpy(), estimator.self_influence().score[:5], rtol=1e-6)
+
+
+def test_blocks_under_a_small_budget_give_the_same_matrix(trained):
+    model, data = trained
+    estimator = TracIn(TracInConfig(checkpoints=3, batch_size=32)).fit(
+        {"model": model}, data, Task()
     )
+    whole = estimator.influence_matrix(data.x_test[:10], data.y_test[:10])
+    n_params = sum(v[0].numel() for v in model.params.values())
+    budget = 2 * 4 * n_params * 3 * 3  # three targets' gradients at three checkpoints
+    blocks = list(estimator.influence(data.x_test[:10], data.y_test[:10], budget))
+    assert {b.targets.stop - b.targets.start for b in blocks} == {3, 1}
+    assert max(b.values.shape[0] for b in blocks) == 32
+    assembled = torch.zeros_like(whole)
+    for block in blocks:
+        assembled[block.train, block.targets] += block.values
+    # float32 gradients of a batch of 3 vs 10 targets round differently, nothing more
+    torch.testing.assert_close(assembled, whole, rtol=1e-4, atol=1e-6 * float(whole.abs().max()))
 
 
 def test_tracin_uses_checkpoints_evenly_spaced():
@@ -95,5 +110,6 @@ def test_self_influence_flags_flipped_labels(digits_small):
     )
     flipped = digits_small.is_mislabeled.numpy()
     for estimator in (TracIn(TracInConfig(checkpoints=4)), GradDot(GradDotConfig())):
-        auc = roc_auc_score(flipped, estimator.self_influence(model, digits_small).score)
+        scores = estimator.fit({"model": model}, digits_small, Task()).self_influence()
+        auc = roc_auc_score(flipped, scores.score)
         assert auc > 0.9, (estimator.name, auc)

@@ -8,8 +8,15 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from mnemoscope.data import prepare
+from mnemoscope.estimator import PlanContext
 from mnemoscope.memorization import FeldmanZhang, FeldmanZhangConfig
+from mnemoscope.task import Task
 from mnemoscope.train import TrainConfig, TrainedEnsemble, train_ensemble
+
+
+def _score(ensemble, dataset, config=None):
+    estimator = FeldmanZhang(config or FeldmanZhangConfig())
+    return estimator.fit({"subsets": ensemble}, dataset, Task()).score()
 
 
 class _Pool:
@@ -43,7 +50,7 @@ def test_formula_and_stderr():
     # Example 1: always right → 0. Example 2: in {0,1} (1 right), out {2,3} (1 right) → 0.
     masks = [[1, 1, 1], [1, 0, 1], [0, 1, 0], [0, 0, 0]]
     correct = [[1, 1, 1], [1, 1, 0], [0, 1, 1], [0, 1, 0]]
-    scores = FeldmanZhang(FeldmanZhangConfig()).score(_ensemble(correct, masks), _Pool(3))
+    scores = _score(_ensemble(correct, masks), _Pool(3))
     np.testing.assert_allclose(scores.score, [1.0, 0.0, 0.0])
     np.testing.assert_allclose(scores.stderr, [0.0, 0.0, np.sqrt(0.25 / 2 + 0.25 / 2)])
     assert list(scores.example_ids) == [10, 11, 12]
@@ -52,18 +59,18 @@ def test_formula_and_stderr():
 
 def test_never_held_out_example_gets_nan():
     ensemble = _ensemble([[1, 1], [1, 0]], [[1, 1], [1, 0]])
-    scores = FeldmanZhang(FeldmanZhangConfig()).score(ensemble, _Pool(2))
+    scores = _score(ensemble, _Pool(2))
     assert np.isnan(scores.score[0]) and np.isnan(scores.stderr[0])
     assert scores.score[1] == 1.0
 
 
 def _detection_auc(n_models: int, n_samples: int | None) -> float:
     dataset = prepare("digits", seed=0, label_noise=0.1, n_samples=n_samples)
-    estimator = FeldmanZhang(FeldmanZhangConfig(n_models=n_models))
-    masks = estimator.masks(dataset.n_train, seed=1)
-    config = TrainConfig(epochs=40, batch_size=32, lr=0.05, weight_decay=5e-4)
-    trained = train_ensemble("mlp", dataset, masks, config, seed=2)
-    scores = estimator.score(trained, dataset)
+    config = FeldmanZhangConfig(n_models=n_models)
+    (spec,) = FeldmanZhang(config).ensembles(PlanContext(dataset.n_train, 40, seed=1)).values()
+    train = TrainConfig(epochs=40, batch_size=32, lr=0.05, weight_decay=5e-4)
+    trained = train_ensemble("mlp", dataset, spec.masks, train, seed=2)
+    scores = _score(trained, dataset, config)
     finite = np.isfinite(scores.score)  # NaN only where an example was never held out
     assert finite.mean() > 0.9 and np.array_equal(finite, np.isfinite(scores.stderr))
     score, flipped = scores.score[finite], dataset.is_mislabeled.numpy()[finite]

@@ -9,7 +9,7 @@ import pytest
 
 from mnemoscope.config import parse_config
 from mnemoscope.runner import run_study
-from mnemoscope.runner import study as study_module
+from mnemoscope.runner import stages as stages_module
 from mnemoscope.store import TABLES
 
 TINY = {
@@ -41,6 +41,7 @@ def test_tables_have_exact_columns_and_content(finished):
     tables = _tables(out)
     for name, schema in TABLES.items():
         assert list(tables[name].columns) == schema.names, name
+    assert tables["influence"].empty  # no targets in the config
     scores = tables["scores"]
     assert set(scores["method"]) == {"feldman_zhang", "tracin", "grad_dot"}
     assert set(scores["family"]) == {"memorization", "influence"}
@@ -102,24 +103,25 @@ def test_smaller_config_forgets_what_it_no_longer_runs(finished, tmp_path):
 
 def test_killed_run_resumes_to_the_same_tables(finished, tmp_path, monkeypatch):
     out, _ = finished
-    original = study_module.Study._score
+    original = stages_module.score_estimator
     calls = {"n": 0}
 
-    def dies_on_fourth(self, *args, **kwargs):
+    def dies_on_fourth(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt("killed")
-        return original(self, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(study_module.Study, "_score", dies_on_fourth)
+    monkeypatch.setattr(stages_module, "score_estimator", dies_on_fourth)
     resumed_dir = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         run_study(parse_config(TINY), resumed_dir)
-    monkeypatch.setattr(study_module.Study, "_score", original)
+    monkeypatch.setattr(stages_module, "score_estimator", original)
     assert not (resumed_dir / "scores.parquet").exists()
     result = run_study(parse_config(TINY), resumed_dir)
     cached = {o.name for o in result.outcomes if not o.ran}
-    assert {"data/digits", "train/digits/logreg/full", "scores/digits/logreg/tracin"} <= cached
+    assert {"data/digits", "scores/digits/logreg/feldman_zhang"} <= cached
+    assert sum(name.startswith("train/digits/logreg/full-") for name in cached) == 1
     uninterrupted = _tables(out)
     for name, frame in _tables(resumed_dir).items():
         pd.testing.assert_frame_equal(frame, uninterrupted[name])

@@ -1,49 +1,87 @@
 """The influence family: attributors of a trained model's behaviour to training examples.
 
-Each attributor works on the model trained on the whole training set (an
-ensemble of one, with its checkpoints) and gives
+Every attributor has one interface, with the same argument order everywhere
+(training examples first, then targets):
 
-- :meth:`self_influence`: ``[n]`` influence of each training example on its own
-  loss, computed directly in O(n) gradient passes (never as an n×n diagonal);
-- :meth:`influence`: ``[n_test, n_train]`` influence of each training example on
-  each target (train×test), targets first, in blocks.
+- :meth:`~mnemoscope.estimator.Estimator.ensembles` declares what it reads (most
+  read one model trained on the whole set, with checkpoints);
+- :meth:`~mnemoscope.estimator.Estimator.fit` takes the trained ensembles, the
+  dataset and the task, and keeps what scoring needs;
+- :meth:`InfluenceEstimator.self_influence` (also :meth:`score`): ``[n_train]``
+  influence of each training example on its own loss, computed directly in O(n)
+  gradient passes, never as the diagonal of an n×n matrix;
+- :meth:`InfluenceEstimator.influence`: the ``[n_train, n_targets]`` influence of
+  training example i on target t, yielded in :class:`InfluenceBlock` s whose size is
+  bounded by a memory budget, so the whole matrix never has to be in memory.
 
-Sign: higher = more influential (for a target: removing the example would raise
-the target's loss).
+Sign: higher = more influential; for a target, a positive score means removing
+the training example would raise the target's loss (hurt it).
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from mnemoscope.data import Dataset
 from mnemoscope.estimator import Estimator, Family, Scores
-from mnemoscope.train import TrainedEnsemble
+
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+"""Bytes an attributor may hold for one block of train×target influence and its inputs."""
+
+
+@dataclass(frozen=True)
+class InfluenceBlock:
+    """Influence of the training rows ``train`` on the target columns ``targets``.
+
+    Attributes:
+        train: slice of training-example positions (rows of ``dataset.x_train``).
+        targets: slice of target positions (rows of the target inputs).
+        values: ``[len(train), len(targets)]`` float64.
+    """
+
+    train: slice
+    targets: slice
+    values: torch.Tensor
 
 
 class InfluenceEstimator(Estimator):
     family: ClassVar[Family] = "influence"
 
-    def checkpoint_epochs(self, epochs: int) -> list[int]:
-        """1-based epochs after which the trainer must keep parameters for this method."""
-        return []
+    def score(self) -> Scores:
+        """The per-example score of an attributor is its self-influence."""
+        return self.self_influence()
 
     @abstractmethod
-    def self_influence(
-        self, model: TrainedEnsemble, dataset: Dataset, device: str | torch.device = "cpu"
-    ) -> Scores:
-        """``[n_train]`` self-influence of each training example."""
+    def self_influence(self) -> Scores:
+        """``[n_train]`` influence of each training example on its own loss."""
 
     @abstractmethod
     def influence(
         self,
-        model: TrainedEnsemble,
-        dataset: Dataset,
         x_target: torch.Tensor,
         y_target: torch.Tensor,
-        device: str | torch.device = "cpu",
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    ) -> Iterator[InfluenceBlock]:
+        """Blocks of the ``[n_train, n_targets]`` influence on targets ``(x, y)``."""
+
+    def influence_matrix(
+        self,
+        x_target: torch.Tensor,
+        y_target: torch.Tensor,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> torch.Tensor:
-        """``[n_target, n_train]`` influence of training example i on target t."""
+        """The whole ``[n_train, n_targets]`` matrix, assembled from :meth:`influence`."""
+        n_train = self.n_train_
+        matrix = torch.zeros(n_train, len(y_target), dtype=torch.float64)
+        for block in self.influence(x_target, y_target, memory_budget):
+            matrix[block.train, block.targets] = block.values
+        return matrix
+
+    @property
+    def n_train_(self) -> int:
+        """Training examples of the fitted dataset."""
+        return int(self.dataset_.n_train)

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field, PositiveInt
 
 from mnemoscope.data import Dataset
-from mnemoscope.estimator import MethodConfig, Scores, register
-from mnemoscope.influence.base import InfluenceEstimator
-from mnemoscope.influence.gradients import ParamSelection, per_example_grads, select_params
-from mnemoscope.train import TrainedEnsemble
+from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
+from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
+from mnemoscope.influence.gradients import (
+    Params,
+    ParamSelection,
+    per_example_grads,
+    select_params,
+)
+from mnemoscope.task import Task
+from mnemoscope.train import EnsembleSpec, TrainedEnsemble
+
+if TYPE_CHECKING:
+    from typing import Self
 
 
 class GradDotConfig(MethodConfig):
@@ -38,43 +47,78 @@ class GradientDot(InfluenceEstimator):
 
     config: GradDotConfig
 
+    def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
+        return {"model": EnsembleSpec.single(context.n_train, self._epochs(context.epochs))}
+
+    def _epochs(self, epochs: int) -> list[int]:
+        """Checkpoint epochs to read; the final model is read from its parameters."""
+        return []
+
     @abstractmethod
-    def _weighted_params(self, model: TrainedEnsemble) -> list[tuple[float, dict]]:
+    def _weighted_params(self, model: TrainedEnsemble) -> list[tuple[float, Params]]:
         """The ``(w_c, θ_c)`` pairs: weights and single-model parameters."""
 
-    def _gradient_blocks(self, model: TrainedEnsemble, x, y, device):
-        module = model.module().to(device)
-        names = select_params(module, self.config.params)
-        for weight, params in self._weighted_params(model):
-            params = {k: v.to(device) for k, v in params.items()}
-            yield (
-                weight,
-                per_example_grads(
-                    module, params, x.to(device), y.to(device), names, self.config.batch_size
-                ),
+    def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
+        model = ensembles["model"]
+        self.device_ = torch.device(device)
+        self.task_ = task
+        self.dataset_ = dataset
+        self.module_ = model.module().to(self.device_)
+        self.names_ = select_params(self.module_, self.config.params)
+        self.weighted_ = [
+            (weight, {k: v.to(self.device_) for k, v in params.items()})
+            for weight, params in self._weighted_params(model)
+        ]
+        return self
+
+    def _grads(self, params: Params, x: torch.Tensor, y: torch.Tensor):
+        return per_example_grads(
+            self.module_,
+            params,
+            x.to(self.device_),
+            y.to(self.device_),
+            self.names_,
+            self.config.batch_size,
+            self.task_,
+        )
+
+    def self_influence(self) -> Scores:
+        data = self.dataset_
+        total = torch.zeros(data.n_train, dtype=torch.float64)
+        for weight, params in self.weighted_:
+            norms = torch.cat(
+                [
+                    (g.double() ** 2).sum(1).cpu()
+                    for g in self._grads(params, data.x_train, data.y_train)
+                ]
             )
-
-    def self_influence(self, model, dataset: Dataset, device="cpu") -> Scores:
-        total = torch.zeros(dataset.n_train, dtype=torch.float64)
-        for weight, blocks in self._gradient_blocks(
-            model, dataset.x_train, dataset.y_train, device
-        ):
-            norms = torch.cat([(g.double() ** 2).sum(1).cpu() for g in blocks])
             total += weight * norms
-        return Scores(self.name, self.family, dataset.train_ids.numpy(), total.numpy())
+        return Scores(self.name, self.family, data.train_ids.numpy(), total.numpy())
 
-    def influence(self, model, dataset: Dataset, x_target, y_target, device="cpu"):
-        total = torch.zeros(len(y_target), dataset.n_train, dtype=torch.float64)
-        targets = self._gradient_blocks(model, x_target, y_target, device)
-        trains = self._gradient_blocks(model, dataset.x_train, dataset.y_train, device)
-        for (weight, target_blocks), (_, train_blocks) in zip(targets, trains):
-            g_target = torch.cat(list(target_blocks)).double()  # [n_target, P]
-            column = 0
-            for g_train in train_blocks:
-                block = g_target @ g_train.double().T
-                total[:, column : column + block.shape[1]] += weight * block.cpu()
-                column += block.shape[1]
-        return total
+    def influence(self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET):
+        """Blocks of ``[batch_size, b_t]``: training gradients one batch at a time against
+        target gradients held ``b_t`` at a time for every parameter set, with ``b_t`` the
+        most that fits half of ``memory_budget`` (at least one target)."""
+        data = self.dataset_
+        n_params = sum(self.module_.get_parameter(k).numel() for k in self.names_)
+        per_target = 4 * n_params * len(self.weighted_)
+        width = max(1, min(len(y_target), memory_budget // 2 // max(per_target, 1)))
+        for start in range(0, len(y_target), width):
+            targets = slice(start, min(start + width, len(y_target)))
+            g_target = [
+                torch.cat(list(self._grads(p, x_target[targets], y_target[targets]))).double()
+                for _, p in self.weighted_
+            ]
+            row = 0
+            blocks = zip(*[self._grads(p, data.x_train, data.y_train) for _, p in self.weighted_])
+            for g_trains in blocks:
+                values = sum(
+                    w * (g.double() @ t.T)
+                    for (w, _), g, t in zip(self.weighted_, g_trains, g_target)
+                )
+                rows = slice(row, row + values.shape[0])
+                row = rows.stop
+                yield InfluenceBlock(rows, targets, values.cpu())
 
 
 @register
@@ -90,6 +134,8 @@ class GradDot(GradientDot):
     config_class = GradDotConfig
     cost = "n per-example gradients at the final model"
     reference = "gradient-similarity baseline (dattri; Hammoudeh & Lowd 2024 survey)"
+
+    summary = "gradient dot product at the final model"
 
     def _weighted_params(self, model):
         return [(1.0, {k: v[0] for k, v in model.params.items()})]
@@ -113,16 +159,16 @@ class TracIn(GradientDot):
     reference = "Pruthi et al. 2020, 'Estimating Training Data Influence by Tracing Gradient Descent', eq. 3"
     config: TracInConfig
 
+    summary = "learning-rate-weighted gradient dot products over training checkpoints"
+
     def checkpoint_epochs(self, epochs: int) -> list[int]:
+        """``checkpoints`` epochs evenly spaced over training, the last one the final model."""
         count = min(self.config.checkpoints, epochs)
         return sorted({int(round(epochs * (j + 1) / count)) for j in range(count)})
 
+    def _epochs(self, epochs: int) -> list[int]:
+        return self.checkpoint_epochs(epochs)
+
     def _weighted_params(self, model):
-        wanted = set(self.checkpoint_epochs(max(c.epoch for c in model.checkpoints)))
-        chosen = [c for c in model.checkpoints if c.epoch in wanted]
-        if len(chosen) != len(wanted):
-            raise ValueError(
-                f"tracin needs checkpoints at epochs {sorted(wanted)}, the model has "
-                f"{[c.epoch for c in model.checkpoints]}"
-            )
+        chosen = [model.checkpoint(e) for e in self.checkpoint_epochs(model.epochs)]
         return [(c.lr, {k: v[0] for k, v in c.params.items()}) for c in chosen]

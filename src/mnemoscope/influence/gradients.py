@@ -1,4 +1,4 @@
-"""Per-example gradients of the training loss, in batches, with ``vmap(grad(...))``."""
+"""Per-example gradients of the task's loss (or measurement), in batches, with ``vmap(grad)``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
-from torch.nn import functional as F
+from torch.func import grad, vmap
 
 from mnemoscope.errors import ConfigError
 from mnemoscope.models import last_layer_names
+from mnemoscope.task import Measurement, Task
 
 ParamSelection = Literal["all", "last_layer"] | list[str]
 Params = dict[str, torch.Tensor]
@@ -24,6 +24,8 @@ def select_params(module: nn.Module, selection: ParamSelection) -> list[str]:
         return names
     if selection == "last_layer":
         return last_layer_names(module)
+    if not selection:
+        raise ConfigError("params: the list of parameter names is empty")
     unknown = [name for name in selection if name not in names]
     if unknown:
         raise ConfigError(f"params: unknown parameter names {unknown}; the model has {names}")
@@ -37,21 +39,25 @@ def per_example_grads(
     y: torch.Tensor,
     names: Sequence[str],
     batch_size: int = 256,
+    task: Task | None = None,
+    measurement: Measurement = "loss",
 ) -> Iterator[torch.Tensor]:
-    """Yield ``[b, P]`` flattened gradients of ``ℓ(z_i; θ)`` for consecutive batches.
+    """Yield ``[b, P]`` flattened gradients of ``m(z_i; θ)`` for consecutive batches.
 
-    ``params`` holds one model's parameters (no leading model dimension); only
-    ``names`` are differentiated, concatenated in that order. One forward and
-    backward per example, vectorised over the batch: O(n) passes in all.
+    ``m`` is the task's per-example loss (``measurement='loss'``) or another
+    measurement (:class:`~mnemoscope.task.Task`). ``params`` holds one model's
+    parameters (no leading model dimension); only ``names`` are differentiated,
+    concatenated in that order. One forward and backward per example, vectorised
+    over the batch: O(n) passes in all.
     """
+    task = task or Task()
     trainable = {k: params[k] for k in names}
     frozen = {k: v for k, v in params.items() if k not in trainable}
 
-    def loss(theta: Params, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(module, {**frozen, **theta}, (xi[None],))
-        return F.cross_entropy(logits, yi[None])
+    def value(theta: Params, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return task.example_measurement(module, {**frozen, **theta}, xi, yi, measurement)
 
-    per_example = vmap(grad(loss), in_dims=(None, 0, 0))
+    per_example = vmap(grad(value), in_dims=(None, 0, 0))
     for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
         g = per_example(trainable, xb, yb)
         yield torch.cat([g[k].flatten(1) for k in names], dim=1)

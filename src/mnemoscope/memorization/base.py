@@ -1,29 +1,17 @@
-"""The memorization family: estimators that turn a trained ensemble into per-example scores.
+"""The memorization family: estimators that turn trained ensembles into per-example scores.
 
-An estimator says which subset masks it needs trained (:meth:`masks`); the runner
-asks ``train`` for that ensemble (estimators never train models themselves) and
-hands it to :meth:`score`. Estimators asking for identical masks share one ensemble.
+An estimator declares the ensembles it needs (:meth:`ensembles`, usually subset
+masks); the runner asks ``train`` for them (estimators never train models
+themselves), hands them to :meth:`fit`, and :meth:`score` gives the scores.
+Estimators asking for identical masks share one trained ensemble.
 """
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from typing import ClassVar
 
-import torch
-
-from mnemoscope.data import Dataset
-from mnemoscope.estimator import Estimator, Family, Scores
-from mnemoscope.train import TrainedEnsemble
+from mnemoscope.estimator import Estimator, Family
 
 
 class MemorizationEstimator(Estimator):
     family: ClassVar[Family] = "memorization"
-
-    @abstractmethod
-    def masks(self, n_train: int, seed: int) -> torch.Tensor:
-        """``[K, n_train]`` bool subset masks of the ensemble this estimator needs."""
-
-    @abstractmethod
-    def score(self, ensemble: TrainedEnsemble, dataset: Dataset) -> Scores:
-        """Per-training-example memorization; higher = more memorized."""

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from mnemoscope.data import Dataset
-from mnemoscope.estimator import MethodConfig, Scores, register
+from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
 from mnemoscope.memorization.base import MemorizationEstimator
-from mnemoscope.train import TrainedEnsemble, subset_masks
+from mnemoscope.task import Task
+from mnemoscope.train import EnsembleSpec, subset_masks
+
+if TYPE_CHECKING:
+    from typing import Self
 
 
 class FeldmanZhangConfig(MethodConfig):
@@ -49,10 +52,21 @@ class FeldmanZhang(MemorizationEstimator):
     reference = "Feldman & Zhang 2020, 'What Neural Networks Memorize and Why', Alg. 1"
     config: FeldmanZhangConfig
 
-    def masks(self, n_train: int, seed: int) -> torch.Tensor:
-        return subset_masks(self.config.n_models, n_train, self.config.subset_fraction, seed)
+    summary = "accuracy on an example when trained with it minus without it (subsets)"
 
-    def score(self, ensemble: TrainedEnsemble, dataset: Dataset) -> Scores:
+    def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
+        masks = subset_masks(
+            self.config.n_models, context.n_train, self.config.subset_fraction, context.seed
+        )
+        return {"subsets": EnsembleSpec(masks)}
+
+    def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
+        self.ensemble_ = ensembles["subsets"]
+        self.dataset_ = dataset
+        return self
+
+    def score(self) -> Scores:
+        ensemble, dataset = self.ensemble_, self.dataset_
         labels = dataset.y_train.to(ensemble.train_logits.device)
         correct = (ensemble.train_logits.argmax(-1) == labels).double()  # [K, n], final models
         inside = ensemble.masks.double()

@@ -85,8 +85,16 @@ ARCHITECTURES: dict[str, Architecture] = {
 def build_model(arch: str, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """Build a freshly initialised ``arch`` (init drawn from torch's global RNG)."""
     if arch not in ARCHITECTURES:
-        raise ConfigError(f"unknown arch '{arch}'; known: {sorted(ARCHITECTURES)}")
+        raise ConfigError(f"unknown arch '{arch}'; known: {', '.join(sorted(ARCHITECTURES))}")
     return ARCHITECTURES[arch].build(tuple(input_shape), n_classes)
+
+
+def last_layer_module(model: nn.Module) -> nn.Module:
+    """The model's last module that has parameters of its own (its classifier)."""
+    owners = [module for _, module in model.named_modules() if list(module.parameters(False))]
+    if not owners:
+        raise ConfigError("the model has no parameters")
+    return owners[-1]
 
 
 def last_layer_names(model: nn.Module) -> list[str]:

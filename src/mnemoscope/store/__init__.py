@@ -9,16 +9,21 @@ from mnemoscope.store.atomic import (
     write_text,
 )
 from mnemoscope.store.cache import code_version, content_hash
+from mnemoscope.store.manifest import DatasetInfo, Manifest, StageRecord
 from mnemoscope.store.rundir import RunDir, safe_name
-from mnemoscope.store.tables import CORRELATIONS, DETECTION, EXAMPLES, SCORES, TABLES
+from mnemoscope.store.tables import CORRELATIONS, DETECTION, EXAMPLES, INFLUENCE, SCORES, TABLES
 
 __all__ = [
     "CORRELATIONS",
     "DETECTION",
     "EXAMPLES",
+    "INFLUENCE",
     "SCORES",
     "TABLES",
+    "DatasetInfo",
+    "Manifest",
     "RunDir",
+    "StageRecord",
     "atomic_path",
     "code_version",
     "content_hash",

@@ -16,18 +16,35 @@ def content_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@cache
-def code_version(*modules: str) -> str:
-    """SHA-256 of the source of the named modules (a package counts all its ``.py`` files).
+def _source_files(module_name: str) -> list[Path]:
+    """A module's file; for a package, every file under it (templates included)."""
+    path = Path(importlib.import_module(module_name).__file__)
+    if path.name != "__init__.py":
+        return [path]
+    return sorted(
+        p
+        for p in path.parent.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+    )
 
-    Part of every cache key, so changing a stage's code invalidates that stage only.
+
+@cache
+def _file_digest(path: Path, mtime_ns: int, size: int) -> bytes:
+    return hashlib.sha256(path.read_bytes()).digest()
+
+
+def code_version(*modules: str) -> str:
+    """SHA-256 of every file the named modules consist of: a module's source, or for a
+    package all its files (``.py``, templates, data), names relative to the package.
+
+    Part of every cache key, so changing a stage's code or a file it reads
+    invalidates that stage only. Files are re-read whenever they change on disk.
     """
     digest = hashlib.sha256()
-    for name in sorted(modules):
-        module = importlib.import_module(name)
-        path = Path(module.__file__)
-        files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
-        for file in files:
-            digest.update(file.name.encode())
-            digest.update(file.read_bytes())
+    for name in sorted(set(modules)):
+        root = Path(importlib.import_module(name).__file__).parent
+        for file in _source_files(name):
+            stat = file.stat()
+            digest.update(str(file.relative_to(root)).encode())
+            digest.update(_file_digest(file, stat.st_mtime_ns, stat.st_size))
     return digest.hexdigest()

@@ -4,14 +4,19 @@ Layout::
 
     manifest.json                  config, versions, data fingerprints, stages with keys and timings
     examples.parquet scores.parquet correlations.parquet detection.parquet
+    influence.parquet              train×target influence (when the config names targets)
     data/<dataset>.safetensors     the dataset's tensors, as every later stage reads them
-    models/<dataset>__<arch>__<ensemble>.safetensors   trained ensembles and checkpoints
+    specs/<dataset>__<ensemble>.safetensors            masks an ensemble is trained on
+    models/<dataset>__<arch>__<ensemble>[.part-j].safetensors   trained ensembles
+    fits/<dataset>__<arch>__<method>.safetensors       an estimator's cached fit
     parts/scores/<dataset>__<arch>__<method>.parquet   one estimator's scores
+    parts/influence/<dataset>__<arch>__<method>.parquet  its train×target influence
     report.html  figures/*.png
 
 A stage counts as finished when the manifest holds its cache key and its outputs
 exist. The manifest is rewritten atomically after every stage, so a run killed
-mid-way resumes from the last finished stage.
+mid-way resumes from the last finished stage. Everything that reads a run (the
+report, the summary, ``query``) reads it through :class:`RunDir`.
 """
 
 from __future__ import annotations
@@ -24,8 +29,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+from pydantic import ValidationError
+
 from mnemoscope.errors import UserError
-from mnemoscope.store.atomic import write_json
+from mnemoscope.store.atomic import write_text
+from mnemoscope.store.manifest import Manifest, StageRecord
+from mnemoscope.store.tables import TABLES
 
 _PACKAGES = (
     "mnemoscope",
@@ -59,24 +69,30 @@ def safe_name(*parts: str) -> str:
 
 
 class RunDir:
-    """A run directory and its manifest."""
+    """A run directory and its manifest (:class:`~mnemoscope.store.manifest.Manifest`)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.manifest: dict[str, Any] = self._read_manifest()
+        self.manifest: Manifest = self._read_manifest()
 
-    def _read_manifest(self) -> dict[str, Any]:
+    def _read_manifest(self) -> Manifest:
         path = self.root / "manifest.json"
         if not path.exists():
-            return {"stages": {}, "datasets": {}}
+            return Manifest()
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+            return Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise UserError(f"{path}: not a valid manifest (JSON could not be read)") from None
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "manifest"
+            raise UserError(f"{path}: not a valid manifest ({where}: {first['msg']})") from None
 
     @classmethod
     def existing(cls, root: Path) -> RunDir:
         """Open a finished or partial run; a missing manifest is a one-line user error."""
+        if not Path(root).is_dir():
+            raise UserError(f"run directory {root} does not exist")
         if not (Path(root) / "manifest.json").is_file():
             raise UserError(f"{root}: not a mnemoscope run directory (no manifest.json)")
         return cls(root)
@@ -84,50 +100,83 @@ class RunDir:
     def path(self, relative: str) -> Path:
         return self.root / relative
 
+    def table(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+        """The run's table ``name`` (``examples``, ``scores``, ...), checked against its
+        schema; a missing or unreadable file or a missing column is a :class:`UserError`."""
+        path = self.path(f"{name}.parquet")
+        if not path.is_file():
+            raise UserError(f"run directory is missing {path.name}: expected {path}")
+        try:
+            frame = pd.read_parquet(path, columns=columns)
+        except Exception as error:  # pyarrow raises several types for corrupt files
+            raise UserError(f"cannot read {path.name}: {error}") from None
+        missing = [c for c in (columns or TABLES[name].names) if c not in frame.columns]
+        if missing:
+            raise UserError(f"{path.name} is missing columns {missing}")
+        return frame
+
+    def has_table(self, name: str) -> bool:
+        return self.path(f"{name}.parquet").is_file()
+
     def data_file(self, dataset: str) -> str:
         return f"data/{safe_name(dataset)}.safetensors"
 
-    def model_file(self, dataset: str, arch: str, ensemble: str) -> str:
-        return f"models/{safe_name(dataset, arch, ensemble)}.safetensors"
+    def spec_file(self, dataset: str, ensemble: str) -> str:
+        return f"specs/{safe_name(dataset, ensemble)}.safetensors"
+
+    def model_file(self, dataset: str, arch: str, ensemble: str, part: int | None = None) -> str:
+        suffix = "" if part is None else f".part-{part}"
+        return f"models/{safe_name(dataset, arch, ensemble)}{suffix}.safetensors"
+
+    def fit_file(self, dataset: str, arch: str, method: str) -> str:
+        return f"fits/{safe_name(dataset, arch, method)}.safetensors"
 
     def score_file(self, dataset: str, arch: str, method: str) -> str:
         return f"parts/scores/{safe_name(dataset, arch, method)}.parquet"
 
+    def influence_file(self, dataset: str, arch: str, method: str) -> str:
+        return f"parts/influence/{safe_name(dataset, arch, method)}.parquet"
+
     def is_finished(self, stage: str, key: str) -> bool:
-        record = self.manifest["stages"].get(stage)
+        record = self.manifest.stages.get(stage)
         return (
             record is not None
-            and record.get("key") == key
-            and all(self.path(p).exists() for p in record.get("outputs", []))
+            and record.key == key
+            and all(self.path(p).exists() for p in record.outputs)
         )
 
     def start(self, name: str, config: dict[str, Any]) -> None:
         """Record the config and versions of the run about to execute."""
-        self.manifest.update(
-            name=name,
-            config=config,
-            versions=package_versions(),
-            started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
+        self.manifest.name = name
+        self.manifest.config = config
+        self.manifest.versions = package_versions()
+        self.manifest.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.save()
 
     def keep_only(self, stages: list[str], datasets: list[str]) -> None:
         """Forget stages and datasets of earlier configs run into this directory, so the
         manifest (and the report drawn from it) describes the current run alone."""
-        self.manifest["stages"] = {k: v for k, v in self.manifest["stages"].items() if k in stages}
-        self.manifest["datasets"] = {
-            k: v for k, v in self.manifest["datasets"].items() if k in datasets
-        }
+        self.manifest.stages = {k: v for k, v in self.manifest.stages.items() if k in stages}
+        self.manifest.datasets = {k: v for k, v in self.manifest.datasets.items() if k in datasets}
         self.save()
 
-    def finish(self, stage: str, key: str, seconds: float, outputs: list[str]) -> None:
-        self.manifest["stages"][stage] = {
-            "key": key,
-            "seconds": round(seconds, 3),
-            "outputs": outputs,
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+    def finish(
+        self,
+        stage: str,
+        key: str,
+        seconds: float,
+        outputs: list[str],
+        record: dict[str, Any] | None = None,
+    ) -> None:
+        self.manifest.stages[stage] = StageRecord(
+            key=key,
+            seconds=round(seconds, 3),
+            outputs=outputs,
+            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            record=record or {},
+        )
         self.save()
 
     def save(self) -> None:
-        write_json(self.root / "manifest.json", self.manifest)
+        text = json.dumps(self.manifest.model_dump(mode="json"), indent=2, sort_keys=True)
+        write_text(self.root / "manifest.json", text + "\n")

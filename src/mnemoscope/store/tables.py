@@ -58,11 +58,24 @@ DETECTION = pa.schema(
     ]
 )
 
+INFLUENCE = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("arch", pa.string()),
+        ("seed", pa.int64()),
+        ("method", pa.string()),
+        ("train_id", pa.int64()),  # the training example i
+        ("target_id", pa.int64()),  # the target t (a test or training example id)
+        ("score", pa.float64()),  # influence of i on t; > 0: removing i would hurt t
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "examples": EXAMPLES,
     "scores": SCORES,
     "correlations": CORRELATIONS,
     "detection": DETECTION,
+    "influence": INFLUENCE,
 }
 
 

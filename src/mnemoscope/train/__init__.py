@@ -9,14 +9,18 @@ from mnemoscope.train.ensemble import (
 )
 from mnemoscope.train.masks import derive_seed, full_masks, subset_masks
 from mnemoscope.train.options import TrainConfig
+from mnemoscope.train.spec import EnsembleSpec, Sharing, merge_specs
 
 __all__ = [
     "Checkpoint",
+    "EnsembleSpec",
+    "Sharing",
     "TrainConfig",
     "TrainedEnsemble",
     "derive_seed",
     "epoch_orders",
     "full_masks",
+    "merge_specs",
     "init_module",
     "subset_masks",
     "train_ensemble",

@@ -20,14 +20,15 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
-from torch.nn import functional as F
 
 from mnemoscope.data import Dataset
 from mnemoscope.models import build_model
 from mnemoscope.store.atomic import write_safetensors
+from mnemoscope.task import Task
 from mnemoscope.train.masks import derive_seed
 from mnemoscope.train.optim import Params, StackedOptimizer
 from mnemoscope.train.options import TrainConfig
+from mnemoscope.train.spec import Sharing
 
 EVAL_BATCH = 1024
 DEFAULT_CHUNK = 64
@@ -35,7 +36,8 @@ DEFAULT_CHUNK = 64
 
 @dataclass
 class Checkpoint:
-    """Parameters ``[K, ...]`` after ``epoch`` epochs and the learning rate then in force."""
+    """Parameters ``[K, ...]`` after ``epoch`` epochs (0: before training) and the
+    learning rate then in force."""
 
     epoch: int
     lr: float
@@ -75,6 +77,27 @@ class TrainedEnsemble:
     def n_models(self) -> int:
         return int(self.masks.shape[0])
 
+    @property
+    def epochs(self) -> int:
+        """Epochs each model was trained for."""
+        return int(self.train_loss.shape[1])
+
+    @property
+    def initial(self) -> Params:
+        """Parameters before training; the spec must have asked for ``keep_initial``."""
+        for checkpoint in self.checkpoints:
+            if checkpoint.epoch == 0:
+                return checkpoint.params
+        raise ValueError("this ensemble did not keep its initial parameters (keep_initial)")
+
+    def checkpoint(self, epoch: int) -> Checkpoint:
+        """The checkpoint kept after ``epoch`` epochs."""
+        for checkpoint in self.checkpoints:
+            if checkpoint.epoch == epoch:
+                return checkpoint
+        kept = [c.epoch for c in self.checkpoints]
+        raise ValueError(f"no checkpoint at epoch {epoch}; this ensemble kept {kept}")
+
     def module(self) -> nn.Module:
         """A module of this architecture to ``functional_call`` with these parameters."""
         return build_model(self.arch, self.input_shape, self.n_classes)
@@ -98,6 +121,11 @@ class TrainedEnsemble:
             "checkpoints": [{"epoch": c.epoch, "lr": c.lr} for c in self.checkpoints],
         }
         return write_safetensors(path, tensors, {"mnemoscope": json.dumps(meta)})
+
+    @classmethod
+    def load_parts(cls, paths: Sequence[Path]) -> TrainedEnsemble:
+        """One ensemble from files of consecutive parts of its models, in order."""
+        return _concatenate([cls.load(path) for path in paths])
 
     @classmethod
     def load(cls, path: Path) -> TrainedEnsemble:
@@ -140,12 +168,21 @@ def init_module(
         return build_model(arch, input_shape, n_classes)
 
 
-def epoch_orders(mask_row: torch.Tensor, seed: int, k: int, epochs: int) -> list[torch.Tensor]:
+def epoch_orders(
+    mask_row: torch.Tensor, seed: int, k: int, epochs: int, order: Sharing = "per_model"
+) -> list[torch.Tensor]:
     """Model k's data order: for each epoch, a permutation of the indices in its subset.
 
-    One generator per model, seeded from ``(seed, k)``, drawn epoch after epoch,
-    as a ``DataLoader(shuffle=True, generator=...)`` would.
+    ``'per_model'``: one generator per model, seeded from ``(seed, k)``, drawn epoch
+    after epoch, as a ``DataLoader(shuffle=True, generator=...)`` would.
+    ``'shared'``: one permutation of all n examples per epoch, the same for every
+    model, keeping only the model's members: dropping example i leaves the relative
+    order of the others unchanged.
     """
+    if order == "shared":
+        generator = torch.Generator().manual_seed(derive_seed(seed, 0x0D3E, 0x5A4ED))
+        perms = [torch.randperm(len(mask_row), generator=generator) for _ in range(epochs)]
+        return [perm[mask_row[perm]] for perm in perms]
     members = mask_row.nonzero().flatten()
     generator = torch.Generator().manual_seed(derive_seed(seed, 0x0D3E, k))
     return [members[torch.randperm(len(members), generator=generator)] for _ in range(epochs)]
@@ -229,25 +266,35 @@ def train_ensemble(
     *,
     seed: int,
     checkpoint_epochs: Sequence[int] = (),
+    init: Sharing = "per_model",
+    order: Sharing = "per_model",
+    keep_initial: bool = False,
+    models: Sequence[int] | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> TrainedEnsemble:
-    """Train ``K = masks.shape[0]`` models of ``arch``, model k on ``masks[k]``.
+    """Train models of ``arch``, model k on ``masks[k]``: all K, or the rows ``models``.
 
-    Models are trained ``config.chunk_size`` at a time; model k's initial weights
-    and data order depend only on ``(seed, k)``, so the result does not depend on
-    the chunking. ``checkpoint_epochs`` (1-based) says after which epochs to keep
-    the parameters. ``progress(m)`` is called after each epoch with m models done
-    with that epoch.
+    Models are trained ``config.chunk_size`` at a time. Model k's initial weights and
+    data order depend only on ``(seed, k)`` (``init`` / ``order`` ``'per_model'``) or
+    only on ``seed`` (``'shared'``: see :class:`~mnemoscope.train.EnsembleSpec`), never
+    on which other models share its chunk; chunks of one model may still round
+    differently from larger ones (a batched kernel), so the chunk size is part of a
+    run's cache key. ``checkpoint_epochs`` (1-based) says after which epochs to keep
+    the parameters; ``keep_initial`` also keeps them before training, as epoch 0.
+    ``progress(m)`` is called after each epoch with m models done with that epoch.
 
     Cost: ``K · epochs · |subset|`` forward/backward passes, then ``K · (n + n_test)``
     forward passes for the final logits. The per-presentation loss and correctness
     come from the training forward passes, at no extra cost.
     """
-    n_models, n = masks.shape
+    n = masks.shape[1]
+    indices = list(range(masks.shape[0])) if models is None else [int(k) for k in models]
+    if not indices or not all(0 <= k < masks.shape[0] for k in indices):
+        raise ValueError(f"models must be rows of the {masks.shape[0]} masks, got {indices}")
     if n != dataset.n_train:
         raise ValueError(f"masks have {n} columns but the dataset has {dataset.n_train} examples")
-    if bool((masks.sum(1) == 0).any()):
+    if bool((masks[indices].sum(1) == 0).any()):
         raise ValueError("every model needs at least one training example; a mask row is empty")
     bad = [e for e in checkpoint_epochs if not 1 <= e <= config.epochs]
     if bad:
@@ -255,23 +302,22 @@ def train_ensemble(
     device = torch.device(device)
     x_train, y_train = dataset.x_train.to(device), dataset.y_train.to(device)
     x_test = dataset.x_test.to(device)
-    chunk = config.chunk_size or min(n_models, DEFAULT_CHUNK)
+    chunk = config.chunk_size or min(len(indices), DEFAULT_CHUNK)
+    kept = set(checkpoint_epochs) | ({0} if keep_initial else set())
     parts: list[TrainedEnsemble] = []
-    for start in range(0, n_models, chunk):
-        ks = range(start, min(start + chunk, n_models))
+    for start in range(0, len(indices), chunk):
         parts.append(
             _train_chunk(
                 arch,
                 dataset,
                 masks,
-                list(ks),
+                indices[start : start + chunk],
                 config,
                 seed,
-                set(checkpoint_epochs),
+                (init, order),
+                kept,
                 device,
-                x_train,
-                y_train,
-                x_test,
+                (x_train, y_train, x_test),
                 progress,
             )
         )
@@ -285,22 +331,30 @@ def _train_chunk(
     ks: list[int],
     config: TrainConfig,
     seed: int,
+    sharing: tuple[Sharing, Sharing],
     checkpoint_epochs: set[int],
     device: torch.device,
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    x_test: torch.Tensor,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     progress: Callable[[int], None] | None,
 ) -> TrainedEnsemble:
-    modules = [init_module(arch, dataset.input_shape, dataset.n_classes, seed, k) for k in ks]
+    init, order = sharing
+    x_train, y_train, x_test = data
+    modules = [
+        init_module(
+            arch, dataset.input_shape, dataset.n_classes, seed, 0 if init == "shared" else k
+        )
+        for k in ks
+    ]
     stack = _Stack(modules, device, x_train)
     optimizer = StackedOptimizer(stack.params, config)
     names = list(stack.params)
-    orders = [epoch_orders(masks[k], seed, k, config.epochs) for k in ks]
+    orders = [epoch_orders(masks[k], seed, k, config.epochs, order) for k in ks]
     n = dataset.n_train
     losses = torch.full((len(ks), config.epochs, n), float("nan"), device=device)
     corrects = torch.zeros(len(ks), config.epochs, n, dtype=torch.bool, device=device)
     checkpoints = []
+    if 0 in checkpoint_epochs:
+        checkpoints.append(Checkpoint(0, config.lr, _snapshot(stack.params)))
     for epoch in range(config.epochs):
         index, weight = _batched_schedule([o[epoch] for o in orders], config.batch_size)
         index, weight = index.to(device), weight.to(device)
@@ -310,9 +364,7 @@ def _train_chunk(
             idx, w = index[:, step], weight[:, step]
             labels = y_train[idx]
             out = stack.forward(x_train[idx])
-            per_example = F.cross_entropy(
-                out.flatten(0, 1), labels.flatten(), reduction="none"
-            ).view_as(w)
+            per_example = Task.loss(out, labels)
             step_loss[:, step] = per_example.detach()
             step_correct[:, step] = out.argmax(-1) == labels
             batch_loss = (per_example * w).sum(1) / w.sum(1).clamp_min(1.0)

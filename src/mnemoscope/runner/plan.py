@@ -1,0 +1,342 @@
+"""A study as a plan: stages, what each reads, and the cache key of each.
+
+A :class:`Stage` is a plain module-level function of the run directory and a
+JSON-able ``args`` mapping (config slices and file names relative to the run
+directory), so any executor can run it in this process, in another one or on
+another machine that sees the run directory. Its cache key hashes its name, its
+args, the keys of the stages it reads and the code version of the modules it runs.
+
+The plan is built in two steps (:class:`Planner`): the data stages first, then,
+once the datasets exist (their sizes are needed for the masks), everything else:
+each estimator is asked which ensembles it needs (:meth:`Estimator.ensembles
+<mnemoscope.estimator.Estimator.ensembles>`); equal ensembles are trained once;
+each is split into parts of at most ``train.chunk_size`` models, one training stage
+per part. The runner never asks which family an estimator belongs to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from mnemoscope.config import StudyConfig
+from mnemoscope.estimator import REGISTRY, Estimator, MethodConfig, PlanContext
+from mnemoscope.influence import InfluenceEstimator
+from mnemoscope.runner import stages as work
+from mnemoscope.store import DatasetInfo, RunDir, code_version, content_hash, write_safetensors
+from mnemoscope.task import Task
+from mnemoscope.train import EnsembleSpec, derive_seed, merge_specs
+from mnemoscope.train.ensemble import DEFAULT_CHUNK
+
+# Seed streams, so masks and trained models never share draws.
+_MASKS, _TRAIN = 3, 4
+
+StageFunction = Callable[..., dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One unit of work.
+
+    Attributes:
+        name: unique in the plan, e.g. ``train/digits/mlp/ensemble-1a2b3c4d5e6f``.
+        function: module-level ``function(root, args, reporter) -> record``.
+        args: JSON-able inputs: config slices and run-relative file names.
+        outputs: run-relative files the stage writes (atomically).
+        after: names of the stages whose outputs it reads.
+        code: modules whose code version enters the key.
+        key: content hash of all of the above and the keys of ``after``.
+    """
+
+    name: str
+    function: StageFunction
+    args: dict[str, Any]
+    outputs: tuple[str, ...]
+    after: tuple[str, ...] = ()
+    code: tuple[str, ...] = ()
+    key: str = ""
+
+
+@dataclass
+class Plan:
+    """Stages in an order where each comes after the stages it reads."""
+
+    stages: list[Stage] = field(default_factory=list)
+
+    def key(self, name: str) -> str:
+        return self[name].key
+
+    def __getitem__(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+    def add(self, stage: Stage) -> Stage:
+        """Append ``stage`` with its cache key computed; its inputs must be in the plan."""
+        key = content_hash(
+            {
+                "stage": stage.name,
+                "args": stage.args,
+                "inputs": [self.key(name) for name in stage.after],
+                "code": code_version(*stage.code),
+            }
+        )
+        keyed = replace(stage, key=key)
+        self.stages.append(keyed)
+        return keyed
+
+
+def estimator_code(estimator: Estimator) -> tuple[str, ...]:
+    """Modules an estimator's stages run: its class's modules and family package, the
+    estimator contract and the task."""
+    modules = {"mnemoscope.estimator", "mnemoscope.task", "mnemoscope.train"}
+    for base in type(estimator).__mro__:
+        module = base.__module__
+        if module.startswith("mnemoscope.") or base is type(estimator):
+            modules.add(module)
+            if module.startswith("mnemoscope."):
+                modules.add(".".join(module.split(".")[:2]))
+    return tuple(sorted(modules))
+
+
+def ensemble_specs(
+    estimators: list[Estimator], context: PlanContext
+) -> tuple[dict[str, EnsembleSpec], dict[str, dict[str, str]]]:
+    """Collect every estimator's declared ensembles and merge the equal ones.
+
+    Returns ``(specs, roles)``: the distinct ensembles by trajectory digest (each
+    with the union of the checkpoints asked for), and for each estimator its
+    roles mapped to those digests.
+    """
+    grouped: dict[str, list[EnsembleSpec]] = {}
+    roles: dict[str, dict[str, str]] = {}
+    for estimator in estimators:
+        declared = estimator.ensembles(context)
+        if not declared:
+            raise ValueError(f"{estimator.name}: ensembles() declared no ensemble")
+        roles[estimator.name] = {}
+        for role, spec in declared.items():
+            if spec.masks.shape[1] != context.n_train:
+                raise ValueError(
+                    f"{estimator.name}: masks for role '{role}' have {spec.masks.shape[1]} "
+                    f"columns, the dataset has {context.n_train} training examples"
+                )
+            bad = [e for e in spec.checkpoint_epochs if e > context.epochs]
+            if bad:
+                raise ValueError(
+                    f"{estimator.name}: checkpoint epochs {bad} beyond {context.epochs} epochs"
+                )
+            grouped.setdefault(spec.trajectory, []).append(spec)
+            roles[estimator.name][role] = spec.trajectory
+    return {digest: merge_specs(specs) for digest, specs in grouped.items()}, roles
+
+
+def _dataset_args(run: RunDir, name: str, info: DatasetInfo) -> dict[str, Any]:
+    return {
+        "name": name,
+        "kind": info.kind,
+        "n_classes": info.n_classes,
+        "file": run.data_file(name),
+    }
+
+
+class Planner:
+    """Turns a config (and, once they exist, its datasets) into stages."""
+
+    def __init__(self, config: StudyConfig, run: RunDir, device: str) -> None:
+        self.config = config
+        self.run = run
+        self.device = device
+        self.plan = Plan()
+        self.estimators: list[Estimator] = [
+            REGISTRY[entry.method](entry) for entry in [*config.memorization, *config.influence]
+        ]
+
+    def data_stages(self) -> list[Stage]:
+        """One stage per dataset: build it and write its tensors."""
+        return [
+            self.plan.add(
+                Stage(
+                    name=f"data/{ds.name}",
+                    function=work.build_data,
+                    args={
+                        "dataset": ds.model_dump(),
+                        "seed": self.config.seed,
+                        "file": self.run.data_file(ds.name),
+                    },
+                    outputs=(self.run.data_file(ds.name),),
+                    code=("mnemoscope.data",),
+                )
+            )
+            for ds in self.config.datasets
+        ]
+
+    def study_stages(self, datasets: dict[str, DatasetInfo]) -> list[Stage]:
+        """Training, fitting, scoring, tables, analysis and report."""
+        first = len(self.plan.stages)
+        score_files: list[str] = []
+        influence_files: list[str] = []
+        for ds in self.config.datasets:
+            info = datasets[ds.name]
+            for arch in self.config.archs:
+                scores, influence = self._arch_stages(ds.name, info, arch)
+                score_files += scores
+                influence_files += influence
+        after = tuple(
+            s.name for s in self.plan.stages if s.name.startswith(("scores/", "influence/"))
+        )
+        self.plan.add(
+            Stage(
+                name="tables",
+                function=work.collect_tables,
+                args={
+                    "datasets": [
+                        _dataset_args(self.run, ds.name, datasets[ds.name])
+                        for ds in self.config.datasets
+                    ],
+                    "scores": score_files,
+                    "influence": influence_files,
+                },
+                outputs=("examples.parquet", "scores.parquet", "influence.parquet"),
+                after=tuple(f"data/{ds.name}" for ds in self.config.datasets) + after,
+                code=("mnemoscope.store", "mnemoscope.data"),
+            )
+        )
+        self.plan.add(
+            Stage(
+                name="analysis",
+                function=work.analyse,
+                args={"analysis": self.config.analysis.model_dump(), "seed": self.config.seed},
+                outputs=("correlations.parquet", "detection.parquet"),
+                after=("tables",),
+                code=("mnemoscope.analysis",),
+            )
+        )
+        self.plan.add(
+            Stage(
+                name="report",
+                function=work.render,
+                args={"name": self.config.name},
+                outputs=("report.html",),
+                after=("analysis",),
+                code=("mnemoscope.report", "mnemoscope.store"),
+            )
+        )
+        return self.plan.stages[first:]
+
+    def _arch_stages(
+        self, dataset: str, info: DatasetInfo, arch: str
+    ) -> tuple[list[str], list[str]]:
+        cfg = self.config
+        context = PlanContext(info.n_train, cfg.train.epochs, derive_seed(cfg.seed, _MASKS))
+        specs, roles = ensemble_specs(self.estimators, context)
+        trained: dict[str, tuple[list[str], tuple[str, ...]]] = {}
+        data = _dataset_args(self.run, dataset, info)
+        for digest, spec in specs.items():
+            trained[digest] = self._train_stages(data, arch, spec)
+        common = {
+            "dataset": data,
+            "arch": arch,
+            "seed": cfg.seed,
+            "task": Task.from_train(cfg.train).__dict__,
+            "device": self.device,
+        }
+        score_files, influence_files = [], []
+        for estimator in self.estimators:
+            name = estimator.name
+            ensembles = {role: trained[d][0] for role, d in roles[name].items()}
+            after = (f"data/{dataset}",) + tuple(
+                stage for d in set(roles[name].values()) for stage in trained[d][1]
+            )
+            args = {**common, "method": _method_args(estimator.config), "ensembles": ensembles}
+            code = estimator_code(estimator)
+            if estimator.cache_fit:
+                fit_file = self.run.fit_file(dataset, arch, name)
+                fit = self.plan.add(
+                    Stage(
+                        name=f"fit/{dataset}/{arch}/{name}",
+                        function=work.fit_estimator,
+                        args={**args, "output": fit_file},
+                        outputs=(fit_file,),
+                        after=after,
+                        code=code,
+                    )
+                )
+                args = {**args, "fit": fit_file}
+                after = (*after, fit.name)
+            score_file = self.run.score_file(dataset, arch, name)
+            self.plan.add(
+                Stage(
+                    name=f"scores/{dataset}/{arch}/{name}",
+                    function=work.score_estimator,
+                    args={**args, "output": score_file},
+                    outputs=(score_file,),
+                    after=after,
+                    code=code,
+                )
+            )
+            score_files.append(score_file)
+            if cfg.targets is not None and isinstance(estimator, InfluenceEstimator):
+                file = self.run.influence_file(dataset, arch, name)
+                self.plan.add(
+                    Stage(
+                        name=f"influence/{dataset}/{arch}/{name}",
+                        function=work.target_influence,
+                        args={**args, "targets": cfg.targets.model_dump(), "output": file},
+                        outputs=(file,),
+                        after=after,
+                        code=code,
+                    )
+                )
+                influence_files.append(file)
+        return score_files, influence_files
+
+    def _train_stages(
+        self, data: dict[str, Any], arch: str, spec: EnsembleSpec
+    ) -> tuple[list[str], tuple[str, ...]]:
+        """Stages training ``spec`` in parts of ``chunk_size`` models: (files, stage names)."""
+        cfg = self.config
+        dataset = data["name"]
+        spec_file = self.run.spec_file(dataset, spec.trajectory[:16])
+        if not self.run.path(spec_file).exists():
+            write_safetensors(self.run.path(spec_file), {"masks": spec.masks})
+        size = cfg.train.chunk_size or min(spec.n_models, DEFAULT_CHUNK)
+        starts = list(range(0, spec.n_models, size))
+        files, names = [], []
+        for part, start in enumerate(starts):
+            split = len(starts) > 1
+            file = self.run.model_file(dataset, arch, spec.name, part if split else None)
+            suffix = f"/part-{part}" if split else ""
+            stage = self.plan.add(
+                Stage(
+                    name=f"train/{dataset}/{arch}/{spec.name}{suffix}",
+                    function=work.train_part,
+                    args={
+                        "dataset": data,
+                        "arch": arch,
+                        "spec": spec_file,
+                        "trajectory": spec.trajectory,
+                        "init": spec.init,
+                        "order": spec.order,
+                        "checkpoint_epochs": list(spec.checkpoint_epochs),
+                        "keep_initial": spec.keep_initial,
+                        "models": [start, min(start + size, spec.n_models)],
+                        "train": cfg.train.model_dump(),
+                        "seed": derive_seed(cfg.seed, _TRAIN, int(spec.trajectory[:15], 16)),
+                        "device": self.device,
+                        "output": file,
+                    },
+                    outputs=(file,),
+                    after=(f"data/{dataset}",),
+                    code=("mnemoscope.train", "mnemoscope.models", "mnemoscope.task"),
+                )
+            )
+            files.append(file)
+            names.append(stage.name)
+        return files, tuple(names)
+
+
+def _method_args(config: MethodConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json")

@@ -1,0 +1,223 @@
+"""The work of each stage: plain functions of the run directory and JSON-able args.
+
+Every function here has the signature ``function(root, args, reporter) -> record``:
+it reads the files its args name (relative to ``root``), writes its outputs
+atomically, and returns a small JSON-able record for the manifest. Nothing here
+holds state between calls, so an executor may run each one in any process that
+sees ``root``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from safetensors.torch import load_file
+
+from mnemoscope.analysis import correlation_table, detection_table
+from mnemoscope.config import DatasetConfig
+from mnemoscope.data import Dataset, prepare
+from mnemoscope.errors import ConfigError
+from mnemoscope.estimator import REGISTRY, Estimator
+from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET
+from mnemoscope.report import render_report
+from mnemoscope.runner.progress import Reporter
+from mnemoscope.store import (
+    CORRELATIONS,
+    DETECTION,
+    EXAMPLES,
+    INFLUENCE,
+    SCORES,
+    write_parquet,
+    write_safetensors,
+)
+from mnemoscope.task import Task
+from mnemoscope.train import TrainConfig, TrainedEnsemble, train_ensemble
+
+Args = dict[str, Any]
+
+
+def load_dataset(root: Path, data: Args) -> Dataset:
+    """The dataset a data stage wrote: ``data`` holds name, kind, n_classes and file."""
+    tensors = load_file(str(Path(root) / data["file"]))
+    return Dataset.from_tensors(data["name"], data["kind"], data["n_classes"], tensors)
+
+
+def load_ensembles(root: Path, ensembles: dict[str, list[str]]) -> dict[str, TrainedEnsemble]:
+    """Each role's ensemble, its parts concatenated in model order."""
+    return {
+        role: TrainedEnsemble.load_parts([Path(root) / f for f in files])
+        for role, files in ensembles.items()
+    }
+
+
+def estimator_from(method: Args) -> Estimator:
+    """A fresh estimator of the registered method named in its config entry."""
+    cls = REGISTRY.get(method["method"])
+    if cls is None:
+        raise ConfigError(
+            f"unknown method '{method['method']}'; known: {', '.join(sorted(REGISTRY))}"
+        )
+    return cls(cls.config_class.model_validate(method))
+
+
+def build_data(root: Path, args: Args, reporter: Reporter) -> Args:
+    ds = DatasetConfig.model_validate(args["dataset"])
+    dataset = prepare(
+        ds.name,
+        seed=args["seed"],
+        label_noise=ds.label_noise,
+        test_fraction=ds.test_fraction,
+        n_samples=ds.n_samples,
+    )
+    write_safetensors(Path(root) / args["file"], dataset.tensors())
+    return {
+        "dataset": {
+            "kind": dataset.kind,
+            "input_shape": list(dataset.input_shape),
+            "n_classes": dataset.n_classes,
+            "n_train": dataset.n_train,
+            "n_test": dataset.n_test,
+            "n_mislabeled": int(dataset.is_mislabeled.sum()),
+            "label_noise": ds.label_noise,
+            "fingerprint": dataset.fingerprint,
+        }
+    }
+
+
+def train_part(root: Path, args: Args, reporter: Reporter) -> Args:
+    dataset = load_dataset(root, args["dataset"])
+    masks = load_file(str(Path(root) / args["spec"]))["masks"]
+    config = TrainConfig.model_validate(args["train"])
+    start, stop = args["models"]
+    label = (
+        f"train {dataset.name}/{args['arch']}/{Path(args['output']).stem} ({stop - start} models)"
+    )
+    with reporter.task(label, (stop - start) * config.epochs) as advance:
+        trained = train_ensemble(
+            args["arch"],
+            dataset,
+            masks,
+            config,
+            seed=args["seed"],
+            checkpoint_epochs=args["checkpoint_epochs"],
+            init=args["init"],
+            order=args["order"],
+            keep_initial=args["keep_initial"],
+            models=range(start, stop),
+            device=args["device"],
+            progress=advance,
+        )
+    trained.save(Path(root) / args["output"])
+    return {"models": [start, stop]}
+
+
+def _fitted(root: Path, args: Args) -> tuple[Estimator, Dataset]:
+    """The estimator of ``args``, fitted, or restored from its cached fit."""
+    estimator = estimator_from(args["method"])
+    dataset = load_dataset(root, args["dataset"])
+    ensembles = load_ensembles(root, args["ensembles"])
+    task = Task(**args["task"])
+    if "fit" in args:
+        state = load_file(str(Path(root) / args["fit"]))
+        estimator.load_fitted(state, ensembles, dataset, task, args["device"])
+    else:
+        estimator.fit(ensembles, dataset, task, args["device"])
+    return estimator, dataset
+
+
+def fit_estimator(root: Path, args: Args, reporter: Reporter) -> Args:
+    estimator = estimator_from(args["method"])
+    dataset = load_dataset(root, args["dataset"])
+    ensembles = load_ensembles(root, args["ensembles"])
+    with reporter.task(f"fit {dataset.name}/{args['arch']}/{estimator.name}", None):
+        estimator.fit(ensembles, dataset, Task(**args["task"]), args["device"])
+    write_safetensors(Path(root) / args["output"], estimator.fitted_state())
+    return {}
+
+
+def score_estimator(root: Path, args: Args, reporter: Reporter) -> Args:
+    with reporter.task(
+        f"score {args['dataset']['name']}/{args['arch']}/{args['method']['method']}", None
+    ):
+        estimator, dataset = _fitted(root, args)
+        scores = estimator.score()
+    frame = scores.frame(dataset.name, args["arch"], args["seed"])
+    write_parquet(Path(root) / args["output"], frame, SCORES)
+    return {}
+
+
+def target_influence(root: Path, args: Args, reporter: Reporter) -> Args:
+    """Train×target influence of one attributor, block by block, as long-format rows."""
+    estimator, dataset = _fitted(root, args)
+    split, n = args["targets"]["split"], args["targets"]["n"]
+    x, y, ids = (
+        (dataset.x_test, dataset.y_test, dataset.test_ids)
+        if split == "test"
+        else (dataset.x_train, dataset.y_train, dataset.train_ids)
+    )
+    x, y, ids = x[:n], y[:n], ids[:n].numpy()
+    train_ids = dataset.train_ids.numpy()
+    parts = []
+    label = f"influence {dataset.name}/{args['arch']}/{estimator.name} on {len(ids)} targets"
+    with reporter.task(label, None):
+        for block in estimator.influence(x, y, DEFAULT_MEMORY_BUDGET):
+            rows, cols = np.meshgrid(train_ids[block.train], ids[block.targets], indexing="ij")
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "train_id": rows.ravel(),
+                        "target_id": cols.ravel(),
+                        "score": block.values.numpy().ravel(),
+                    }
+                )
+            )
+    frame = pd.concat(parts, ignore_index=True).sort_values(
+        ["train_id", "target_id"], kind="stable", ignore_index=True
+    )
+    frame = frame.assign(
+        dataset=dataset.name, arch=args["arch"], seed=args["seed"], method=estimator.name
+    )
+    write_parquet(Path(root) / args["output"], frame, INFLUENCE)
+    return {"targets": len(ids)}
+
+
+def _concat(root: Path, files: list[str], schema) -> pd.DataFrame:
+    parts = [pd.read_parquet(Path(root) / f) for f in files]
+    if not parts:
+        return pd.DataFrame({name: [] for name in schema.names})
+    return pd.concat(parts, ignore_index=True)
+
+
+def collect_tables(root: Path, args: Args, reporter: Reporter) -> Args:
+    examples = pd.concat(
+        [load_dataset(root, d).examples_frame() for d in args["datasets"]], ignore_index=True
+    )
+    write_parquet(Path(root) / "examples.parquet", examples, EXAMPLES)
+    write_parquet(Path(root) / "scores.parquet", _concat(root, args["scores"], SCORES), SCORES)
+    write_parquet(
+        Path(root) / "influence.parquet", _concat(root, args["influence"], INFLUENCE), INFLUENCE
+    )
+    return {}
+
+
+def analyse(root: Path, args: Args, reporter: Reporter) -> Args:
+    root = Path(root)
+    cfg = args["analysis"]
+    scores = pd.read_parquet(root / "scores.parquet")
+    examples = pd.read_parquet(root / "examples.parquet")
+    with reporter.task("analysis: bootstrap CIs", None):
+        correlations = correlation_table(
+            scores, n_bootstrap=cfg["n_bootstrap"], confidence=cfg["confidence"], seed=args["seed"]
+        )
+        detection = detection_table(scores, examples)
+    write_parquet(root / "correlations.parquet", correlations, CORRELATIONS)
+    write_parquet(root / "detection.parquet", detection, DETECTION)
+    return {}
+
+
+def render(root: Path, args: Args, reporter: Reporter) -> Args:
+    render_report(Path(root))
+    return {}

@@ -1,0 +1,108 @@
+"""The task: the one place that says what a model is trained on and what is measured.
+
+Every module that needs a loss, a measurement or a model's features asks a
+:class:`Task`; none writes cross-entropy itself. Functions take one model's
+parameters (no leading model dimension) so that ``vmap(grad(...))`` over examples
+and ``vmap`` over models both apply.
+
+- **Loss** ``ℓ(z; θ)``: cross-entropy of the logits, one value per example
+  (:meth:`Task.per_example_loss`). The training objective is the *mean* over a
+  batch plus, for ``sgd`` and ``adam``, the L2 term ``(λ/2)·‖θ‖²`` with ``λ`` the
+  config's ``weight_decay`` (PyTorch adds ``λθ`` to the gradient, the gradient of that
+  term). ``adamw`` decays weights outside the objective (decoupled), so its objective
+  has no L2 term: :attr:`Task.l2` is 0 then. Curvature-based methods add ``l2`` to
+  the Hessian of the mean loss.
+- **Measurement** ``m(z; θ)`` of a target: ``'loss'`` (the per-example loss),
+  ``'margin'`` (true-class logit minus the largest other logit) or ``'probability'``
+  (softmax probability of the true class).
+- **Features** ``h(x; θ)``: the penultimate representation, the input of the last
+  module with parameters (the classifier); representer points and KNN methods use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from mnemoscope.models import last_layer_module
+
+Measurement = Literal["loss", "margin", "probability"]
+Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Task:
+    """Classification with cross-entropy.
+
+    Attributes:
+        l2: coefficient λ of the objective's L2 term ``(λ/2)·‖θ‖²`` (0 for adamw, whose
+            weight decay is decoupled).
+    """
+
+    l2: float = 0.0
+
+    @classmethod
+    def from_train(cls, train) -> Task:
+        """The task a :class:`~mnemoscope.train.TrainConfig` trains on."""
+        return cls(l2=0.0 if train.optimizer == "adamw" else float(train.weight_decay))
+
+    @staticmethod
+    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``[..., C]`` logits and ``[...]`` labels → ``[...]`` per-example cross-entropy."""
+        return F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none").view(y.shape)
+
+    @staticmethod
+    def measure(logits: torch.Tensor, y: torch.Tensor, kind: Measurement) -> torch.Tensor:
+        """``[..., C]`` logits → ``[...]`` measurement of the true class ``y``."""
+        if kind == "loss":
+            return Task.loss(logits, y)
+        true = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        if kind == "probability":
+            return torch.softmax(logits, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        if kind == "margin":
+            others = logits.masked_fill(F.one_hot(y, logits.shape[-1]).bool(), float("-inf"))
+            return true - others.amax(-1)
+        raise ValueError(f"unknown measurement '{kind}'; known: loss, margin, probability")
+
+    def per_example_loss(
+        self, module: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """``ℓ(z_i; θ)`` for a batch ``x [b, ...]``, ``y [b]`` → ``[b]``."""
+        return self.loss(functional_call(module, params, (x,)), y)
+
+    def example_loss(
+        self, module: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """``ℓ(z; θ)`` of one example ``x [...]``, ``y []`` → scalar (for ``vmap(grad)``)."""
+        return self.per_example_loss(module, params, x[None], y[None])[0]
+
+    def example_measurement(
+        self, module: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, kind: Measurement
+    ) -> torch.Tensor:
+        """``m(z; θ)`` of one example → scalar (for ``vmap(grad)``)."""
+        return self.measure(functional_call(module, params, (x[None],)), y[None], kind)[0]
+
+    def objective(
+        self, module: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """The training objective on a batch: mean loss + ``(λ/2)·‖θ‖²`` over ``params``."""
+        penalty = sum((p**2).sum() for p in params.values())
+        return self.per_example_loss(module, params, x, y).mean() + 0.5 * self.l2 * penalty
+
+    @staticmethod
+    def features(module: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """``x [b, ...]`` → ``[b, d]`` penultimate features: the last layer's input."""
+        captured: list[torch.Tensor] = []
+        handle = last_layer_module(module).register_forward_pre_hook(
+            lambda _, args: captured.append(args[0])
+        )
+        try:
+            functional_call(module, params, (x,))
+        finally:
+            handle.remove()
+        return captured[-1].flatten(1)
