@@ -97,6 +97,12 @@ class ExecutorConfig(BaseModel):
     joins a running one (its workers must see the run directory's file system)."""
     num_cpus: PositiveInt | None = None
     """Ray only: CPUs of the local cluster started for the run (None: all)."""
+    threads: PositiveInt = 1
+    """Torch intra-op threads of each stage (Ray reserves as many CPUs per task).
+    Floating-point reductions may round differently with another thread count, so it
+    is part of every cache key; for one value, every executor gives identical tables.
+    1 by default: stages run side by side under Ray, and on a shared or loaded
+    machine extra threads per stage slow everything down."""
 
 
 class TargetsConfig(BaseModel):

@@ -14,8 +14,9 @@ from safetensors.numpy import save_file
 from mnemoscope.errors import UserError
 from mnemoscope.report import figures, html, most_memorized, render_report
 from mnemoscope.store.atomic import write_json, write_parquet
+from mnemoscope.store.manifest import DatasetInfo, Manifest, StageRecord
 from mnemoscope.store.rundir import safe_name
-from mnemoscope.store.tables import CORRELATIONS, DETECTION, EXAMPLES, SCORES
+from mnemoscope.store.tables import CORRELATIONS, DETECTION, EXAMPLES, INFLUENCE, SCORES
 
 RUN_NAME = "<script>alert(1)</script>"
 IMAGE = "dig<b>its"  # a user-supplied dataset name that must come out escaped
@@ -24,6 +25,7 @@ ARCHS = ("mlp", "cnn")
 SHAPES = {IMAGE: (1, 8, 8), SEQUENCE: (1, 40)}
 N_TRAIN = {IMAGE: 60, SEQUENCE: 48}
 ID_OFFSET = {IMAGE: 0, SEQUENCE: 1000}
+N_FLIPPED = 6
 
 
 def _write_dataset(run: Path, name: str, rng: np.random.Generator) -> pd.DataFrame:
@@ -32,7 +34,7 @@ def _write_dataset(run: Path, name: str, rng: np.random.Generator) -> pd.DataFra
     test_ids = train_ids + 500
     original = rng.integers(0, 10, n).astype(np.int64)
     labels = original.copy()
-    flipped = rng.choice(n, 6, replace=False)
+    flipped = rng.choice(n, N_FLIPPED, replace=False)
     labels[flipped] = (labels[flipped] + 1) % 10
     save_file(
         {
@@ -111,8 +113,37 @@ DETECTION_ROWS = [
 ]
 
 
-def make_run(run: Path, empty_tables: bool = False) -> Path:
-    """A complete synthetic run directory with two datasets and two architectures."""
+def make_manifest() -> Manifest:
+    kinds = {IMAGE: "image", SEQUENCE: "sequence"}
+    return Manifest(
+        name=RUN_NAME,
+        started="2025-01-02T03:04:05+00:00",
+        config={"name": RUN_NAME, "datasets": [IMAGE, SEQUENCE], "train": {"epochs": 3}},
+        versions={"mnemoscope": "0.1.0", "torch": "2.13.0"},
+        datasets={
+            name: DatasetInfo(
+                kind=kinds[name],
+                input_shape=list(SHAPES[name]),
+                n_classes=10,
+                n_train=N_TRAIN[name],
+                n_test=N_TRAIN[name],
+                n_mislabeled=N_FLIPPED,
+                label_noise=0.1,
+                fingerprint="ab" * 32,
+            )
+            for name in SHAPES
+        },
+        stages={
+            f"data/{IMAGE}": StageRecord(
+                key="cd" * 32, seconds=1.25, outputs=[], finished="2025-01-02T03:04:06+00:00"
+            )
+        },
+    )
+
+
+def make_run(run: Path, empty_tables: bool = False, influence: pd.DataFrame | None = None) -> Path:
+    """A complete synthetic run directory with two datasets and two architectures
+    (and ``influence.parquet`` where ``influence`` is given)."""
     rng = np.random.default_rng(0)
     (run / "data").mkdir(parents=True)
     examples = pd.concat([_write_dataset(run, name, rng) for name in SHAPES], ignore_index=True)
@@ -125,30 +156,9 @@ def make_run(run: Path, empty_tables: bool = False) -> Path:
     write_parquet(run / "scores.parquet", scores, SCORES)
     write_parquet(run / "correlations.parquet", correlations, CORRELATIONS)
     write_parquet(run / "detection.parquet", detection, DETECTION)
-    kinds = {IMAGE: "image", SEQUENCE: "sequence"}
-    write_json(
-        run / "manifest.json",
-        {
-            "name": RUN_NAME,
-            "started": "2025-01-02T03:04:05+00:00",
-            "config": {"name": RUN_NAME, "datasets": [IMAGE, SEQUENCE], "train": {"epochs": 3}},
-            "versions": {"mnemoscope": "0.1.0", "torch": "2.13.0"},
-            "datasets": {
-                name: {
-                    "kind": kinds[name],
-                    "input_shape": list(SHAPES[name]),
-                    "n_classes": 10,
-                    "n_train": N_TRAIN[name],
-                    "n_test": N_TRAIN[name],
-                    "fingerprint": "ab" * 32,
-                }
-                for name in SHAPES
-            },
-            "stages": {
-                f"data/{IMAGE}": {"key": "cd" * 32, "seconds": 1.25, "outputs": [], "finished": "x"}
-            },
-        },
-    )
+    if influence is not None:
+        write_parquet(run / "influence.parquet", influence, INFLUENCE)
+    write_json(run / "manifest.json", make_manifest().model_dump(mode="json"))
     return run
 
 
@@ -241,6 +251,11 @@ def test_user_strings_are_escaped(rendered):
     assert "<b>" not in text
 
 
+def test_no_influence_section_without_an_influence_table(rendered):
+    _, _, text, _ = rendered
+    assert "Influence on targets" not in text
+
+
 def test_no_external_resources(rendered):
     _, _, text, _ = rendered
     assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", text, re.IGNORECASE)
@@ -250,6 +265,8 @@ def test_no_external_resources(rendered):
 def test_header_and_caveats(rendered):
     _, _, text, _ = rendered
     assert "2025-01-02T03:04:05+00:00" in text
+    assert "1×8×8" in text and "1×40" in text  # input shapes
+    assert re.search(rf'<td class="num">{N_FLIPPED}</td>', text)  # mislabeled from the manifest
     assert "abababababab" in text and "ab" * 32 not in text  # fingerprint shortened
     assert "2.13.0" in text and "1.2" in text  # versions and stage timings
     assert "Basu" in text and "Meeus" in text
@@ -333,3 +350,85 @@ def test_figure_names_are_sanitized_and_unique(tmp_path):
         "_a_b__c.png",
         "_a_b__c_2.png",
     ]
+
+
+def _influence_rows() -> pd.DataFrame:
+    rows = [
+        # dataset, arch, seed, method, train_id, target_id, score
+        (IMAGE, "mlp", 0, "grad_dot", 3, 501, 2.0),
+        (IMAGE, "mlp", 1, "grad_dot", 3, 501, 4.0),  # two seeds: mean 3.0, ranked first
+        (IMAGE, "mlp", 0, "grad_dot", 4, 501, 2.5),
+        (IMAGE, "mlp", 0, "grad_dot", 5, 502, 2.5),  # tie with (4, 501): broken by id
+        (IMAGE, "mlp", 0, "grad_dot", 6, 502, 1.0),
+        (IMAGE, "mlp", 0, "grad_dot", 7, 502, 0.5),
+        (IMAGE, "mlp", 0, "grad_dot", 8, 502, -1.0),  # sixth: not listed
+        (IMAGE, "mlp", 0, "grad_dot", 9, 502, np.nan),  # never listed
+        (SEQUENCE, "cnn", 0, "tracin", 1000, 1500, 0.125),
+    ]
+    return pd.DataFrame(rows, columns=INFLUENCE.names)
+
+
+def test_influence_section_lists_counts_and_top_pairs(tmp_path, no_drawing):
+    run = make_run(tmp_path / "run", influence=_influence_rows())
+    rows = html.influence_rows(html.load_run(run))
+    assert [(r["dataset"], r["arch"], r["method"]) for r in rows] == [
+        (IMAGE, "mlp", "grad_dot"),
+        (SEQUENCE, "cnn", "tracin"),
+    ]
+    assert (rows[0]["n_targets"], rows[0]["n_train"]) == (2, 7)
+    assert [(p["train_id"], p["target_id"]) for p in rows[0]["top"]] == [
+        (3, 501),
+        (4, 501),
+        (5, 502),
+        (6, 502),
+        (7, 502),
+    ]
+    assert rows[0]["top"][0]["score"] == "3"
+    text = render_report(run).read_text(encoding="utf-8")
+    assert "Influence on targets" in text
+    assert "3 → 501 (3)" in text and "1000 → 1500 (0.125)" in text
+    assert "8 → 502" not in text and "9 → 502" not in text
+    assert "<b>" not in text and "dig&lt;b&gt;its" in text
+
+
+def test_empty_influence_table_draws_no_section(tmp_path, no_drawing):
+    run = make_run(tmp_path / "run", influence=pd.DataFrame(columns=INFLUENCE.names))
+    text = render_report(run).read_text(encoding="utf-8")
+    assert "Influence on targets" not in text
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("datasets", {"x": {"kind": 3}}),  # wrong type and missing fields
+        ("stages", []),
+        ("started", {"at": "now"}),
+    ],
+)
+def test_invalid_manifest_raises_one_line_user_error(tmp_path, no_drawing, field, value):
+    run = make_run(tmp_path / "run")
+    manifest = make_manifest().model_dump(mode="json")
+    manifest[field] = value
+    write_json(run / "manifest.json", manifest)
+    with pytest.raises(UserError) as caught:
+        render_report(run)
+    message = str(caught.value)
+    assert "manifest.json" in message and field in message
+    assert "\n" not in message
+    assert not (run / "report.html").exists()
+
+
+def test_scores_missing_a_column_raises_user_error(tmp_path, no_drawing):
+    run = make_run(tmp_path / "run")
+    scores = pd.read_parquet(run / "scores.parquet").drop(columns=["stderr"])
+    scores.to_parquet(run / "scores.parquet", index=False)
+    with pytest.raises(UserError, match=r"scores\.parquet.*stderr"):
+        render_report(run)
+    assert not (run / "report.html").exists()
+
+
+def test_missing_manifest_raises_user_error(tmp_path, no_drawing):
+    run = make_run(tmp_path / "run")
+    (run / "manifest.json").unlink()
+    with pytest.raises(UserError, match=r"manifest\.json"):
+        render_report(run)

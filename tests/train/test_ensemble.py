@@ -163,3 +163,53 @@ def test_bad_masks_are_refused(digits_small):
             seed=0,
             checkpoint_epochs=[3],
         )
+
+
+def test_shared_init_and_order_make_leave_one_out_models(digits_small):
+    """With ``init: shared, order: shared`` a model trained without example i starts
+    from the full model's parameters and sees the others in the same order."""
+    n, epochs = digits_small.n_train, 3
+    full = torch.ones(n, dtype=torch.bool)
+    masks = torch.stack([full, full.clone(), full.clone(), full.clone()])
+    masks[2, 5] = False
+    masks[3, 17] = False
+    config = TrainConfig(epochs=epochs, batch_size=32, lr=0.05)
+    trained = train_ensemble(
+        "mlp",
+        digits_small,
+        masks,
+        config,
+        seed=4,
+        init="shared",
+        order="shared",
+        keep_initial=True,
+        checkpoint_epochs=[epochs],
+    )
+    initial = trained.initial
+    start = init_module("mlp", digits_small.input_shape, digits_small.n_classes, 4, 0)
+    for name, value in start.named_parameters():
+        for k in range(4):
+            assert torch.equal(initial[name][k], value.detach())
+    for k, left_out in ((2, 5), (3, 17)):
+        full_order = epoch_orders(masks[0], 4, 0, epochs, "shared")
+        loo_order = epoch_orders(masks[k], 4, k, epochs, "shared")
+        for whole, without in zip(full_order, loo_order):
+            assert torch.equal(without, whole[whole != left_out])
+    # models 0 and 1 have the same mask: same init, same order → the same training run
+    for name in trained.params:
+        assert torch.equal(trained.params[name][0], trained.params[name][1])
+        assert not torch.equal(trained.params[name][0], trained.params[name][2])
+    # per-model order: different models shuffle differently
+    assert not torch.equal(epoch_orders(full, 4, 0, 1)[0], epoch_orders(full, 4, 1, 1)[0])
+
+
+def test_a_part_of_the_models_is_those_rows_of_the_whole(digits_small):
+    masks = subset_masks(4, digits_small.n_train, 0.7, 0)
+    config = TrainConfig(epochs=2, batch_size=64, lr=0.05, chunk_size=2)
+    whole = train_ensemble("logreg", digits_small, masks, config, seed=1)
+    part = train_ensemble("logreg", digits_small, masks, config, seed=1, models=[2, 3])
+    assert torch.equal(part.masks, masks[2:])
+    for name in whole.params:
+        assert torch.equal(part.params[name], whole.params[name][2:])
+    with pytest.raises(ValueError, match="rows"):
+        train_ensemble("logreg", digits_small, masks, config, seed=1, models=[4])

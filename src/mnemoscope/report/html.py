@@ -4,6 +4,9 @@ The report computes no statistics: correlations and AUCs come precomputed from t
 run's tables. This module only selects, sorts and formats rows, and hands the data
 to :mod:`mnemoscope.report.figures` to draw. The one aggregation it does is for
 display: when a score was stored for several seeds, the per-example mean is drawn.
+
+The run is read only through :class:`~mnemoscope.store.rundir.RunDir`: its typed
+manifest and its schema-checked tables.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from safetensors import safe_open
 from mnemoscope.errors import UserError
 from mnemoscope.report import figures
 from mnemoscope.store.atomic import write_bytes, write_text
-from mnemoscope.store.rundir import safe_name
+from mnemoscope.store.manifest import Manifest
+from mnemoscope.store.rundir import RunDir
 
 STATISTICS = ("spearman", "pearson", "kendall")
 GALLERY_SIZE = 16
-_DATE_KEYS = ("date", "created", "created_at", "timestamp", "started")
+INFLUENCE_TOP = 5
+_TABLES = ("examples", "scores", "correlations", "detection")
 _TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -36,12 +41,21 @@ _TEMPLATES = Path(__file__).parent / "templates"
 class Run:
     """Everything the report reads from a run directory."""
 
-    path: Path
-    manifest: dict[str, Any]
+    store: RunDir
     examples: pd.DataFrame
     scores: pd.DataFrame
     correlations: pd.DataFrame
     detection: pd.DataFrame
+    influence: pd.DataFrame | None = None
+    """Train×target influence; ``None`` where the run has no ``influence.parquet``."""
+
+    @property
+    def path(self) -> Path:
+        return self.store.root
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.store.manifest
 
     @property
     def families(self) -> dict[str, str]:
@@ -52,7 +66,7 @@ class Run:
     @property
     def datasets(self) -> list[str]:
         """Datasets in manifest order, then any that only the tables mention."""
-        names = list(self.manifest.get("datasets") or {})
+        names = list(self.manifest.datasets)
         for frame in (self.scores, self.examples):
             names += [d for d in frame["dataset"].unique() if d not in names]
         return names
@@ -66,32 +80,13 @@ class Run:
         return list(rows["method"].unique())
 
 
-def _required(path: Path) -> Path:
-    if not path.is_file():
-        raise UserError(f"run directory is missing {path.name}: expected {path}")
-    return path
-
-
 def load_run(run_dir: Path) -> Run:
-    """Read the manifest and tables of ``run_dir``; a missing file raises :class:`UserError`."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist")
-    manifest_path = _required(run_dir / "manifest.json")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{manifest_path} is not valid JSON: {err}") from err
-    if not isinstance(manifest, dict):
-        raise UserError(f"{manifest_path} must hold a JSON object")
-    tables = {}
-    for name in ("examples", "scores", "correlations", "detection"):
-        path = _required(run_dir / f"{name}.parquet")
-        try:
-            tables[name] = pd.read_parquet(path)
-        except Exception as err:  # pyarrow raises several types for corrupt files
-            raise UserError(f"cannot read {path.name}: {err}") from err
-    return Run(path=run_dir, manifest=manifest, **tables)
+    """Open ``run_dir`` and read its tables; a missing or invalid manifest, a missing
+    table or a missing column raises :class:`UserError`."""
+    store = RunDir.existing(Path(run_dir))
+    tables = {name: store.table(name) for name in _TABLES}
+    influence = store.table("influence") if store.has_table("influence") else None
+    return Run(store=store, influence=influence, **tables)
 
 
 def per_example_scores(scores: pd.DataFrame, dataset: str, arch: str, method: str) -> pd.DataFrame:
@@ -241,15 +236,17 @@ def _panels(run: Run, dataset: str, mem: str, inf: str | None) -> list[figures.P
 
 
 def _kind(run: Run, dataset: str, ndim: int) -> str:
-    kind = (run.manifest.get("datasets") or {}).get(dataset, {}).get("kind")
-    if kind in ("image", "sequence", "tabular"):
-        return kind
+    info = run.manifest.datasets.get(dataset)
+    if info is not None and info.kind in ("image", "sequence", "tabular"):
+        return info.kind
     return {3: "image", 2: "sequence"}.get(ndim, "tabular")  # inputs are [C,H,W], [C,L], [d]
 
 
 def _read_rows(run: Run, dataset: str, ids: np.ndarray) -> np.ndarray:
     """The training inputs of ``ids``, read row by row so large datasets stay on disk."""
-    path = _required(run.path / "data" / f"{safe_name(dataset)}.safetensors")
+    path = run.store.path(run.store.data_file(dataset))
+    if not path.is_file():
+        raise UserError(f"run directory is missing {path.name}: expected {path}")
     with safe_open(str(path), framework="np") as tensors:
         missing = {"x_train", "train_ids"} - set(tensors.keys())
         if missing:
@@ -364,45 +361,67 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
 def header(run: Run) -> dict[str, Any]:
     """Run name, date, datasets, versions, stage timings and the config, ready to print."""
     manifest = run.manifest
-    train = run.examples[run.examples["split"] == "train"]
-    datasets = []
-    for name, info in (manifest.get("datasets") or {}).items():
-        info = info if isinstance(info, dict) else {}
-        shape = info.get("input_shape") or []
-        flipped = info.get("n_mislabeled")
-        if flipped is None:  # older manifests: count the flags in the examples table
-            flipped = int(train.loc[train["dataset"] == name, "is_mislabeled"].sum())
-        datasets.append(
-            {
-                "name": name,
-                "kind": info.get("kind", "?"),
-                "shape": "×".join(str(s) for s in shape) or "?",
-                "n_classes": info.get("n_classes", "?"),
-                "n_train": info.get("n_train", "?"),
-                "n_test": info.get("n_test", "?"),
-                "mislabeled": flipped,
-                "label_noise": info.get("label_noise", "?"),
-                "fingerprint": str(info.get("fingerprint", ""))[:12],
-            }
-        )
-    stages = [
+    datasets = [
         {
             "name": name,
-            "seconds": f"{float(info['seconds']):.1f}" if "seconds" in info else "?",
-            "key": str(info.get("key", ""))[:12],
+            "kind": info.kind,
+            "shape": "×".join(str(s) for s in info.input_shape),
+            "n_classes": info.n_classes,
+            "n_train": info.n_train,
+            "n_test": info.n_test,
+            "mislabeled": info.n_mislabeled,
+            "label_noise": info.label_noise,
+            "fingerprint": info.fingerprint[:12],
         }
-        for name, info in (manifest.get("stages") or {}).items()
-        if isinstance(info, dict)
+        for name, info in manifest.datasets.items()
     ]
-    date = next((str(manifest[k]) for k in _DATE_KEYS if manifest.get(k)), None)
+    stages = [
+        {"name": name, "seconds": f"{stage.seconds:.1f}", "key": stage.key[:12]}
+        for name, stage in manifest.stages.items()
+    ]
     return {
-        "name": str(manifest.get("name") or run.path.name),
-        "date": date,
+        "name": manifest.name or run.path.name,
+        "date": manifest.started,
         "datasets": datasets,
-        "versions": [(str(k), str(v)) for k, v in (manifest.get("versions") or {}).items()],
+        "versions": list(manifest.versions.items()),
         "stages": stages,
-        "config": _flatten(manifest.get("config") or {}),
+        "config": _flatten(manifest.config),
     }
+
+
+def influence_rows(run: Run, k: int = INFLUENCE_TOP) -> list[dict[str, Any]]:
+    """Per dataset × arch × method of the influence table: how many targets and training
+    examples it covers and its ``k`` highest (train, target) pairs (mean over seeds)."""
+    frame = run.influence
+    if frame is None or frame.empty:
+        return []
+    frame = frame.assign(
+        _d=frame["dataset"].map({d: i for i, d in enumerate(run.datasets)}).fillna(len(frame))
+    ).sort_values(["_d"], kind="stable")
+    rows = []
+    for (dataset, arch, method), group in frame.groupby(["dataset", "arch", "method"], sort=False):
+        pairs = group.groupby(["train_id", "target_id"], as_index=False, sort=True)["score"].mean()
+        pairs = pairs[np.isfinite(pairs["score"])].sort_values(
+            ["score", "train_id", "target_id"], ascending=[False, True, True], kind="stable"
+        )
+        rows.append(
+            {
+                "dataset": dataset,
+                "arch": arch,
+                "method": method,
+                "n_targets": int(group["target_id"].nunique()),
+                "n_train": int(group["train_id"].nunique()),
+                "top": [
+                    {
+                        "train_id": int(p.train_id),
+                        "target_id": int(p.target_id),
+                        "score": f"{p.score:.3g}",
+                    }
+                    for p in pairs.head(k).itertuples()
+                ],
+            }
+        )
+    return rows
 
 
 def _environment() -> jinja2.Environment:
@@ -419,7 +438,8 @@ def _environment() -> jinja2.Environment:
 def render_report(run_dir: Path) -> Path:
     """Write ``report.html`` (and ``figures/*.png``) for the run in ``run_dir``; return its path.
 
-    Raises :class:`UserError` naming the file when a required file is missing.
+    Raises :class:`UserError` naming the file when a required file or column is missing
+    or the manifest is not valid.
     """
     run = load_run(Path(run_dir))
     sink = FigureSink(run.path)
@@ -432,6 +452,8 @@ def render_report(run_dir: Path) -> Path:
             detection=detection_rows(run),
             sections=dataset_sections(run, sink),
             stderr_rows=stderr_rows(run),
+            influence=influence_rows(run),
+            influence_top=INFLUENCE_TOP,
         )
     )
     return write_text(run.path / "report.html", html)

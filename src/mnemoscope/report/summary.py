@@ -1,4 +1,5 @@
-"""The terminal summary printed after a run: read from the tables, nothing computed."""
+"""The terminal summary printed after a run: read from the tables through
+:class:`~mnemoscope.store.rundir.RunDir`, nothing computed."""
 
 from __future__ import annotations
 
@@ -8,14 +9,18 @@ import pandas as pd
 from rich.console import Group
 from rich.table import Table
 
+from mnemoscope.store.rundir import RunDir
+
 
 def summary_table(run_dir: Path) -> Group:
     """Two narrow tables: Spearman (95% CI) of each memorization–influence pair, and the
-    mislabel-detection ROC AUC of each score, per dataset × arch."""
-    run_dir = Path(run_dir)
-    correlations = pd.read_parquet(run_dir / "correlations.parquet")
-    detection = pd.read_parquet(run_dir / "detection.parquet")
-    scores = pd.read_parquet(run_dir / "scores.parquet", columns=["method", "family"])
+    mislabel-detection ROC AUC of each score, per dataset × arch.
+
+    A missing run, manifest, table or column raises :class:`~mnemoscope.errors.UserError`."""
+    run = RunDir.existing(Path(run_dir))
+    correlations = run.table("correlations")
+    detection = run.table("detection")
+    scores = run.table("scores", columns=["method", "family"])
     families = dict(zip(scores["method"], scores["family"]))
     cross = correlations[
         (correlations["statistic"] == "spearman")

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mnemoscope.config import ExecutorConfig
 from mnemoscope.errors import ConfigError
 from mnemoscope.runner.plan import Stage
@@ -27,17 +29,25 @@ from mnemoscope.runner.progress import Reporter
 Done = tuple[Stage, dict[str, Any], float]
 
 
-def run_stage(stage: Stage, root: str, reporter: Reporter | None = None) -> tuple[dict, float]:
-    """Run one stage; return its record and the seconds it took."""
-    started = time.perf_counter()
-    record = stage.function(Path(root), stage.args, reporter or Reporter(quiet=True))
-    return record, time.perf_counter() - started
+def run_stage(
+    stage: Stage, root: str, threads: int, reporter: Reporter | None = None
+) -> tuple[dict, float]:
+    """Run one stage with ``threads`` torch threads; return its record and its seconds."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        started = time.perf_counter()
+        record = stage.function(Path(root), stage.args, reporter or Reporter(quiet=True))
+        return record, time.perf_counter() - started
+    finally:
+        torch.set_num_threads(before)
 
 
 class LocalExecutor:
     """Stages in this process, in plan order."""
 
-    def __init__(self, reporter: Reporter) -> None:
+    def __init__(self, config: ExecutorConfig, reporter: Reporter) -> None:
+        self.threads = config.threads
         self.reporter = reporter
 
     def __enter__(self) -> LocalExecutor:
@@ -48,14 +58,14 @@ class LocalExecutor:
 
     def run(self, stages: list[Stage], root: Path) -> Iterator[Done]:
         for stage in stages:
-            record, seconds = run_stage(stage, str(root), self.reporter)
+            record, seconds = run_stage(stage, str(root), self.threads, self.reporter)
             yield stage, record, seconds
 
 
-def _ray_stage(stage: Stage, root: str, *after: Any) -> tuple[dict, float]:
+def _ray_stage(stage: Stage, root: str, threads: int, *after: Any) -> tuple[dict, float]:
     # ``after`` holds the results of the stages this one reads: passing them makes
     # Ray start it only once they are done.
-    return run_stage(stage, root)
+    return run_stage(stage, root, threads)
 
 
 class RayExecutor:
@@ -86,7 +96,7 @@ class RayExecutor:
                 options["address"] = self.config.address
             ray.init(**options)
             self._started_here = True
-        self.remote = ray.remote(num_cpus=1)(_ray_stage)
+        self.remote = ray.remote(num_cpus=self.config.threads)(_ray_stage)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -99,7 +109,7 @@ class RayExecutor:
         pending: dict[Any, Stage] = {}
         for stage in stages:
             after = [refs[name] for name in stage.after if name in refs]
-            ref = self.remote.remote(stage, str(root), *after)
+            ref = self.remote.remote(stage, str(root), self.config.threads, *after)
             refs[stage.name] = ref
             pending[ref] = stage
         try:
@@ -121,4 +131,4 @@ def make_executor(config: ExecutorConfig, reporter: Reporter) -> LocalExecutor |
     """The executor the config names."""
     if config.kind == "ray":
         return RayExecutor(config, reporter)
-    return LocalExecutor(reporter)
+    return LocalExecutor(config, reporter)

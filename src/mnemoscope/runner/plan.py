@@ -60,8 +60,13 @@ class Stage:
 
 @dataclass
 class Plan:
-    """Stages in an order where each comes after the stages it reads."""
+    """Stages in an order where each comes after the stages it reads.
 
+    ``threads`` (torch intra-op threads per stage) enters every key: reductions may
+    round differently with another thread count.
+    """
+
+    threads: int = 1
     stages: list[Stage] = field(default_factory=list)
 
     def key(self, name: str) -> str:
@@ -81,11 +86,17 @@ class Plan:
                 "args": stage.args,
                 "inputs": [self.key(name) for name in stage.after],
                 "code": code_version(*stage.code),
+                "threads": self.threads,
             }
         )
         keyed = replace(stage, key=key)
         self.stages.append(keyed)
         return keyed
+
+
+def plan_context(config: StudyConfig, n_train: int) -> PlanContext:
+    """What every estimator of ``config`` is told about a dataset of ``n_train`` examples."""
+    return PlanContext(n_train, config.train.epochs, derive_seed(config.seed, _MASKS))
 
 
 def estimator_code(estimator: Estimator) -> tuple[str, ...]:
@@ -149,7 +160,7 @@ class Planner:
         self.config = config
         self.run = run
         self.device = device
-        self.plan = Plan()
+        self.plan = Plan(threads=config.executor.threads)
         self.estimators: list[Estimator] = [
             REGISTRY[entry.method](entry) for entry in [*config.memorization, *config.influence]
         ]
@@ -230,8 +241,7 @@ class Planner:
         self, dataset: str, info: DatasetInfo, arch: str
     ) -> tuple[list[str], list[str]]:
         cfg = self.config
-        context = PlanContext(info.n_train, cfg.train.epochs, derive_seed(cfg.seed, _MASKS))
-        specs, roles = ensemble_specs(self.estimators, context)
+        specs, roles = ensemble_specs(self.estimators, plan_context(cfg, info.n_train))
         trained: dict[str, tuple[list[str], tuple[str, ...]]] = {}
         data = _dataset_args(self.run, dataset, info)
         for digest, spec in specs.items():

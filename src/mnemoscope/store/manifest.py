@@ -7,7 +7,7 @@ match this model is a one-line user error, not a half-drawn report.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,7 +17,7 @@ class DatasetInfo(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: str
+    kind: Literal["image", "sequence", "tabular"]
     """``image`` ([C, H, W] inputs), ``sequence`` ([C, L]) or ``tabular`` ([d])."""
     input_shape: list[int]
     n_classes: int

@@ -13,15 +13,14 @@ from mnemoscope.store.tables import TABLES
 
 
 def query(run_dir: Path, sql: str) -> pd.DataFrame:
-    """Run ``sql`` with each table of the run (``examples``, ``scores``, ``correlations``,
-    ``detection``) available as a view of that name."""
+    """Run ``sql`` with each table of the run that exists (``examples``, ``scores``,
+    ``correlations``, ``detection``, ``influence``) available as a view of that name."""
     run = RunDir.existing(run_dir)
     connection = duckdb.connect()
     try:
         for table in TABLES:
-            path = run.path(f"{table}.parquet")
-            if path.exists():
-                literal = str(path).replace("'", "''")
+            if run.has_table(table):
+                literal = str(run.path(f"{table}.parquet")).replace("'", "''")
                 connection.execute(
                     f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{literal}')"
                 )
