@@ -153,8 +153,25 @@ def test_run_query_report_and_listings(tmp_path):
     assert report.exit_code == 0 and (out / "report.html").exists()
     listing = runner.invoke(app, ["datasets"])
     assert all(name in listing.output for name in ("digits", "mnist1d", "breast_cancer", "blobs"))
-    methods = runner.invoke(app, ["methods"])
+    methods = runner.invoke(app, ["methods"], terminal_width=200)
     assert all(name in methods.output for name in ("feldman_zhang", "tracin", "grad_dot"))
+    assert "docs/methods.md" in methods.output
+    one = runner.invoke(app, ["methods", "tracin"], terminal_width=200)
+    assert one.exit_code == 0 and "Pruthi" in one.output and "η_c" in one.output
+    unknown = runner.invoke(app, ["methods", "magic"])
+    assert unknown.exit_code == 2 and "known: feldman_zhang, grad_dot, tracin" in unknown.output
+
+
+def test_readme_points_only_at_files_the_user_has():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text()
+    assert "METHODS.md" not in readme and "shared/" not in readme
+    for link in re.findall(r"\]\(([^)#:]+)\)", readme):  # relative Markdown links
+        assert (root / link).exists(), link
+    assert "docs/methods.md" in readme
 
 
 def test_the_issue_config_shape_parses_unchanged():
@@ -178,3 +195,31 @@ def test_out_that_is_a_file_is_refused(tmp_path):
     result = runner.invoke(app, ["run", _write(tmp_path, TINY), "--out", str(out)])
     assert result.exit_code == 2 and "not a directory" in result.output
     assert out.read_text() == "precious"
+
+
+def test_the_readme_method_example_runs(tmp_path):
+    from pathlib import Path
+
+    import pandas as pd
+
+    from mnemoscope.config import parse_config
+    from mnemoscope.estimator import REGISTRY
+    from mnemoscope.runner import run_study
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = readme.split("## Adding a method")[1].split("```python")[1].split("```")[0]
+    try:
+        exec(compile(code, "README.md", "exec", dont_inherit=True), {})
+        config = parse_config(
+            {
+                "datasets": [{"name": "digits", "n_samples": 150}],
+                "archs": ["logreg"],
+                "train": {"epochs": 1},
+                "memorization": [{"method": "mean_loss", "n_models": 2}],
+            }
+        )
+        run_study(config, tmp_path)
+    finally:
+        REGISTRY.pop("mean_loss", None)
+    scores = pd.read_parquet(tmp_path / "scores.parquet")
+    assert set(scores["method"]) == {"mean_loss"} and scores["score"].gt(0).all()

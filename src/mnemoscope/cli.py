@@ -101,15 +101,33 @@ def datasets() -> None:
 
 
 @app.command()
-def methods() -> None:
-    """List the memorization and influence estimators, their cost and reference."""
+@user_errors
+def methods(
+    name: str = typer.Argument(None, help="One method: print its full description."),
+) -> None:
+    """List the memorization and influence estimators: summary, cost and reference."""
+    import inspect
+
     from mnemoscope.config import StudyConfig  # noqa: F401  (registers every estimator)
     from mnemoscope.estimator import REGISTRY
 
-    table = Table("method", "family", "cost", "reference", title="estimators")
-    for name, cls in sorted(REGISTRY.items(), key=lambda item: (item[1].family, item[0])):
-        table.add_row(name, cls.family, cls.cost, cls.reference)
+    if name is not None:
+        if name not in REGISTRY:
+            raise UserError(f"unknown method '{name}'; known: {', '.join(sorted(REGISTRY))}")
+        cls = REGISTRY[name]
+        out_console.print(f"{name} ({cls.family})\n", highlight=False)
+        out_console.print(inspect.getdoc(cls) or "", highlight=False, markup=False)
+        out_console.print(f"\ncost: {cls.cost}\nreference: {cls.reference}", highlight=False)
+        return
+    table = Table("method", "family", "what it measures", "cost", "reference", title="estimators")
+    for method, cls in sorted(REGISTRY.items(), key=lambda item: (item[1].family, item[0])):
+        table.add_row(method, cls.family, cls.summary, cls.cost, cls.reference)
     out_console.print(table)
+    out_console.print(
+        "Definitions, signs, normalisation, cost and references: docs/methods.md in the "
+        "mnemoscope source tree; `mnemoscope methods NAME` prints one method's description.",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -117,7 +135,7 @@ def methods() -> None:
 def query(
     run_dir: Path = typer.Argument(..., help="A run directory."),
     sql: str = typer.Argument(
-        ..., help="SQL over the views examples, scores, correlations, detection."
+        ..., help="SQL over the views examples, scores, correlations, detection, influence."
     ),
 ) -> None:
     """Query a run's Parquet tables with DuckDB SQL."""
