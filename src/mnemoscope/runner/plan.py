@@ -16,6 +16,9 @@ per part. The runner never asks which family an estimator belongs to.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -101,15 +104,28 @@ def plan_context(config: StudyConfig, n_train: int) -> PlanContext:
 
 def estimator_code(estimator: Estimator) -> tuple[str, ...]:
     """Modules an estimator's stages run: its class's modules and family package, the
-    estimator contract and the task."""
+    estimator contract and the task. A class defined outside a file (a notebook cell)
+    is keyed by its source instead (:func:`estimator_source`)."""
     modules = {"mnemoscope.estimator", "mnemoscope.task", "mnemoscope.train"}
     for base in type(estimator).__mro__:
-        module = base.__module__
-        if module.startswith("mnemoscope.") or base is type(estimator):
-            modules.add(module)
-            if module.startswith("mnemoscope."):
-                modules.add(".".join(module.split(".")[:2]))
+        module = sys.modules.get(base.__module__)
+        if getattr(module, "__file__", None) is None:
+            continue
+        if base.__module__.startswith("mnemoscope.") or base is type(estimator):
+            modules.add(base.__module__)
+            if base.__module__.startswith("mnemoscope."):
+                modules.add(".".join(base.__module__.split(".")[:2]))
     return tuple(sorted(modules))
+
+
+def estimator_source(estimator: Estimator) -> str:
+    """SHA-256 of the estimator class's source where it can be read, else its name."""
+    cls = type(estimator)
+    try:
+        text = inspect.getsource(cls)
+    except (OSError, TypeError):
+        text = f"{cls.__module__}.{cls.__qualname__}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def ensemble_specs(
@@ -260,7 +276,12 @@ class Planner:
             after = (f"data/{dataset}",) + tuple(
                 stage for d in set(roles[name].values()) for stage in trained[d][1]
             )
-            args = {**common, "method": _method_args(estimator.config), "ensembles": ensembles}
+            args = {
+                **common,
+                "method": _method_args(estimator.config),
+                "source": estimator_source(estimator),
+                "ensembles": ensembles,
+            }
             code = estimator_code(estimator)
             if estimator.cache_fit:
                 fit_file = self.run.fit_file(dataset, arch, name)
