@@ -1,4 +1,7 @@
-"""The demo: runs with no config on built-in data and finds the planted flipped labels."""
+"""The demo: runs with no config on built-in data and finds the planted flipped labels.
+
+Quick-demo settings (seeds 0–2) gave Feldman–Zhang AUC 0.92–0.95 (mlp) and 0.97–0.98
+(cnn) on digits, so the 0.85 bound is not on a knife's edge."""
 
 from __future__ import annotations
 
@@ -25,9 +28,10 @@ def _check_demo(out, quick: bool) -> None:
     # TracIn self-influence flags flipped digits labels for every architecture
     for arch in ("logreg", "mlp", "cnn"):
         assert detection.loc[("digits", arch, "tracin"), "auc"] > 0.9
-    if not quick:  # enough models and epochs for Feldman–Zhang to see memorization
-        for arch in ("mlp", "cnn"):
-            assert detection.loc[("digits", arch, "feldman_zhang"), "auc"] > 0.85
+    # enough models and epochs, even in the quick demo, for Feldman–Zhang to see the
+    # flipped labels memorized by the networks
+    for arch in ("mlp", "cnn"):
+        assert detection.loc[("digits", arch, "feldman_zhang"), "auc"] >= 0.85
 
 
 def test_quick_demo(tmp_path):
