@@ -113,6 +113,8 @@ class TargetsConfig(BaseModel):
     split: Literal["test", "train"] = "test"
     n: PositiveInt = 100
     """The first ``n`` examples of the split (all of them if it has fewer)."""
+    memory_mb: PositiveInt = 256
+    """Memory an attributor may hold for one block of the train×target matrix."""
 
 
 class DatasetConfig(BaseModel):

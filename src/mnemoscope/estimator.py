@@ -114,6 +114,7 @@ class Estimator(ABC):
         config_class: the pydantic model of its config entry.
         cost: what it costs (models trained, gradients, Hessian form).
         reference: paper and equation.
+        summary: one line for ``mnemoscope methods``.
         cache_fit: whether the fitted state is kept as its own stage.
     """
 
@@ -124,6 +125,9 @@ class Estimator(ABC):
     reference: ClassVar[str]
     summary: ClassVar[str] = ""
     cache_fit: ClassVar[bool] = False
+    attributes_targets: ClassVar[bool] = False
+    """True for attributors with ``influence(x_target, y_target, memory_budget)``: the
+    runner then writes their train×target influence when the config names targets."""
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config

@@ -187,3 +187,34 @@ def test_spec_merging_and_validation():
         EnsembleSpec(masks, (0,))
     with pytest.raises(ValueError, match=r"\[K, n\]"):
         EnsembleSpec(torch.ones(5, dtype=torch.bool))
+
+
+def test_train_by_target_influence_is_written_for_the_configured_targets(tmp_path):
+    from mnemoscope.influence import GradDot, GradDotConfig
+    from mnemoscope.runner.stages import load_dataset
+    from mnemoscope.task import Task
+
+    config = parse_config(
+        {
+            **BASE,
+            "influence": [{"method": "grad_dot"}],
+            "targets": {"split": "test", "n": 6, "memory_mb": 1},
+        }
+    )
+    run_study(config, tmp_path)
+    table = pd.read_parquet(tmp_path / "influence.parquet")
+    run = RunDir(tmp_path)
+    info = run.manifest.datasets["digits"]
+    dataset = load_dataset(
+        tmp_path,
+        {"name": "digits", "kind": info.kind, "n_classes": 10, "file": run.data_file("digits")},
+    )
+    assert len(table) == info.n_train * 6
+    assert set(table["target_id"]) == set(dataset.test_ids[:6].tolist())
+    (model_file,) = [f for f in (tmp_path / "models").iterdir() if "__full-" in f.name]
+    model = TrainedEnsemble.load(model_file)
+    estimator = GradDot(GradDotConfig()).fit({"model": model}, dataset, Task(l2=0.0005))
+    matrix = estimator.influence_matrix(dataset.x_test[:6], dataset.y_test[:6]).numpy()
+    wide = table.pivot(index="train_id", columns="target_id", values="score")
+    wide = wide.loc[dataset.train_ids.tolist(), dataset.test_ids[:6].tolist()]
+    np.testing.assert_allclose(wide.to_numpy(), matrix, rtol=1e-5, atol=1e-9)

@@ -50,6 +50,7 @@ class InfluenceBlock:
 
 class InfluenceEstimator(Estimator):
     family: ClassVar[Family] = "influence"
+    attributes_targets: ClassVar[bool] = True
 
     def score(self) -> Scores:
         """The per-example score of an attributor is its self-influence."""

@@ -1,4 +1,4 @@
-"""Where work executes: in-process stage runner (a Ray backend is planned, same results)."""
+"""Where work executes: a plan of stages run in-process or on Ray, with the same results."""
 
 from mnemoscope.runner.demo import demo_config
 from mnemoscope.runner.progress import Reporter

@@ -25,7 +25,6 @@ from typing import Any
 
 from mnemoscope.config import StudyConfig
 from mnemoscope.estimator import REGISTRY, Estimator, MethodConfig, PlanContext
-from mnemoscope.influence import InfluenceEstimator
 from mnemoscope.runner import stages as work
 from mnemoscope.store import DatasetInfo, RunDir, code_version, content_hash, write_safetensors
 from mnemoscope.task import Task
@@ -309,7 +308,7 @@ class Planner:
                 )
             )
             score_files.append(score_file)
-            if cfg.targets is not None and isinstance(estimator, InfluenceEstimator):
+            if cfg.targets is not None and estimator.attributes_targets:
                 file = self.run.influence_file(dataset, arch, name)
                 self.plan.add(
                     Stage(

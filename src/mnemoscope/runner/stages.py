@@ -21,7 +21,6 @@ from mnemoscope.config import DatasetConfig
 from mnemoscope.data import Dataset, prepare
 from mnemoscope.errors import ConfigError
 from mnemoscope.estimator import REGISTRY, Estimator
-from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET
 from mnemoscope.report import render_report
 from mnemoscope.runner.progress import Reporter
 from mnemoscope.store import (
@@ -163,7 +162,7 @@ def target_influence(root: Path, args: Args, reporter: Reporter) -> Args:
     parts = []
     label = f"influence {dataset.name}/{args['arch']}/{estimator.name} on {len(ids)} targets"
     with reporter.task(label, None):
-        for block in estimator.influence(x, y, DEFAULT_MEMORY_BUDGET):
+        for block in estimator.influence(x, y, args["targets"]["memory_mb"] * 2**20):
             rows, cols = np.meshgrid(train_ids[block.train], ids[block.targets], indexing="ij")
             parts.append(
                 pd.DataFrame(
