@@ -113,12 +113,16 @@ def train_part(root: Path, args: Args, reporter: Reporter) -> Args:
     return {"models": [start, stop]}
 
 
+def _inputs(root: Path, args: Args) -> tuple[Estimator, dict[str, TrainedEnsemble], Dataset, Task]:
+    """A fresh estimator and what it is fitted on: its ensembles, the dataset, the task."""
+    estimator = estimator_from(args["method"])
+    ensembles = load_ensembles(root, args["ensembles"])
+    return estimator, ensembles, load_dataset(root, args["dataset"]), Task(**args["task"])
+
+
 def _fitted(root: Path, args: Args) -> tuple[Estimator, Dataset]:
     """The estimator of ``args``, fitted, or restored from its cached fit."""
-    estimator = estimator_from(args["method"])
-    dataset = load_dataset(root, args["dataset"])
-    ensembles = load_ensembles(root, args["ensembles"])
-    task = Task(**args["task"])
+    estimator, ensembles, dataset, task = _inputs(root, args)
     if "fit" in args:
         state = load_file(str(Path(root) / args["fit"]))
         estimator.load_fitted(state, ensembles, dataset, task, args["device"])
@@ -128,11 +132,9 @@ def _fitted(root: Path, args: Args) -> tuple[Estimator, Dataset]:
 
 
 def fit_estimator(root: Path, args: Args, reporter: Reporter) -> Args:
-    estimator = estimator_from(args["method"])
-    dataset = load_dataset(root, args["dataset"])
-    ensembles = load_ensembles(root, args["ensembles"])
+    estimator, ensembles, dataset, task = _inputs(root, args)
     with reporter.task(f"fit {dataset.name}/{args['arch']}/{estimator.name}", None):
-        estimator.fit(ensembles, dataset, Task(**args["task"]), args["device"])
+        estimator.fit(ensembles, dataset, task, args["device"])
     write_safetensors(Path(root) / args["output"], estimator.fitted_state())
     return {}
 
