@@ -4,14 +4,17 @@ Both train K MLPs on sklearn digits, each on its own 70% subset, with identical
 hyperparameters, initial weights and data order, and both record what the engine
 records: every example's loss and correctness at each presentation, and each
 model's final logits on the training pool and the test split.
-The two are timed in the same run on the same machine; the ratio is the claim.
+Two baselines: torch.optim.SGD with its defaults (what a user writes; on CPU, torch
+2.13 picks the per-tensor for-loop) and with foreach=True (the engine's kernels).
+The three are timed in the same run, interleaved; the per-repetition ratios are the claim.
 
-    .venv/bin/python bench/ensemble_training.py [--models 64] [--epochs 10] [--device cpu]
+    .venv/bin/python bench/ensemble_training.py [--models 64] [--epochs 10] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -21,10 +24,13 @@ from mnemoscope.data import prepare
 from mnemoscope.train import TrainConfig, epoch_orders, init_module, subset_masks, train_ensemble
 
 
-def sequential(dataset, masks, config: TrainConfig, seed: int, device: torch.device) -> None:
+def sequential(
+    dataset, masks, config: TrainConfig, seed: int, device: torch.device, foreach: bool | None
+) -> None:
     """The baseline: one model after another, nn.Module + torch.optim.SGD, recording the
     same things as the engine: each example's loss and correctness when its batch is
-    presented, then the final logits on the training pool and the test split."""
+    presented, then the final logits on the training pool and the test split.
+    ``foreach=None`` leaves torch.optim's default; True forces the foreach kernels."""
     x, y = dataset.x_train.to(device), dataset.y_train.to(device)
     n = dataset.n_train
     for k in range(masks.shape[0]):
@@ -34,6 +40,7 @@ def sequential(dataset, masks, config: TrainConfig, seed: int, device: torch.dev
             lr=config.lr,
             momentum=config.momentum,
             weight_decay=config.weight_decay,
+            **({} if foreach is None else {"foreach": foreach}),
         )
         losses = torch.full((config.epochs, n), float("nan"), device=device)
         correct = torch.zeros(config.epochs, n, dtype=torch.bool, device=device)
@@ -51,12 +58,16 @@ def sequential(dataset, masks, config: TrainConfig, seed: int, device: torch.dev
         losses.cpu(), correct.cpu()
 
 
-def _timed(fn) -> float:
+def _timed(fn, *args) -> float:
     started = time.perf_counter()
-    fn()
+    fn(*args)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - started
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):6.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def main() -> None:
@@ -65,29 +76,39 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     device = torch.device(args.device)
     dataset = prepare("digits", seed=0, label_noise=0.1)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.05)
     masks = subset_masks(args.models, dataset.n_train, 0.7, seed=0)
-    # warm-up (allocator, kernels), then the best of `repeats` for each
-    train_ensemble("mlp", dataset, masks[:2], config, seed=0, device=device)
-    sequential(dataset, masks[:2], config, 0, device)
-    engine = min(
-        _timed(lambda: train_ensemble("mlp", dataset, masks, config, seed=0, device=device))
-        for _ in range(args.repeats)
-    )
-    baseline = min(
-        _timed(lambda: sequential(dataset, masks, config, 0, device)) for _ in range(args.repeats)
-    )
+    runs = {
+        "engine (vmap, torch.func)": lambda m: train_ensemble(
+            "mlp", dataset, m, config, seed=0, device=device
+        ),
+        "sequential, torch.optim defaults": lambda m: sequential(
+            dataset, m, config, 0, device, None
+        ),
+        "sequential, foreach=True": lambda m: sequential(dataset, m, config, 0, device, True),
+    }
+    for run in runs.values():  # warm-up (allocator, kernels)
+        run(masks[:2])
+    seconds = {name: [] for name in runs}
+    for _ in range(args.repeats):  # interleaved, so drift in the machine hits all three
+        for name, run in runs.items():
+            seconds[name].append(_timed(run, masks))
     print(
-        f"device={device} threads={torch.get_num_threads()} K={args.models} "
-        f"epochs={args.epochs} batch={args.batch_size} n_train={dataset.n_train} (70% subsets)"
+        f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} "
+        f"K={args.models} epochs={args.epochs} batch={args.batch_size} "
+        f"n_train={dataset.n_train} (70% subsets) repeats={args.repeats}"
     )
-    print(f"engine (vmap, torch.func):  {args.models / engine:8.2f} models/s  ({engine:.2f} s)")
-    print(f"sequential PyTorch loop:    {args.models / baseline:8.2f} models/s  ({baseline:.2f} s)")
-    print(f"speed-up: {baseline / engine:.2f}x")
+    print("models/s, median (min-max) over repetitions:")
+    for name, times in seconds.items():
+        print(f"  {name:34s} {_spread([args.models / t for t in times])}")
+    engine, defaults, foreach = seconds.values()
+    print("speed-up of the engine, per repetition, median (min-max):")
+    print(f"  vs torch.optim defaults: {_spread([b / e for b, e in zip(defaults, engine)])}x")
+    print(f"  vs foreach=True:         {_spread([b / e for b, e in zip(foreach, engine)])}x")
 
 
 if __name__ == "__main__":

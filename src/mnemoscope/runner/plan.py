@@ -70,15 +70,13 @@ class Plan:
 
     threads: int = 1
     stages: list[Stage] = field(default_factory=list)
+    _by_name: dict[str, Stage] = field(default_factory=dict, repr=False)
 
     def key(self, name: str) -> str:
         return self[name].key
 
     def __getitem__(self, name: str) -> Stage:
-        for stage in self.stages:
-            if stage.name == name:
-                return stage
-        raise KeyError(name)
+        return self._by_name[name]
 
     def add(self, stage: Stage) -> Stage:
         """Append ``stage`` with its cache key computed; its inputs must be in the plan."""
@@ -91,8 +89,11 @@ class Plan:
                 "threads": self.threads,
             }
         )
+        if stage.name in self._by_name:
+            raise ValueError(f"stage '{stage.name}' planned twice")
         keyed = replace(stage, key=key)
         self.stages.append(keyed)
+        self._by_name[keyed.name] = keyed
         return keyed
 
 
