@@ -28,6 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from pydantic import (
     BaseModel,
@@ -97,12 +98,18 @@ class ExecutorConfig(BaseModel):
     joins a running one (its workers must see the run directory's file system)."""
     num_cpus: PositiveInt | None = None
     """Ray only: CPUs of the local cluster started for the run (None: all)."""
-    threads: PositiveInt = 1
-    """Torch intra-op threads of each stage (Ray reserves as many CPUs per task).
-    Floating-point reductions may round differently with another thread count, so it
-    is part of every cache key; for one value, every executor gives identical tables.
-    1 by default: stages run side by side under Ray, and on a shared or loaded
-    machine extra threads per stage slow everything down."""
+    threads: PositiveInt | Literal["auto"] = "auto"
+    """Torch intra-op threads of each stage; Ray reserves as many CPUs per task.
+    ``auto``: torch's thread count in the process that plans the run (by default the
+    machine's physical cores). Floating-point reductions may round differently with
+    another thread count, so the number is part of every cache key; for one number,
+    every executor gives identical tables. Under Ray, ``threads: 1`` runs as many stages
+    side by side as the cluster has CPUs; on a loaded machine, 1 also avoids threads
+    waiting on each other."""
+
+    def resolved_threads(self) -> int:
+        """``threads`` as a number."""
+        return torch.get_num_threads() if self.threads == "auto" else self.threads
 
 
 class TargetsConfig(BaseModel):

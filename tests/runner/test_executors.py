@@ -29,7 +29,9 @@ CONFIG = {
     "targets": {"split": "test", "n": 5},
     "analysis": {"n_bootstrap": 20},
 }
-RAY = {"executor": {"kind": "ray", "num_cpus": 2}}
+# One thread per stage, as `threads: auto` resolves to in the tests (conftest), so the local
+# run is planned identically; written out for the SIGKILL test's driver process.
+RAY = {"executor": {"kind": "ray", "num_cpus": 2, "threads": 1}}
 
 
 def _tables(run_dir) -> dict[str, pd.DataFrame]:

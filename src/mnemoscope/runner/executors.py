@@ -47,7 +47,7 @@ class LocalExecutor:
     """Stages in this process, in plan order."""
 
     def __init__(self, config: ExecutorConfig, reporter: Reporter) -> None:
-        self.threads = config.threads
+        self.threads = config.resolved_threads()
         self.reporter = reporter
 
     def __enter__(self) -> LocalExecutor:
@@ -96,7 +96,8 @@ class RayExecutor:
                 options["address"] = self.config.address
             ray.init(**options)
             self._started_here = True
-        self.remote = ray.remote(num_cpus=self.config.threads)(_ray_stage)
+        self.threads = self.config.resolved_threads()
+        self.remote = ray.remote(num_cpus=self.threads)(_ray_stage)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -109,7 +110,7 @@ class RayExecutor:
         pending: dict[Any, Stage] = {}
         for stage in stages:
             after = [refs[name] for name in stage.after if name in refs]
-            ref = self.remote.remote(stage, str(root), self.config.threads, *after)
+            ref = self.remote.remote(stage, str(root), self.threads, *after)
             refs[stage.name] = ref
             pending[ref] = stage
         try:

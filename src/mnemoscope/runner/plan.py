@@ -176,7 +176,7 @@ class Planner:
         self.config = config
         self.run = run
         self.device = device
-        self.plan = Plan(threads=config.executor.threads)
+        self.plan = Plan(threads=config.executor.resolved_threads())
         self.estimators: list[Estimator] = [
             REGISTRY[entry.method](entry) for entry in [*config.memorization, *config.influence]
         ]
