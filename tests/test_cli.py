@@ -72,6 +72,18 @@ BAD = [
         "memorization.1: unknown memorization method 'tracin'; known: feldman_zhang",
     ),
     (
+        _with(lambda c: c["memorization"].append("feldman_zhang")),
+        "memorization.1: expected a mapping with a 'method' key; known: feldman_zhang",
+    ),
+    (
+        _with(lambda c: c["influence"][0].update(params=[])),
+        "influence.0.tracin.params: expected 'all', 'last_layer' or a non-empty list",
+    ),
+    (
+        _with(lambda c: c.update(executor={"kind": "ray", "threads": 0})),
+        "executor.threads: expected a positive integer or 'auto'",
+    ),
+    (
         _with(lambda c: c.update(executor={"kind": "dask"})),
         "executor.kind: Input should be 'local' or 'ray'",
     ),

@@ -63,11 +63,15 @@ def _method_entries(entries: Any, family: Family) -> list[MethodConfig]:
             entry = entry.model_dump()
         method = entry.get("method") if isinstance(entry, dict) else None
         if method not in known:
-            what = "a mapping with a 'method' key" if method is None else f"'{method}'"
+            problem = (
+                "expected a mapping with a 'method' key"
+                if method is None
+                else f"unknown {family} method '{method}'"
+            )
             raise PydanticCustomError(
                 "method_entry",
-                "{loc}: unknown {family} method {what}; known: {known}",
-                {"loc": str(i), "family": family, "what": what, "known": ", ".join(sorted(known))},
+                "{loc}: {problem}; known: {known}",
+                {"loc": str(i), "problem": problem, "known": ", ".join(sorted(known))},
             )
         try:
             validated.append(known[method].config_class.model_validate(entry))
@@ -98,7 +102,7 @@ class ExecutorConfig(BaseModel):
     joins a running one (its workers must see the run directory's file system)."""
     num_cpus: PositiveInt | None = None
     """Ray only: CPUs of the local cluster started for the run (None: all)."""
-    threads: PositiveInt | Literal["auto"] = "auto"
+    threads: int | Literal["auto"] = "auto"
     """Torch intra-op threads of each stage; Ray reserves as many CPUs per task.
     ``auto``: torch's thread count in the process that plans the run (by default the
     machine's physical cores). Floating-point reductions may round differently with
@@ -106,6 +110,13 @@ class ExecutorConfig(BaseModel):
     every executor gives identical tables. Under Ray, ``threads: 1`` runs as many stages
     side by side as the cluster has CPUs; on a loaded machine, 1 also avoids threads
     waiting on each other."""
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, value: Any) -> int | str:
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError("expected a positive integer or 'auto'")
 
     def resolved_threads(self) -> int:
         """``threads`` as a number."""

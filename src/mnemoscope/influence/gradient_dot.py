@@ -6,7 +6,7 @@ from abc import abstractmethod
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
 
 from mnemoscope.data import Dataset
 from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
@@ -27,7 +27,15 @@ if TYPE_CHECKING:
 class GradDotConfig(MethodConfig):
     method: Literal["grad_dot"] = "grad_dot"
     params: ParamSelection = "all"
-    """Parameters to differentiate: 'all', 'last_layer' or a list of names."""
+    """Parameters to differentiate: 'all', 'last_layer' or a non-empty list of names."""
+
+    @field_validator("params")
+    @classmethod
+    def _some_params(cls, params: ParamSelection) -> ParamSelection:
+        if isinstance(params, list) and not params:
+            raise ValueError("expected 'all', 'last_layer' or a non-empty list of parameter names")
+        return params
+
     batch_size: PositiveInt = 256
     """Examples per vmapped gradient batch (bounds memory)."""
 
