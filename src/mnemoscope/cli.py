@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -23,25 +24,49 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_DISK_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def _one_line(message: str) -> None:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+
+
 def user_errors(command: F) -> F:
-    """Turn a :class:`UserError` into one line on stderr and exit code 2, no traceback."""
+    """Turn a :class:`UserError` (or a file system that refuses a write: read-only,
+    full, no permission) into one line on stderr and exit code 2, no traceback; Ctrl-C
+    into one line and exit code 130. Everything written so far is whole (atomic
+    writes), so the same command resumes."""
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            _one_line(str(error))
             raise typer.Exit(2) from None
+        except OSError as error:
+            if error.errno not in _DISK_ERRORS:
+                raise
+            _one_line(f"cannot write {error.filename or 'the run directory'}: {error.strerror}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted; run the same command to resume", highlight=False)
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _run_and_summarise(config: Any, out: Path) -> None:
+def _run_and_summarise(config: Any, out: Path, force: bool, dry_run: bool) -> None:
     from mnemoscope.report.summary import summary_table
-    from mnemoscope.runner import Reporter, run_study
+    from mnemoscope.runner import Reporter, Study
 
-    result = run_study(config, out, Reporter(err_console))
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    study = Study(config, out, Reporter(err_console), force=force)
+    if dry_run:
+        out_console.print("\n".join(study.dry_run()), highlight=False, soft_wrap=True)
+        return
+    result = study.execute()
     if result.all_cached:
         err_console.print(
             f"nothing to do: all {len(result.outcomes)} stages already finished in {out} "
@@ -51,16 +76,27 @@ def _run_and_summarise(config: Any, out: Path) -> None:
     out_console.print(f"report: {result.report.resolve()}")
 
 
+FORCE = typer.Option(False, "--force", help="Replace a run of a different config in --out.")
+DRY_RUN = typer.Option(
+    False, "--dry-run", help="Print the plan and its estimated cost; run nothing."
+)
+
+
 @app.command()
 @user_errors
 def demo(
-    out: Path = typer.Option(Path("mnemoscope-demo"), "--out", help="Run directory."),
+    out: Path = typer.Option(
+        None, "--out", help="Run directory [default: mnemoscope-demo, or -quick]."
+    ),
     quick: bool = typer.Option(False, "--quick", help="A smaller study, about a minute."),
+    force: bool = FORCE,
+    dry_run: bool = DRY_RUN,
 ) -> None:
     """Run the built-in study: digits and MNIST-1D, logreg/mlp/cnn, 10% label noise."""
     from mnemoscope.runner import demo_config
 
-    _run_and_summarise(demo_config(quick), out)
+    out = out or Path("mnemoscope-demo-quick" if quick else "mnemoscope-demo")
+    _run_and_summarise(demo_config(quick), out, force, dry_run)
 
 
 @app.command()
@@ -68,14 +104,14 @@ def demo(
 def run(
     config: Path = typer.Argument(..., help="Study config (YAML)."),
     out: Path = typer.Option(..., "--out", help="Run directory (created; reused to resume)."),
+    force: bool = FORCE,
+    dry_run: bool = DRY_RUN,
 ) -> None:
-    """Run a study from a YAML config; an existing run directory is resumed."""
+    """Run a study from a YAML config; a run of the same config in --out is resumed."""
     from mnemoscope.config import load_config
 
     study = load_config(config)  # validated before anything is written
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory")
-    _run_and_summarise(study, out)
+    _run_and_summarise(study, out, force, dry_run)
 
 
 @app.command()

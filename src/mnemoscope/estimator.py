@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict
+from torch import nn
 
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, TrainedEnsemble
@@ -149,6 +150,11 @@ class Estimator(ABC):
     @abstractmethod
     def score(self) -> Scores:
         """One score per training example; higher = more memorized / more influential."""
+
+    def check_model(self, module: nn.Module) -> None:
+        """Raise :class:`~mnemoscope.errors.ConfigError` if this estimator's config cannot
+        be used on ``module`` (e.g. unknown parameter names); called before training."""
+        return None
 
     def fitted_state(self) -> dict[str, torch.Tensor]:
         """Tensors that restore the fit with :meth:`load_fitted` (``cache_fit`` classes)."""

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from mnemoscope.config import parse_config
+from mnemoscope.errors import UserError
 from mnemoscope.runner import run_study
 from mnemoscope.runner import stages as stages_module
 from mnemoscope.store import TABLES
@@ -75,7 +76,9 @@ def test_changed_method_config_redoes_only_what_depends_on_it(finished, tmp_path
     shutil.copytree(out, copy)
     changed = json.loads(json.dumps(TINY))
     changed["influence"][0]["params"] = "last_layer"
-    result = run_study(parse_config(changed), copy)
+    with pytest.raises(UserError, match="different config.*--force"):
+        run_study(parse_config(changed), copy)
+    result = run_study(parse_config(changed), copy, force=True)
     ran = {o.name for o in result.outcomes if o.ran}
     assert ran == {
         "scores/digits/logreg/tracin",
@@ -94,7 +97,7 @@ def test_smaller_config_forgets_what_it_no_longer_runs(finished, tmp_path):
     shutil.copytree(out, copy)
     smaller = json.loads(json.dumps(TINY))
     smaller["archs"] = ["logreg"]
-    result = run_study(parse_config(smaller), copy)
+    result = run_study(parse_config(smaller), copy, force=True)
     assert not any(o.ran for o in result.outcomes if o.name.startswith(("train/", "scores/")))
     manifest = json.loads((copy / "manifest.json").read_text())
     assert not any("/mlp" in stage for stage in manifest["stages"])

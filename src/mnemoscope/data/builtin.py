@@ -28,6 +28,14 @@ class BuiltinDataset:
     default_samples: int | None  # None: the source's fixed size
     description: str
     load: Callable[[int | None, int], Pool]  # (n_samples, seed) -> pool
+    input_shape: tuple[int, ...] = ()
+    fixed_size: int | None = None  # the pool size of a dataset that is not generated
+
+    def pool_size(self, n_samples: int | None) -> int:
+        """Examples in the pool :func:`~mnemoscope.data.prepare` splits (before any split)."""
+        if self.fixed_size is not None:
+            return min(n_samples or self.fixed_size, self.fixed_size)
+        return n_samples or self.default_samples or 0
 
 
 def _digits(n_samples: int | None, seed: int) -> Pool:
@@ -99,7 +107,14 @@ BUILTIN: dict[str, BuiltinDataset] = {
     d.name: d
     for d in (
         BuiltinDataset(
-            "digits", "image", 10, None, "sklearn handwritten digits, 1797 images 1×8×8", _digits
+            "digits",
+            "image",
+            10,
+            None,
+            "sklearn handwritten digits, 1797 images 1×8×8",
+            _digits,
+            (1, 8, 8),
+            1797,
         ),
         BuiltinDataset(
             "mnist1d",
@@ -108,6 +123,7 @@ BUILTIN: dict[str, BuiltinDataset] = {
             4000,
             "MNIST-1D (Greydanus 2020) generated locally, sequences 1×40",
             _mnist1d,
+            (1, 40),
         ),
         BuiltinDataset(
             "breast_cancer",
@@ -116,6 +132,8 @@ BUILTIN: dict[str, BuiltinDataset] = {
             None,
             "sklearn Wisconsin breast cancer, 569 × 30 features (standardised)",
             _breast_cancer,
+            (30,),
+            569,
         ),
         BuiltinDataset(
             "blobs",
@@ -124,6 +142,7 @@ BUILTIN: dict[str, BuiltinDataset] = {
             1500,
             "synthetic Gaussian classes with a long tail of rare sub-clusters, 10 features",
             _blobs,
+            (10,),
         ),
     )
 }

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from mnemoscope.config import ExecutorConfig
-from mnemoscope.errors import ConfigError
+from mnemoscope.errors import ConfigError, UserError
 from mnemoscope.runner.plan import Stage
 from mnemoscope.runner.progress import Reporter
 
@@ -39,6 +39,8 @@ def run_stage(
         started = time.perf_counter()
         record = stage.function(Path(root), stage.args, reporter or Reporter(quiet=True))
         return record, time.perf_counter() - started
+    except UserError as error:  # name the stage, keep the kind of error
+        raise type(error)(f"{stage.name}: {error}") from None
     finally:
         torch.set_num_threads(before)
 

@@ -23,10 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
+
 from mnemoscope.config import StudyConfig
 from mnemoscope.estimator import REGISTRY, Estimator, MethodConfig, PlanContext
 from mnemoscope.runner import stages as work
-from mnemoscope.store import DatasetInfo, RunDir, code_version, content_hash, write_safetensors
+from mnemoscope.store import DatasetInfo, RunDir, code_version, content_hash
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, derive_seed, merge_specs
 from mnemoscope.train.ensemble import DEFAULT_CHUNK
@@ -177,6 +179,8 @@ class Planner:
         self.run = run
         self.device = device
         self.plan = Plan(threads=config.executor.resolved_threads())
+        self.spec_files: dict[str, torch.Tensor] = {}
+        """Masks of the planned ensembles by file: the runner writes them before training."""
         self.estimators: list[Estimator] = [
             REGISTRY[entry.method](entry) for entry in [*config.memorization, *config.influence]
         ]
@@ -331,8 +335,7 @@ class Planner:
         cfg = self.config
         dataset = data["name"]
         spec_file = self.run.spec_file(dataset, spec.trajectory[:16])
-        if not self.run.path(spec_file).exists():
-            write_safetensors(self.run.path(spec_file), {"masks": spec.masks})
+        self.spec_files[spec_file] = spec.masks
         size = cfg.train.chunk_size or min(spec.n_models, DEFAULT_CHUNK)
         starts = list(range(0, spec.n_models, size))
         files, names = [], []

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from mnemoscope.analysis import correlation_table, detection_table
 from mnemoscope.config import DatasetConfig
 from mnemoscope.data import Dataset, prepare
-from mnemoscope.errors import ConfigError
+from mnemoscope.errors import ConfigError, UserError
 from mnemoscope.estimator import REGISTRY, Estimator
 from mnemoscope.report import render_report
 from mnemoscope.runner.progress import Reporter
@@ -60,6 +60,19 @@ def estimator_from(method: Args) -> Estimator:
             f"unknown method '{method['method']}'; known: {', '.join(sorted(REGISTRY))}"
         )
     return cls(cls.config_class.model_validate(method))
+
+
+def require_finite(values: np.ndarray, what: str, allowed_nan: float = 0.0) -> None:
+    """Stop the run (a :class:`UserError` the executor prefixes with the stage's name)
+    when ``values`` hold an infinity, or more NaN than the fraction ``allowed_nan``."""
+    values = np.asarray(values, dtype=np.float64)
+    infinite = int(np.isinf(values).sum())
+    missing = int(np.isnan(values).sum())
+    if infinite or missing > allowed_nan * values.size:
+        raise UserError(
+            f"{infinite + missing} of {values.size} {what} are not finite "
+            "(did training diverge? a lower train.lr or fewer epochs may help)"
+        )
 
 
 def build_data(root: Path, args: Args, reporter: Reporter) -> Args:
@@ -109,6 +122,7 @@ def train_part(root: Path, args: Args, reporter: Reporter) -> Args:
             device=args["device"],
             progress=advance,
         )
+    require_finite(trained.train_logits.numpy(), "final logits")
     trained.save(Path(root) / args["output"])
     return {"models": [start, stop]}
 
@@ -145,6 +159,8 @@ def score_estimator(root: Path, args: Args, reporter: Reporter) -> Args:
     ):
         estimator, dataset = _fitted(root, args)
         scores = estimator.score()
+    # some estimators leave a few examples without a score (e.g. never held out)
+    require_finite(scores.score, "scores", allowed_nan=0.5)
     frame = scores.frame(dataset.name, args["arch"], args["seed"])
     write_parquet(Path(root) / args["output"], frame, SCORES)
     return {}
@@ -165,6 +181,7 @@ def target_influence(root: Path, args: Args, reporter: Reporter) -> Args:
     label = f"influence {dataset.name}/{args['arch']}/{estimator.name} on {len(ids)} targets"
     with reporter.task(label, None):
         for block in estimator.influence(x, y, args["targets"]["memory_mb"] * 2**20):
+            require_finite(block.values.numpy(), "train×target influences")
             rows, cols = np.meshgrid(train_ids[block.train], ids[block.targets], indexing="ij")
             parts.append(
                 pd.DataFrame(

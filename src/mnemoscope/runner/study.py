@@ -16,12 +16,14 @@ from pathlib import Path
 
 import torch
 
-from mnemoscope.config import StudyConfig
+from mnemoscope.config import DatasetConfig, StudyConfig
+from mnemoscope.data import BUILTIN
 from mnemoscope.errors import ConfigError
+from mnemoscope.runner.estimate import Estimate, estimate_study, refuse_if_too_big, split_sizes
 from mnemoscope.runner.executors import LocalExecutor, RayExecutor, make_executor
 from mnemoscope.runner.plan import Plan, Planner, Stage
 from mnemoscope.runner.progress import Reporter
-from mnemoscope.store import DatasetInfo, RunDir
+from mnemoscope.store import DatasetInfo, RunDir, write_safetensors
 
 
 @dataclass
@@ -53,30 +55,62 @@ def resolve_device(device: str) -> torch.device:
 class Study:
     """One study's execution against one run directory."""
 
-    def __init__(self, config: StudyConfig, out: Path, reporter: Reporter | None = None) -> None:
+    def __init__(
+        self,
+        config: StudyConfig,
+        out: Path,
+        reporter: Reporter | None = None,
+        force: bool = False,
+    ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
-        self.run = RunDir(out)
+        self.root = Path(out)
+        self.force = force
         self.reporter = reporter or Reporter(quiet=True)
         self.outcomes: list[StageOutcome] = []
-        self.planner = Planner(config, self.run, str(self.device))
+
+    def estimate(self) -> Estimate:
+        """The run's cost, from the config alone; refuses what cannot fit in memory."""
+        estimate = estimate_study(self.config)
+        refuse_if_too_big(estimate)
+        return estimate
+
+    def dry_run(self) -> list[str]:
+        """The plan and the estimate, as lines; nothing is built or written."""
+        estimate = self.estimate()
+        planner = Planner(self.config, RunDir(self.root), str(self.device))
+        planner.data_stages()
+        datasets = {ds.name: _expected_dataset(ds) for ds in self.config.datasets}
+        planner.study_stages(datasets)
+        lines = [f"plan: {len(planner.plan.stages)} stages"]
+        lines += [f"  {stage.name}" for stage in planner.plan.stages]
+        return [*lines, "estimate:", *estimate.lines()]
+
+    def execute(self) -> StudyResult:
+        cfg = self.config
+        self.estimate()  # before anything is written
+        config = cfg.model_dump(mode="json")
+        RunDir(self.root).claim(config, self.force)
+        with RunDir(self.root).lock():
+            self.run = RunDir(self.root)  # as the lock holder sees it
+            self.run.claim(config, self.force)
+            self.run.start(cfg.name, config)
+            self.planner = Planner(cfg, self.run, str(self.device))
+            with make_executor(cfg.executor, self.reporter) as executor:
+                self._execute(self.planner.data_stages(), executor)
+                datasets = {ds.name: self._dataset_info(ds.name) for ds in cfg.datasets}
+                self.run.manifest.datasets = datasets
+                stages = self.planner.study_stages(datasets)
+                # the manifest (and the report drawn from it) describes this config alone
+                self.run.keep_only([s.name for s in self.plan.stages], list(datasets))
+                for file, masks in self.planner.spec_files.items():
+                    write_safetensors(self.run.path(file), {"masks": masks})
+                self._execute(stages, executor)
+        return StudyResult(self.run.root, self.run.path("report.html"), self.outcomes)
 
     @property
     def plan(self) -> Plan:
         return self.planner.plan
-
-    def execute(self) -> StudyResult:
-        cfg = self.config
-        self.run.start(cfg.name, cfg.model_dump(mode="json"))
-        with make_executor(cfg.executor, self.reporter) as executor:
-            self._execute(self.planner.data_stages(), executor)
-            datasets = {ds.name: self._dataset_info(ds.name) for ds in cfg.datasets}
-            self.run.manifest.datasets = datasets
-            stages = self.planner.study_stages(datasets)
-            # the manifest (and the report drawn from it) describes this config alone
-            self.run.keep_only([s.name for s in self.plan.stages], list(datasets))
-            self._execute(stages, executor)
-        return StudyResult(self.run.root, self.run.path("report.html"), self.outcomes)
 
     def _dataset_info(self, name: str) -> DatasetInfo:
         return DatasetInfo.model_validate(
@@ -97,6 +131,28 @@ class Study:
             self.reporter.say(f"[green]done[/green]    {stage.name} ({seconds:.1f} s)")
 
 
-def run_study(config: StudyConfig, out: Path, reporter: Reporter | None = None) -> StudyResult:
-    """Run (or resume, or confirm finished) ``config`` into the directory ``out``."""
-    return Study(config, out, reporter).execute()
+def _expected_dataset(ds: DatasetConfig) -> DatasetInfo:
+    """A built-in dataset's sizes as its data stage will make them (for the dry run)."""
+    spec = BUILTIN[ds.name]
+    n_train, n_test = split_sizes(spec.pool_size(ds.n_samples), ds.test_fraction)
+    return DatasetInfo(
+        kind=spec.kind,
+        input_shape=list(spec.input_shape),
+        n_classes=spec.n_classes,
+        n_train=n_train,
+        n_test=n_test,
+        n_mislabeled=round(ds.label_noise * n_train),
+        label_noise=ds.label_noise,
+        fingerprint="(not built)",
+    )
+
+
+def run_study(
+    config: StudyConfig, out: Path, reporter: Reporter | None = None, force: bool = False
+) -> StudyResult:
+    """Run (or resume, or confirm finished) ``config`` into the directory ``out``.
+
+    ``out`` must be missing, empty, or a run of the same config (resumed); a run of
+    another config is replaced only with ``force``.
+    """
+    return Study(config, out, reporter, force).execute()

@@ -18,20 +18,32 @@ from safetensors.torch import save_file
 from mnemoscope.store.tables import to_arrow
 
 
+def _file_mode() -> int:
+    """0666 less the process's umask (read by setting it and putting it back)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
 
     The temporary file lives in the same directory so the final ``os.replace`` is
     atomic on POSIX. On error the temporary file is removed and ``path`` is untouched.
+    The file gets the mode a plain ``open`` would give it (0666 less the user's umask),
+    not ``mkstemp``'s 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    mode = _file_mode()
+    os.fchmod(fd, mode)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, mode)  # writers that replace the file keep the mode too
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -52,7 +64,9 @@ def write_bytes(path: Path, data: bytes) -> Path:
 
 
 def write_json(path: Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Strict JSON (no NaN or Infinity, which other readers reject)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str, allow_nan=False)
+    return write_text(path, text + "\n")
 
 
 def write_parquet(path: Path, frame: pd.DataFrame, schema=None) -> Path:

@@ -29,14 +29,25 @@ class DatasetInfo(BaseModel):
     """SHA-256 of the dataset's tensors."""
 
 
+class FileDigest(BaseModel):
+    """Size and SHA-256 of an output file when its stage finished."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: int
+    sha256: str
+
+
 class StageRecord(BaseModel):
-    """A finished stage: its cache key, outputs and time."""
+    """A finished stage: its cache key, outputs (with their digests) and time."""
 
     model_config = ConfigDict(extra="forbid")
 
     key: str
     seconds: float
     outputs: list[str]
+    files: dict[str, FileDigest] = Field(default_factory=dict)
+    """Each output's size and hash: a stage whose outputs changed since is not finished."""
     finished: str
     record: dict[str, Any] = Field(default_factory=dict)
     """What the stage reported about its work (e.g. the dataset it built)."""

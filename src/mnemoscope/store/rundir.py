@@ -21,9 +21,14 @@ report, the summary, ``query``) reads it through :class:`RunDir`.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
 import platform
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -33,9 +38,11 @@ import pandas as pd
 from pydantic import ValidationError
 
 from mnemoscope.errors import UserError
-from mnemoscope.store.atomic import write_text
-from mnemoscope.store.manifest import Manifest, StageRecord
+from mnemoscope.store.atomic import write_json
+from mnemoscope.store.manifest import FileDigest, Manifest, StageRecord
 from mnemoscope.store.tables import TABLES
+
+LOCK = ".mnemoscope.lock"
 
 _PACKAGES = (
     "mnemoscope",
@@ -61,6 +68,15 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def file_digest(path: Path) -> FileDigest:
+    """Size and SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return FileDigest(size=path.stat().st_size, sha256=digest.hexdigest())
 
 
 def safe_name(*parts: str) -> str:
@@ -138,12 +154,72 @@ class RunDir:
         return f"parts/influence/{safe_name(dataset, arch, method)}.parquet"
 
     def is_finished(self, stage: str, key: str) -> bool:
+        """The stage ran with this key and each output is still the file it wrote (same
+        size and SHA-256): a truncated or damaged output makes the stage run again."""
         record = self.manifest.stages.get(stage)
-        return (
-            record is not None
-            and record.key == key
-            and all(self.path(p).exists() for p in record.outputs)
-        )
+        if record is None or record.key != key or set(record.files) != set(record.outputs):
+            return False
+        for name, expected in record.files.items():
+            path = self.path(name)
+            if not path.is_file() or path.stat().st_size != expected.size:
+                return False
+            if file_digest(path).sha256 != expected.sha256:
+                return False
+        return True
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the directory's lock: one mnemoscope process per run directory at a time.
+
+        A second process fails at once with a message naming the holder. The lock is
+        an ``flock`` on ``.mnemoscope.lock``, released by the kernel even when the
+        holder is killed, so a killed run never leaves a stale lock behind.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self.root / LOCK, "a+")  # noqa: SIM115  (held for the whole block)
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise UserError(
+                    f"{self.root} is in use by another mnemoscope run ({holder}); "
+                    "wait for it to finish or choose another --out"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}")
+            handle.flush()
+            yield
+        finally:
+            handle.close()
+
+    def claim(self, config: dict[str, Any], force: bool = False) -> None:
+        """Refuse a directory that is not ours, or that holds a run of another config.
+
+        An empty or missing directory, a run of the same config (to resume it) or an
+        unfinished run (one that stopped on an error: its config is being fixed) is fine;
+        a finished run of a different config is replaced only with ``force`` (the stages
+        the two configs share are kept); anything else is a :class:`UserError`.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"--out {self.root}: exists and is not a directory")
+        if not self.root.exists():
+            return
+        entries = [p.name for p in self.root.iterdir() if p.name != LOCK]
+        if not entries:
+            return
+        if "manifest.json" not in entries:
+            raise UserError(
+                f"{self.root} is not empty and is not a mnemoscope run; choose another --out"
+            )
+        finished = "report" in self.manifest.stages
+        if finished and self.manifest.config != config and not force:
+            raise UserError(
+                f"{self.root} holds a run of a different config "
+                f"('{self.manifest.name}'); use --force to replace it or choose another --out"
+            )
 
     def start(self, name: str, config: dict[str, Any]) -> None:
         """Record the config and versions of the run about to execute."""
@@ -172,11 +248,11 @@ class RunDir:
             key=key,
             seconds=round(seconds, 3),
             outputs=outputs,
+            files={name: file_digest(self.path(name)) for name in outputs},
             finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             record=record or {},
         )
         self.save()
 
     def save(self) -> None:
-        text = json.dumps(self.manifest.model_dump(mode="json"), indent=2, sort_keys=True)
-        write_text(self.root / "manifest.json", text + "\n")
+        write_json(self.root / "manifest.json", self.manifest.model_dump(mode="json"))
