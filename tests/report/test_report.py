@@ -432,3 +432,11 @@ def test_missing_manifest_raises_user_error(tmp_path, no_drawing):
     (run / "manifest.json").unlink()
     with pytest.raises(UserError, match=r"manifest\.json"):
         render_report(run)
+
+
+def test_a_corrupt_data_file_is_one_line(tmp_path):
+    run = make_run(tmp_path / "run")
+    data = run / "data" / f"{safe_name(IMAGE)}.safetensors"
+    data.write_bytes(data.read_bytes()[:40])
+    with pytest.raises(UserError, match="not a readable safetensors file"):
+        render_report(run)

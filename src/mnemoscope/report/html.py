@@ -22,7 +22,7 @@ from typing import Any
 import jinja2
 import numpy as np
 import pandas as pd
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from mnemoscope.errors import UserError
 from mnemoscope.report import figures
@@ -247,16 +247,20 @@ def _read_rows(run: Run, dataset: str, ids: np.ndarray) -> np.ndarray:
     path = run.store.path(run.store.data_file(dataset))
     if not path.is_file():
         raise UserError(f"run directory is missing {path.name}: expected {path}")
-    with safe_open(str(path), framework="np") as tensors:
-        missing = {"x_train", "train_ids"} - set(tensors.keys())
-        if missing:
-            raise UserError(f"{path.name} is missing tensors {sorted(missing)}")
-        row_of = {int(i): r for r, i in enumerate(tensors.get_tensor("train_ids"))}
-        absent = [int(i) for i in ids if int(i) not in row_of]
-        if absent:
-            raise UserError(f"{path.name} has no training examples with ids {absent[:5]}")
-        x_train = tensors.get_slice("x_train")
-        return np.stack([x_train[row_of[int(i)] : row_of[int(i)] + 1][0] for i in ids])
+    try:
+        with safe_open(str(path), framework="np") as tensors:
+            missing = {"x_train", "train_ids"} - set(tensors.keys())
+            if missing:
+                raise UserError(f"{path.name} is missing tensors {sorted(missing)}")
+            row_of = {int(i): r for r, i in enumerate(tensors.get_tensor("train_ids"))}
+            absent = [int(i) for i in ids if int(i) not in row_of]
+            if absent:
+                raise UserError(f"{path.name} has no training examples with ids {absent[:5]}")
+            x_train = tensors.get_slice("x_train")
+            return np.stack([x_train[row_of[int(i)] : row_of[int(i)] + 1][0] for i in ids])
+    except SafetensorError as error:  # truncated or corrupt file
+        first = str(error).splitlines()[0] if str(error) else "unreadable"
+        raise UserError(f"{path}: not a readable safetensors file ({first})") from None
 
 
 def _gallery(run: Run, sink: FigureSink, dataset: str, arch: str, method: str) -> dict | None:
