@@ -106,6 +106,29 @@ BAD = [
     ),
     ("name: [unclosed", "not valid YAML"),
     ("- just\n- a list\n", "expected a mapping"),
+    (
+        _with(lambda c: c["train"].update(epochs=True)),
+        "train.epochs: Input should be a valid integer",
+    ),
+    (_with(lambda c: c["train"].update(lr="0.1")), "train.lr: Input should be a valid number"),
+    (
+        _with(lambda c: c["train"].update(lr=float("inf"))),
+        "train.lr: Input should be a finite number",
+    ),
+    (
+        _with(lambda c: c["train"].update(epochs=10**6)),
+        "train.epochs: Input should be less than or equal to 10000",
+    ),
+    (
+        _with(lambda c: c.update(seed=2**32)),
+        "seed: Input should be less than or equal to 4294967295",
+    ),
+    (
+        _with(lambda c: c["memorization"][0].update(subset_fraction=0.01)),
+        "memorization.0.feldman_zhang.subset_fraction: subset_fraction 0.01 with n_models 4",
+    ),
+    ("train: {lr: 0.1, lr: 0.2}\n", "line 1: duplicate key 'lr'"),
+    ("[" * 100_000, "nested too deeply"),
 ]
 
 

@@ -43,7 +43,7 @@ FIELDS = {
     ("datasets", 0, "n_samples"): [80, 120],
     ("memorization", 0, "n_models"): [2, 4],
     ("memorization", 0, "subset_fraction"): [0.5],
-    ("influence", 0, "params"): ["last_layer", ["0.weight"]],
+    ("influence", 0, "params"): ["last_layer", ["1.weight"]],
     ("influence", 0, "batch_size"): [8],
     ("analysis", "n_bootstrap"): [3],
     ("analysis", "confidence"): [0.9],

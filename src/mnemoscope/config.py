@@ -21,10 +21,17 @@ Shape (a contract; later work adds methods to the lists, never changes the shape
 An unknown key or a bad value raises :class:`ConfigError` with one line naming it.
 Method entries are looked up in the estimator registry when the config is
 validated, so an estimator registered by user code is accepted like a built-in one.
+
+Validation is strict: a number written as a string (``lr: "0.1"``), a boolean where a
+number is meant (``epochs: true``), a fraction where an integer is meant
+(``epochs: 2.5``) and ``.inf``/``.nan`` are refused; every size has an upper bound
+(documented with its field) so that a typo cannot ask a laptop for absurd work. The
+YAML file itself must be UTF-8 text of at most 1 MiB without duplicate keys.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,9 +41,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveInt,
     SerializeAsAny,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -51,6 +58,15 @@ from mnemoscope.train import TrainConfig
 
 Family = Literal["memorization", "influence"]
 
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file larger than this (1 MiB) is refused before it is read."""
+MAX_SEED = 2**32 - 1
+"""The largest study seed: numpy's legacy ``np.random.seed`` takes ``[0, 2**32 − 1]``
+(``SeedSequence`` would take larger ones); a seed outside it is refused as a likely typo."""
+MAX_THREADS = 1024
+"""The most torch threads a stage may ask for."""
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
 
 def _method_entries(entries: Any, family: Family) -> list[MethodConfig]:
     """Each entry validated by its estimator's own config class, found in the registry."""
@@ -62,27 +78,29 @@ def _method_entries(entries: Any, family: Family) -> list[MethodConfig]:
         if isinstance(entry, MethodConfig):
             entry = entry.model_dump()
         method = entry.get("method") if isinstance(entry, dict) else None
-        if method not in known:
+        if not isinstance(method, str) or method not in known:
             problem = (
-                "expected a mapping with a 'method' key"
+                f"unknown {family} method '{method}'"
+                if isinstance(method, str)
+                else "expected a mapping with a 'method' key"
                 if method is None
-                else f"unknown {family} method '{method}'"
+                else "'method' should be a string"
             )
             raise PydanticCustomError(
                 "method_entry",
-                "{loc}: {problem}; known: {known}",
-                {"loc": str(i), "problem": problem, "known": ", ".join(sorted(known))},
+                "{loc}: {message}",
+                {"loc": str(i), "message": f"{problem}; known: {', '.join(sorted(known))}"},
             )
         try:
             validated.append(known[method].config_class.model_validate(entry))
         except ValidationError as error:
-            first = error.errors()[0]
-            field = ".".join(str(part) for part in first["loc"])
+            first = error.errors(include_url=False, include_input=False)[0]
+            field = ".".join(str(part) for part in (i, method, *first["loc"]))
             message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
             raise PydanticCustomError(
                 "method_entry",
                 "{loc}: {message}",
-                {"loc": f"{i}.{method}.{field}", "message": message.removeprefix("Value error, ")},
+                {"loc": field, "message": message.removeprefix("Value error, ")},
             ) from None
     methods = [e.method for e in validated]
     if len(set(methods)) != len(methods):
@@ -93,15 +111,15 @@ def _method_entries(entries: Any, family: Family) -> list[MethodConfig]:
 class ExecutorConfig(BaseModel):
     """Where the stages run; results are identical under every executor."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     kind: Literal["local", "ray"] = "local"
     """``local``: in this process, one stage after another. ``ray``: stages as Ray tasks."""
     address: str | None = None
     """Ray only: ``None`` starts a local cluster for the run; ``auto`` or ``host:port``
     joins a running one (its workers must see the run directory's file system)."""
-    num_cpus: PositiveInt | None = None
-    """Ray only: CPUs of the local cluster started for the run (None: all)."""
+    num_cpus: int | None = Field(None, gt=0, le=4096)
+    """Ray only: CPUs of the local cluster started for the run (None: all; at most 4096)."""
     threads: int | Literal["auto"] = "auto"
     """Torch intra-op threads of each stage; Ray reserves as many CPUs per task.
     ``auto``: torch's thread count in the process that plans the run (by default the
@@ -109,12 +127,16 @@ class ExecutorConfig(BaseModel):
     another thread count, so the number is part of every cache key; for one number,
     every executor gives identical tables. Under Ray, ``threads: 1`` runs as many stages
     side by side as the cluster has CPUs; on a loaded machine, 1 also avoids threads
-    waiting on each other."""
+    waiting on each other. At most 1024."""
 
     @field_validator("threads", mode="before")
     @classmethod
     def _threads(cls, value: Any) -> int | str:
-        if value == "auto" or (type(value) is int and value >= 1):
+        if isinstance(value, str) and value == "auto":
+            return value
+        if type(value) is int and value >= 1:
+            if value > MAX_THREADS:
+                raise ValueError(f"Input should be less than or equal to {MAX_THREADS}")
             return value
         raise ValueError("expected a positive integer or 'auto'")
 
@@ -126,26 +148,29 @@ class ExecutorConfig(BaseModel):
 class TargetsConfig(BaseModel):
     """The targets of train×target influence, written to ``influence.parquet``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     split: Literal["test", "train"] = "test"
-    n: PositiveInt = 100
-    """The first ``n`` examples of the split (all of them if it has fewer)."""
-    memory_mb: PositiveInt = 256
-    """Memory an attributor may hold for one block of the train×target matrix."""
+    n: int = Field(100, gt=0, le=1_000_000)
+    """The first ``n`` examples of the split (all of them if it has fewer); at most 10⁶."""
+    memory_mb: int = Field(256, gt=0, le=1_048_576)
+    """Memory an attributor may hold for one block of the train×target matrix (MiB; at
+    most 1 048 576, i.e. 1 TiB)."""
 
 
 class DatasetConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     name: str
     """A built-in dataset (``mnemoscope datasets`` lists them)."""
     label_noise: float = Field(0.0, ge=0, lt=1)
     """Fraction of training labels flipped to another class (seeded, recorded per example)."""
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    """Held-out fraction of the stratified split."""
-    n_samples: PositiveInt | None = None
-    """Examples to generate (mnist1d, blobs) or to subsample, stratified (digits, breast_cancer)."""
+    """Held-out fraction of the stratified split; every class needs at least one test and
+    one training example (checked when the data is built)."""
+    n_samples: int | None = Field(None, gt=0, le=10_000_000)
+    """Examples to generate (mnist1d, blobs) or to subsample, stratified (digits,
+    breast_cancer); at least the dataset's number of classes, at most 10⁷."""
 
     @field_validator("name")
     @classmethod
@@ -154,20 +179,33 @@ class DatasetConfig(BaseModel):
             raise ValueError(f"unknown dataset '{name}'; built-in: {', '.join(sorted(BUILTIN))}")
         return name
 
+    @field_validator("n_samples")
+    @classmethod
+    def _one_per_class(cls, n_samples: int | None, info: ValidationInfo) -> int | None:
+        name = info.data.get("name")  # absent when the name itself was refused
+        if n_samples is not None and name in BUILTIN:
+            n_classes = BUILTIN[name].n_classes
+            if n_samples < n_classes:
+                raise ValueError(
+                    f"{name} has {n_classes} classes: n_samples should be at least {n_classes}"
+                )
+        return n_samples
+
 
 class AnalysisConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    n_bootstrap: PositiveInt = 1000
-    """Bootstrap resamples (over examples) for the correlation CIs."""
+    n_bootstrap: int = Field(1000, gt=0, le=100_000)
+    """Bootstrap resamples (over examples) for the correlation CIs (at most 100 000)."""
     confidence: float = Field(0.95, gt=0, lt=1)
 
 
 class StudyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     name: str = "study"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    """The study's root seed, in ``[0, 2**32 − 1]`` (numpy's legacy seeding range)."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     datasets: list[DatasetConfig] = Field(min_length=1)
     archs: list[str] = Field(min_length=1)
@@ -208,15 +246,27 @@ class StudyConfig(BaseModel):
         return _method_entries(entries, "influence")
 
 
+def _one_line(text: str, limit: int = 1000) -> str:
+    """``text`` with line breaks and other control characters escaped, at most ``limit`` long."""
+    escaped = "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+        else ch
+        for ch in text
+    )
+    return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
+
+
 def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
+    first = error.errors(include_url=False, include_input=False)[0]
+    if first["type"] == "method_entry":
+        context = first["ctx"]
+        where = ".".join(str(part) for part in (*first["loc"], context["loc"]))
+        return f"{where}: {context['message']}"
     where = ".".join(str(part) for part in first["loc"]) or "config"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
-    elif first["type"] == "method_entry":
-        where, message = message.split(": ", 1)
-        where = f"{first['loc'][0]}.{where}"
     return f"{where}: {message}"
 
 
@@ -227,18 +277,92 @@ def parse_config(data: Any) -> StudyConfig:
     try:
         return StudyConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(f"config error: {_describe(error)}") from None
+        raise ConfigError(_one_line(f"config error: {_describe(error)}")) from None
+    except RecursionError:
+        raise ConfigError("config error: config: nested too deeply") from None
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, mark: yaml.Mark) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.problem_mark = key, mark
+
+
+class _NoDuplicateKeys:
+    """Refuses a key given twice in one mapping (PyYAML keeps the last silently). Keys
+    brought in by a merge (``<<: *base``) may still be overridden."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)  # type: ignore[attr-defined]
+                try:
+                    duplicate = key in seen
+                except TypeError:  # unhashable: the constructor reports it
+                    continue
+                if duplicate:
+                    raise _DuplicateKey(key, key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[misc]
+
+
+_SafeLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_NoDuplicateKeys, _SafeLoader):
+    """PyYAML's safe loader, libyaml's when PyYAML was built with it (several times faster
+    on a large file; it refuses nesting deeper than 1000 levels), refusing duplicate keys."""
+
+
+def _read_text(path: Path) -> str:
+    """The file's text; :class:`ConfigError` if it is missing, too large or not UTF-8."""
+    try:
+        if path.is_dir():
+            raise ConfigError(f"config error: {path}: config file is a directory")
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        if not path.is_file():
+            raise ConfigError(f"config error: {path}: config file is not a regular file")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config error: {path}: config file too large ({size} bytes; at most "
+                f"{MAX_CONFIG_BYTES})"
+            )
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise ConfigError(f"config error: {path}: cannot read ({error.strerror})") from None
+    if len(raw) > MAX_CONFIG_BYTES:  # grew since stat
+        raise ConfigError(f"config error: {path}: config file too large")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config error: {path}: not UTF-8 text") from None
 
 
 def load_config(path: Path) -> StudyConfig:
-    """Read and validate a YAML config file."""
+    """Read and validate a YAML config file (UTF-8, at most 1 MiB, no duplicate keys)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config error: {path}{line}: not valid YAML") from None
+        text = _read_text(path)
+        try:
+            data = yaml.load(text, Loader=_Loader)  # noqa: S506  (a safe loader)
+        except _DuplicateKey as error:
+            line = error.problem_mark.line + 1
+            message = f"config error: {path} line {line}: duplicate key {error.key!r}"
+            raise ConfigError(message) from None
+        except yaml.YAMLError as error:
+            if getattr(error, "problem", None) == "exceeded maximum nesting depth":  # libyaml
+                raise ConfigError(f"config error: {path}: nested too deeply") from None
+            mark = getattr(error, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"config error: {path}{line}: not valid YAML") from None
+        except RecursionError:
+            raise ConfigError(f"config error: {path}: nested too deeply") from None
+    except ConfigError as error:
+        raise ConfigError(_one_line(str(error))) from None
     return parse_config(data)

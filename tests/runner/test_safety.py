@@ -231,3 +231,10 @@ def test_sigkill_at_many_random_moments_then_resume(tmp_path, finished):
         _kill_and_resume(
             [rng.uniform(0.0, 1.5) for _ in range(3)], finished, tmp_path / f"k{attempt}"
         )
+
+
+def test_unknown_parameter_names_are_refused_before_anything_is_written(tmp_path):
+    bad = {**TINY, "influence": [{"method": "grad_dot", "params": ["1.weight", "nope"]}]}
+    with pytest.raises(UserError, match=r"params: unknown parameter names \['nope'\]"):
+        run_study(parse_config(bad), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mnemoscope.data.dataset import Kind
+from mnemoscope.errors import DataError
 
 Pool = tuple[np.ndarray, np.ndarray]
 
@@ -86,6 +87,11 @@ def _blobs(n_samples: int | None, seed: int) -> Pool:
     """
     n_samples = n_samples or 1500
     n_classes, dim, n_sub = 5, 10, 12
+    if n_samples < n_classes * n_sub:
+        raise DataError(
+            f"dataset 'blobs': n_samples must be at least {n_classes * n_sub} "
+            f"({n_sub} sub-clusters in each of {n_classes} classes), got {n_samples}"
+        )
     rng = np.random.default_rng([seed, 0xB10B])
     per_class = n_samples // n_classes
     ranks = np.arange(1, n_sub + 1)

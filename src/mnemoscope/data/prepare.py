@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
@@ -29,6 +31,50 @@ def flip_labels(
     return noisy
 
 
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _check_split(name: str, y: np.ndarray, test_fraction: float) -> None:
+    """:class:`DataError` unless the stratified split can give every class a test and a
+    training example: at least two of each class, and as many test (``ceil(test_fraction
+    · n)``, as sklearn counts) and training examples as classes."""
+    classes, counts = np.unique(y, return_counts=True)
+    n = len(y)
+    n_test = math.ceil(test_fraction * n)
+    n_train = n - n_test
+    if counts.min(initial=2) < 2:
+        rare = classes[counts.argmin()]
+        raise DataError(
+            f"{name}: class {rare} has {counts.min()} example of {n}: test_fraction "
+            f"{test_fraction:g} cannot leave it both a test and a training example; "
+            "raise n_samples"
+        )
+    if n_test < len(classes) or n_train < len(classes):
+        side, count = ("test", n_test) if n_test < len(classes) else ("training", n_train)
+        raise DataError(
+            f"{name}: test_fraction {test_fraction:g} of {n} examples leaves {count} {side} "
+            f"examples for {len(classes)} classes (at least one each is needed); change "
+            "test_fraction or n_samples"
+        )
+
+
+def _check_classes(
+    name: str, y: np.ndarray, y_train: np.ndarray, y_test: np.ndarray, test_fraction: float
+) -> None:
+    """:class:`DataError` naming a class the stratified split left out of a side (sklearn
+    allots test examples by largest remainder, so a rare class can get none)."""
+    for side, labels in (("test", y_test), ("training", y_train)):
+        missing = np.setdiff1d(np.unique(y), labels)
+        if len(missing):
+            raise DataError(
+                f"{name}: test_fraction {test_fraction:g} leaves class {missing[0]} without "
+                f"{side} examples ({int((y == missing[0]).sum())} of {len(y)} examples); "
+                "change test_fraction or n_samples"
+            )
+
+
 def prepare(
     name: str,
     *,
@@ -48,15 +94,29 @@ def prepare(
     spec = BUILTIN[name]
     x, y = spec.load(n_samples, seed)
     if n_samples is not None and n_samples < len(y):
-        keep, _ = train_test_split(
-            np.arange(len(y)), train_size=n_samples, stratify=y, random_state=seed
-        )
+        try:
+            keep, _ = train_test_split(
+                np.arange(len(y)), train_size=n_samples, stratify=y, random_state=seed
+            )
+        except ValueError as error:
+            raise DataError(
+                f"{name}: n_samples {n_samples} cannot be drawn stratified from "
+                f"{len(y)} examples of {spec.n_classes} classes ({_first_line(error)})"
+            ) from None
         x, y = x[np.sort(keep)], y[np.sort(keep)]
     ids = np.arange(len(y), dtype=np.int64)
-    train_idx, test_idx = train_test_split(
-        ids, test_size=test_fraction, stratify=y, random_state=seed
-    )
+    _check_split(name, y, test_fraction)
+    try:
+        train_idx, test_idx = train_test_split(
+            ids, test_size=test_fraction, stratify=y, random_state=seed
+        )
+    except ValueError as error:
+        raise DataError(
+            f"{name}: test_fraction {test_fraction:g} of {len(y)} examples cannot be split "
+            f"stratified ({_first_line(error)}); change test_fraction or n_samples"
+        ) from None
     train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    _check_classes(name, y, y[train_idx], y[test_idx], test_fraction)
     x_train, x_test = x[train_idx], x[test_idx]
     if spec.kind == "tabular":
         mean, std = x_train.mean(0), x_train.std(0) + 1e-8

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from mnemoscope.data import Dataset
 from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
@@ -25,25 +25,37 @@ if TYPE_CHECKING:
 
 
 class GradDotConfig(MethodConfig):
+    """Strict: a string or a boolean where a number is meant is refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
     method: Literal["grad_dot"] = "grad_dot"
     params: ParamSelection = "all"
     """Parameters to differentiate: 'all', 'last_layer' or a non-empty list of names."""
 
-    @field_validator("params")
+    @field_validator("params", mode="before")
     @classmethod
-    def _some_params(cls, params: ParamSelection) -> ParamSelection:
-        if isinstance(params, list) and not params:
-            raise ValueError("expected 'all', 'last_layer' or a non-empty list of parameter names")
-        return params
+    def _some_params(cls, params: Any) -> Any:
+        if isinstance(params, str) and params in ("all", "last_layer"):
+            return params
+        if isinstance(params, tuple):  # a list from Python code may come as a tuple
+            params = list(params)
+        if (
+            isinstance(params, list)
+            and params
+            and all(isinstance(name, str) and name for name in params)
+        ):
+            return params
+        raise ValueError("expected 'all', 'last_layer' or a non-empty list of parameter names")
 
-    batch_size: PositiveInt = 256
-    """Examples per vmapped gradient batch (bounds memory)."""
+    batch_size: int = Field(256, gt=0, le=1_000_000)
+    """Examples per vmapped gradient batch (bounds memory; at most 10⁶)."""
 
 
 class TracInConfig(GradDotConfig):
     method: Literal["tracin"] = "tracin"  # type: ignore[assignment]
-    checkpoints: int = Field(5, ge=1)
-    """Checkpoints, evenly spaced over training, the last one the final model."""
+    checkpoints: int = Field(5, ge=1, le=1_000)
+    """Checkpoints, evenly spaced over training, the last one the final model (at most 1000)."""
 
 
 class GradientDot(InfluenceEstimator):
@@ -61,6 +73,9 @@ class GradientDot(InfluenceEstimator):
     def _epochs(self, epochs: int) -> list[int]:
         """Checkpoint epochs to read; the final model is read from its parameters."""
         return []
+
+    def check_model(self, module) -> None:
+        select_params(module, self.config.params)  # unknown names: ConfigError, before training
 
     @abstractmethod
     def _weighted_params(self, model: TrainedEnsemble) -> list[tuple[float, Params]]:
