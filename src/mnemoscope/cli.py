@@ -171,14 +171,25 @@ def methods(
 def query(
     run_dir: Path = typer.Argument(..., help="A run directory."),
     sql: str = typer.Argument(
-        ..., help="SQL over the views examples, scores, correlations, detection, influence."
+        ...,
+        help="One read-only SELECT over the views examples, scores, correlations, detection, "
+        "influence.",
+    ),
+    limit: int = typer.Option(
+        50, "--limit", min=1, max=1_000_000, help="Print at most this many rows."
     ),
 ) -> None:
-    """Query a run's Parquet tables with DuckDB SQL."""
+    """Query a run's Parquet tables with one read-only DuckDB SELECT (no file access)."""
+    from rich.text import Text
+
     from mnemoscope.store.query import query as run_query
 
-    frame = run_query(run_dir, sql)
-    table = Table(*[str(c) for c in frame.columns])
-    for row in frame.itertuples(index=False):
-        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    result = run_query(run_dir, sql, limit)
+    table = Table()  # cells as Text: a value like '[/x]' is data, not Rich markup
+    for column in result.frame.columns:
+        table.add_column(Text(str(column)))
+    for row in result.frame.itertuples(index=False, name=None):
+        table.add_row(*[Text(f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row])
     out_console.print(table)
+    if result.truncated:
+        out_console.print(f"(first {limit} rows; --limit raises it)", highlight=False)
