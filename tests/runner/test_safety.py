@@ -4,7 +4,6 @@ recomputes damaged outputs, and survives being killed at any moment."""
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import os
 import random
@@ -64,18 +63,44 @@ def test_a_directory_that_is_not_a_run_is_left_alone(tmp_path):
     assert _files(tmp_path) == before  # not even a lock file
 
 
+_HOLDER = """
+import fcntl, sys, time
+handle = open(sys.argv[1], "a+")
+fcntl.flock(handle, fcntl.LOCK_EX)
+handle.seek(0); handle.truncate(); handle.write("pid holder"); handle.flush()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
 def test_a_second_process_on_the_directory_fails_clearly(tmp_path, finished):
     out = tmp_path / "run"
     out.mkdir()
-    with open(out / LOCK, "w") as holder:
-        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        holder.write("pid 12345")
-        holder.flush()
-        with pytest.raises(UserError, match=r"in use by another mnemoscope run \(pid 12345\)"):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(out / LOCK)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=r"in use by another mnemoscope run \(pid holder\)"):
             run_study(parse_config(TINY), out)
+    finally:
+        holder.kill()
+        holder.wait()
     run_study(parse_config(TINY), out)  # released: the run goes ahead
     for name, frame in _tables(out).items():
         pd.testing.assert_frame_equal(frame, _tables(finished)[name])
+
+
+def test_an_output_directory_that_cannot_be_written_is_one_line(tmp_path):
+    import yaml
+
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    # /sys refuses new directories (EPERM for root, EACCES for others): a real read-only place
+    result = CliRunner().invoke(app, ["run", str(config), "--out", "/sys/mnemoscope-test-run"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot write" in lines[0] and "Traceback" not in result.output
 
 
 def test_damaged_outputs_are_recomputed_not_trusted(tmp_path, finished):
