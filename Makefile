@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/mnemoscope demo
+	$(BIN)/mnemoscope demo --force
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -26,4 +26,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 
 clean:
-	rm -rf $(VENV) mnemoscope-demo
+	rm -rf $(VENV) mnemoscope-demo mnemoscope-demo-quick
