@@ -52,7 +52,19 @@ def test_formula_and_stderr():
     correct = [[1, 1, 1], [1, 1, 0], [0, 1, 1], [0, 1, 0]]
     scores = _score(_ensemble(correct, masks), _Pool(3))
     np.testing.assert_allclose(scores.score, [1.0, 0.0, 0.0])
-    np.testing.assert_allclose(scores.stderr, [0.0, 0.0, np.sqrt(0.25 / 2 + 0.25 / 2)])
+
+    # Agresti–Caffo: p̃ = (x+1)/(k+2) per group, variance p̃(1−p̃)/(k+2); never 0
+    def term(x, k):
+        p = (x + 1) / (k + 2)
+        return p * (1 - p) / (k + 2)
+
+    expected = [
+        np.sqrt(term(2, 2) + term(0, 2)),  # example 0: in {0,1} both right, out {2,3} none
+        np.sqrt(term(2, 2) + term(2, 2)),  # example 1: right everywhere
+        np.sqrt(term(1, 2) + term(1, 2)),  # example 2
+    ]
+    np.testing.assert_allclose(scores.stderr, expected)
+    assert (scores.stderr > 0.2).all()  # the Wald formula gave 0 for examples 0 and 1
     assert list(scores.example_ids) == [10, 11, 12]
     assert scores.family == "memorization"
 

@@ -1,6 +1,20 @@
 """Memorization and leakage estimators (registered by name)."""
 
 from mnemoscope.memorization.base import MemorizationEstimator
+from mnemoscope.memorization.dynamics import (
+    CumulativeSampleLoss,
+    FinalLoss,
+    Forgetting,
+    NegativeMargin,
+)
 from mnemoscope.memorization.feldman_zhang import FeldmanZhang, FeldmanZhangConfig
 
-__all__ = ["FeldmanZhang", "FeldmanZhangConfig", "MemorizationEstimator"]
+__all__ = [
+    "CumulativeSampleLoss",
+    "FeldmanZhang",
+    "FeldmanZhangConfig",
+    "FinalLoss",
+    "Forgetting",
+    "MemorizationEstimator",
+    "NegativeMargin",
+]

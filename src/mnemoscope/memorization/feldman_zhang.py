@@ -57,10 +57,14 @@ class FeldmanZhang(MemorizationEstimator):
     noise), ``M`` the ``[K, n]`` subset masks. The score lies in ``[−1, 1]``; higher
     means the model gets the example right only when it has seen it: memorized.
 
-    ``stderr_i = sqrt(p_in(1−p_in)/k_in + p_out(1−p_out)/k_out)`` (the difference of
-    two independent binomial proportions). An example never in (or never out of) a
-    subset gets NaN score and stderr: with K models at fraction 0.7 this has
-    probability ``0.3^K + 0.7^K``.
+    ``stderr_i`` is the Agresti–Caffo standard error of a difference of two binomial
+    proportions: one success and one failure are added to each group,
+    ``p̃ = (x + 1)/(k + 2)``, ``stderr = sqrt(p̃_in(1−p̃_in)/(k_in+2) + p̃_out(1−p̃_out)/(k_out+2))``.
+    The plain (Wald) formula is 0 whenever both proportions are 0 or 1, most examples
+    at small K, which overstates precision; ``score ± 1.96·stderr`` is the Agresti–Caffo
+    95% interval (Agresti & Caffo 2000, The American Statistician 54(4)). An example
+    never in (or never out of) a subset gets NaN score and stderr: with K models at
+    fraction f this has probability ``f^K + (1−f)^K``.
 
     Cost: K trainings on ``subset_fraction · n`` examples; the scores themselves are
     free (correctness is recorded by the trainer).
@@ -94,10 +98,12 @@ class FeldmanZhang(MemorizationEstimator):
         correct = (ensemble.train_logits.argmax(-1) == labels).double()  # [K, n], final models
         inside = ensemble.masks.double()
         k_in, k_out = inside.sum(0), (1 - inside).sum(0)
+        x_in, x_out = (correct * inside).sum(0).numpy(), (correct * (1 - inside)).sum(0).numpy()
+        k_in, k_out = k_in.numpy(), k_out.numpy()
         with np.errstate(divide="ignore", invalid="ignore"):
-            p_in = ((correct * inside).sum(0) / k_in).numpy()
-            p_out = ((correct * (1 - inside)).sum(0) / k_out).numpy()
-            stderr = np.sqrt(p_in * (1 - p_in) / k_in.numpy() + p_out * (1 - p_out) / k_out.numpy())
+            p_in, p_out = x_in / k_in, x_out / k_out
+        stderr = np.sqrt(_agresti_caffo(x_in, k_in) + _agresti_caffo(x_out, k_out))
+        stderr[(k_in == 0) | (k_out == 0)] = np.nan
         return Scores(
             method=self.name,
             family=self.family,
@@ -105,3 +111,9 @@ class FeldmanZhang(MemorizationEstimator):
             score=p_in - p_out,
             stderr=stderr,
         )
+
+
+def _agresti_caffo(successes: np.ndarray, trials: np.ndarray) -> np.ndarray:
+    """Variance term ``p̃(1−p̃)/(k+2)`` with ``p̃ = (x+1)/(k+2)`` (never 0)."""
+    p = (successes + 1) / (trials + 2)
+    return p * (1 - p) / (trials + 2)
