@@ -218,3 +218,30 @@ def test_train_by_target_influence_is_written_for_the_configured_targets(tmp_pat
     wide = table.pivot(index="train_id", columns="target_id", values="score")
     wide = wide.loc[dataset.train_ids.tolist(), dataset.test_ids[:6].tolist()]
     np.testing.assert_allclose(wide.to_numpy(), matrix, rtol=1e-5, atol=1e-9)
+
+
+def test_training_stages_record_how_well_models_fit_and_warn_when_they_cannot(tmp_path):
+    from mnemoscope.runner import Study
+
+    entry = {"method": "feldman_zhang", "n_models": 4}
+    fitting = parse_config({**BASE, "archs": ["mlp"], "memorization": [entry]})
+    fitting = fitting.model_copy(
+        update={"train": fitting.train.model_copy(update={"epochs": 100, "lr": 0.1})}
+    )
+    study = Study(fitting, tmp_path / "fits")
+    study.execute()
+    (record,) = [
+        s.record
+        for n, s in RunDir(tmp_path / "fits").manifest.stages.items()
+        if n.startswith("train/")
+    ]
+    assert record["fit"]["in_subset_accuracy"] > 0.95 and not study.warnings
+    assert 0 <= record["fit"]["in_subset_accuracy_flipped"] <= 1
+    html = (tmp_path / "fits" / "report.html").read_text()
+    assert "of flipped)" in html
+    starved = fitting.model_copy(
+        update={"train": fitting.train.model_copy(update={"epochs": 1, "lr": 0.001})}
+    )
+    study = Study(starved, tmp_path / "starved")
+    study.execute()
+    assert len(study.warnings) == 1 and "fit only" in study.warnings[0]

@@ -362,6 +362,16 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix or "(config)", text)]
 
 
+def _fit(fit: dict[str, Any] | None) -> str:
+    """``97% (41% of flipped)``: a training stage's fit of its own labels, or empty."""
+    if not fit:
+        return ""
+    text = f"{fit['in_subset_accuracy']:.0%}"
+    if fit.get("in_subset_accuracy_flipped") is not None:
+        text += f" ({fit['in_subset_accuracy_flipped']:.0%} of flipped)"
+    return text
+
+
 def header(run: Run) -> dict[str, Any]:
     """Run name, date, datasets, versions, stage timings and the config, ready to print."""
     manifest = run.manifest
@@ -380,7 +390,12 @@ def header(run: Run) -> dict[str, Any]:
         for name, info in manifest.datasets.items()
     ]
     stages = [
-        {"name": name, "seconds": f"{stage.seconds:.1f}", "key": stage.key[:12]}
+        {
+            "name": name,
+            "seconds": f"{stage.seconds:.1f}",
+            "key": stage.key[:12],
+            "fit": _fit(stage.record.get("fit")),
+        }
         for name, stage in manifest.stages.items()
     ]
     return {

@@ -124,7 +124,22 @@ def train_part(root: Path, args: Args, reporter: Reporter) -> Args:
         )
     require_finite(trained.train_logits.numpy(), "final logits")
     trained.save(Path(root) / args["output"])
-    return {"models": [start, stop]}
+    return {"models": [start, stop], "fit": training_fit(trained, dataset)}
+
+
+def training_fit(trained: TrainedEnsemble, dataset: Dataset) -> Args:
+    """How well the models fit the labels they were trained on (their own subsets):
+    final accuracy over every (model, example in its subset) pair, overall and on the
+    flipped examples. Memorization scores mean little when the models cannot fit."""
+    right = trained.train_logits.argmax(-1) == dataset.y_train  # [K, n]
+    seen = trained.masks
+    flipped = seen & dataset.is_mislabeled
+    return {
+        "in_subset_accuracy": float(right[seen].double().mean()),
+        "in_subset_accuracy_flipped": (
+            float(right[flipped].double().mean()) if bool(flipped.any()) else None
+        ),
+    }
 
 
 def _inputs(root: Path, args: Args) -> tuple[Estimator, dict[str, TrainedEnsemble], Dataset, Task]:

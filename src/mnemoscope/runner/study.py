@@ -25,6 +25,9 @@ from mnemoscope.runner.plan import Plan, Planner, Stage
 from mnemoscope.runner.progress import Reporter
 from mnemoscope.store import DatasetInfo, RunDir, write_safetensors
 
+FIT_WARNING = 0.9
+"""Below this final accuracy of models on their own training labels, the run warns."""
+
 
 @dataclass
 class StageOutcome:
@@ -68,6 +71,7 @@ class Study:
         self.force = force
         self.reporter = reporter or Reporter(quiet=True)
         self.outcomes: list[StageOutcome] = []
+        self.warnings: list[str] = []
 
     def estimate(self) -> Estimate:
         """The run's cost, from the config alone; refuses what cannot fit in memory."""
@@ -123,12 +127,29 @@ class Study:
             if self.run.is_finished(stage.name, stage.key):
                 self.outcomes.append(StageOutcome(stage.name, False, 0.0))
                 self.reporter.say(f"[dim]cached[/dim]  {stage.name}")
+                self._warn_if_unfit(stage.name, self.run.manifest.stages[stage.name].record)
             else:
                 todo.append(stage)
         for stage, record, seconds in executor.run(todo, self.run.root):
             self.run.finish(stage.name, stage.key, seconds, list(stage.outputs), record)
             self.outcomes.append(StageOutcome(stage.name, True, seconds))
             self.reporter.say(f"[green]done[/green]    {stage.name} ({seconds:.1f} s)")
+            self._warn_if_unfit(stage.name, record)
+
+    def _warn_if_unfit(self, name: str, record: dict) -> None:
+        """Say so when models fit less than ``FIT_WARNING`` of their own training labels."""
+        fit = record.get("fit")
+        if not fit or fit["in_subset_accuracy"] >= FIT_WARNING:
+            return
+        flipped = fit.get("in_subset_accuracy_flipped")
+        on_flipped = "" if flipped is None else f" ({flipped:.0%} of the flipped ones)"
+        message = (
+            f"{name}: the models fit only {fit['in_subset_accuracy']:.0%} of their own "
+            f"training labels{on_flipped}; memorization scores mean little when models "
+            "cannot fit their data (train longer or with a higher lr)"
+        )
+        self.warnings.append(message)
+        self.reporter.say(f"[yellow]warning[/yellow] {message}")
 
 
 def _expected_dataset(ds: DatasetConfig) -> DatasetInfo:
