@@ -69,11 +69,11 @@ BAD = [
     ),
     (
         _with(lambda c: c["memorization"].append({"method": "tracin"})),
-        "memorization.1: unknown memorization method 'tracin'; known: csl, feldman_zhang, final_loss, forgetting, margin",
+        "memorization.1: unknown memorization method 'tracin'; known: counterfactual, csl, feldman_zhang, final_loss, forgetting, margin",
     ),
     (
         _with(lambda c: c["memorization"].append("feldman_zhang")),
-        "memorization.1: expected a mapping with a 'method' key; known: csl, feldman_zhang, final_loss, forgetting, margin",
+        "memorization.1: expected a mapping with a 'method' key; known: counterfactual, csl, feldman_zhang, final_loss, forgetting, margin",
     ),
     (
         _with(lambda c: c["influence"][0].update(params=[])),
@@ -195,8 +195,9 @@ def test_run_query_report_and_listings(tmp_path):
     assert one.exit_code == 0 and "Pruthi" in one.output and "η_c" in one.output
     unknown = runner.invoke(app, ["methods", "magic"])
     assert unknown.exit_code == 2
-    assert "known: csl, feldman_zhang, final_loss, forgetting, grad_dot, margin, tracin" in (
-        unknown.output
+    assert (
+        "known: counterfactual, csl, feldman_zhang, final_loss, forgetting, grad_dot, margin, tracin"
+        in (unknown.output)
     )
 
 

@@ -1,6 +1,7 @@
 """Memorization and leakage estimators (registered by name)."""
 
 from mnemoscope.memorization.base import MemorizationEstimator
+from mnemoscope.memorization.counterfactual import Counterfactual, CounterfactualConfig
 from mnemoscope.memorization.dynamics import (
     CumulativeSampleLoss,
     FinalLoss,
@@ -10,6 +11,8 @@ from mnemoscope.memorization.dynamics import (
 from mnemoscope.memorization.feldman_zhang import FeldmanZhang, FeldmanZhangConfig
 
 __all__ = [
+    "Counterfactual",
+    "CounterfactualConfig",
     "CumulativeSampleLoss",
     "FeldmanZhang",
     "FeldmanZhangConfig",

@@ -90,6 +90,7 @@ class FeldmanZhang(MemorizationEstimator):
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
         self.ensemble_ = ensembles["subsets"]
         self.dataset_ = dataset
+        self.task_ = task
         return self
 
     def score(self) -> Scores:
