@@ -21,11 +21,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mnemoscope.config import StudyConfig
+from mnemoscope.config import DatasetConfig, StudyConfig
 from mnemoscope.data import BUILTIN
 from mnemoscope.errors import UserError
 from mnemoscope.estimator import REGISTRY
 from mnemoscope.models import build_model
+from mnemoscope.store import DatasetInfo
 from mnemoscope.train.ensemble import DEFAULT_CHUNK, EVAL_BATCH
 
 FLOATS = 4
@@ -107,6 +108,22 @@ def split_sizes(n: int, test_fraction: float) -> tuple[int, int]:
     return n - n_test, n_test
 
 
+def expected_dataset(ds: DatasetConfig) -> DatasetInfo:
+    """A built-in dataset's sizes as its data stage will make them, without building it."""
+    spec = BUILTIN[ds.name]
+    n_train, n_test = split_sizes(spec.pool_size(ds.n_samples), ds.test_fraction)
+    return DatasetInfo(
+        kind=spec.kind,
+        input_shape=list(spec.input_shape),
+        n_classes=spec.n_classes,
+        n_train=n_train,
+        n_test=n_test,
+        n_mislabeled=round(ds.label_noise * n_train),
+        label_noise=ds.label_noise,
+        fingerprint="(not built)",
+    )
+
+
 def estimate_study(config: StudyConfig) -> Estimate:
     """The estimate of ``config``; raises :class:`UserError` for a parameter name an
     estimator cannot use on an architecture (checked here, before any training)."""
@@ -117,16 +134,17 @@ def estimate_study(config: StudyConfig) -> Estimate:
     estimators = [REGISTRY[e.method](e) for e in [*cfg.memorization, *cfg.influence]]
     n_largest = 0
     for ds in cfg.datasets:
-        spec = BUILTIN[ds.name]
-        n_train, n_test = split_sizes(spec.pool_size(ds.n_samples), ds.test_fraction)
+        info = expected_dataset(ds)
+        n_train, n_test = info.n_train, info.n_test
+        shape = tuple(info.input_shape)
         n_largest = max(n_largest, n_train)
         specs, _ = ensemble_specs(estimators, plan_context(cfg, n_train))
         for arch in cfg.archs:
-            module = build_model(arch, spec.input_shape, spec.n_classes)
+            module = build_model(arch, shape, info.n_classes)
             for estimator in estimators:
                 estimator.check_model(module)
             n_params = sum(p.numel() for p in module.parameters())
-            activations = _activations_per_example(module, spec.input_shape)
+            activations = _activations_per_example(module, shape)
             states = 1 if cfg.train.optimizer == "sgd" else 2
             for ensemble in specs.values():
                 presented = float(ensemble.masks.sum()) * cfg.train.epochs
@@ -136,7 +154,7 @@ def estimate_study(config: StudyConfig) -> Estimate:
                 per_model = (
                     FLOATS * n_params * (1 + kept)
                     + cfg.train.epochs * n_train * (FLOATS + 1)
-                    + FLOATS * (n_train + n_test) * spec.n_classes
+                    + FLOATS * (n_train + n_test) * info.n_classes
                 )
                 k = min(ensemble.n_models, cfg.train.chunk_size or DEFAULT_CHUNK)
                 batch = max(3 * cfg.train.batch_size, EVAL_BATCH)  # backward keeps ~3×

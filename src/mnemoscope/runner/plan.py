@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from mnemoscope.config import StudyConfig
-from mnemoscope.estimator import REGISTRY, Estimator, MethodConfig, PlanContext
+from mnemoscope.estimator import REGISTRY, Estimator, PlanContext
 from mnemoscope.runner import stages as work
 from mnemoscope.store import DatasetInfo, RunDir, code_version, content_hash
 from mnemoscope.task import Task
@@ -211,8 +211,10 @@ class Planner:
         influence_files: list[str] = []
         for ds in self.config.datasets:
             info = datasets[ds.name]
+            # the ensembles depend on the dataset, not the architecture: declared once
+            declared = ensemble_specs(self.estimators, plan_context(self.config, info.n_train))
             for arch in self.config.archs:
-                scores, influence = self._arch_stages(ds.name, info, arch)
+                scores, influence = self._arch_stages(ds.name, info, arch, declared)
                 score_files += scores
                 influence_files += influence
         after = tuple(
@@ -258,10 +260,14 @@ class Planner:
         return self.plan.stages[first:]
 
     def _arch_stages(
-        self, dataset: str, info: DatasetInfo, arch: str
+        self,
+        dataset: str,
+        info: DatasetInfo,
+        arch: str,
+        declared: tuple[dict[str, EnsembleSpec], dict[str, dict[str, str]]],
     ) -> tuple[list[str], list[str]]:
         cfg = self.config
-        specs, roles = ensemble_specs(self.estimators, plan_context(cfg, info.n_train))
+        specs, roles = declared
         trained: dict[str, tuple[list[str], tuple[str, ...]]] = {}
         data = _dataset_args(self.run, dataset, info)
         for digest, spec in specs.items():
@@ -282,7 +288,7 @@ class Planner:
             )
             args = {
                 **common,
-                "method": _method_args(estimator.config),
+                "method": estimator.config.model_dump(mode="json"),
                 "source": estimator_source(estimator),
                 "ensembles": ensembles,
             }
@@ -370,7 +376,3 @@ class Planner:
             files.append(file)
             names.append(stage.name)
         return files, tuple(names)
-
-
-def _method_args(config: MethodConfig) -> dict[str, Any]:
-    return config.model_dump(mode="json")

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
-from mnemoscope.config import DatasetConfig, StudyConfig
-from mnemoscope.data import BUILTIN
+from mnemoscope.config import StudyConfig
 from mnemoscope.errors import ConfigError
-from mnemoscope.runner.estimate import Estimate, estimate_study, refuse_if_too_big, split_sizes
+from mnemoscope.runner.estimate import Estimate, estimate_study, expected_dataset, refuse_if_too_big
 from mnemoscope.runner.executors import LocalExecutor, RayExecutor, make_executor
 from mnemoscope.runner.plan import Plan, Planner, Stage
 from mnemoscope.runner.progress import Reporter
@@ -84,7 +83,7 @@ class Study:
         estimate = self.estimate()
         planner = Planner(self.config, RunDir(self.root), str(self.device))
         planner.data_stages()
-        datasets = {ds.name: _expected_dataset(ds) for ds in self.config.datasets}
+        datasets = {ds.name: expected_dataset(ds) for ds in self.config.datasets}
         planner.study_stages(datasets)
         lines = [f"plan: {len(planner.plan.stages)} stages"]
         lines += [f"  {stage.name}" for stage in planner.plan.stages]
@@ -150,22 +149,6 @@ class Study:
         )
         self.warnings.append(message)
         self.reporter.say(f"[yellow]warning[/yellow] {message}")
-
-
-def _expected_dataset(ds: DatasetConfig) -> DatasetInfo:
-    """A built-in dataset's sizes as its data stage will make them (for the dry run)."""
-    spec = BUILTIN[ds.name]
-    n_train, n_test = split_sizes(spec.pool_size(ds.n_samples), ds.test_fraction)
-    return DatasetInfo(
-        kind=spec.kind,
-        input_shape=list(spec.input_shape),
-        n_classes=spec.n_classes,
-        n_train=n_train,
-        n_test=n_test,
-        n_mislabeled=round(ds.label_noise * n_train),
-        label_noise=ds.label_noise,
-        fingerprint="(not built)",
-    )
 
 
 def run_study(
