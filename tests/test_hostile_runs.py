@@ -90,7 +90,11 @@ def _check(code: int, output: str, root: Path) -> None:
     assert code in (0, 2), output
     assert "Traceback" not in output
     if code == 2:
-        assert len([line for line in output.splitlines() if line.strip()]) == 1, output
+        # the error is one line, the last; a run that failed mid-way printed its progress
+        # before it (stages done or cached, warnings), and nothing else
+        lines = [line for line in output.splitlines() if line.strip()]
+        assert lines[-1].startswith("error: "), output
+        assert all(line.startswith(("done ", "cached ", "warning ")) for line in lines[:-1]), output
         # a later valid run in the same directory is not refused
         RunDir(root / "out").claim(parse_config(VALID).model_dump(mode="json"))
 

@@ -69,10 +69,12 @@ def require_finite(values: np.ndarray, what: str, allowed_nan: float = 0.0) -> N
     infinite = int(np.isinf(values).sum())
     missing = int(np.isnan(values).sum())
     if infinite or missing > allowed_nan * values.size:
-        raise UserError(
-            f"{infinite + missing} of {values.size} {what} are not finite "
-            "(did training diverge? a lower train.lr or fewer epochs may help)"
+        hint = (
+            "did training diverge? a lower train.lr or fewer epochs may help"
+            if infinite or not allowed_nan
+            else "too few models leave most examples without an estimate; raise n_models"
         )
+        raise UserError(f"{infinite + missing} of {values.size} {what} are not finite ({hint})")
 
 
 def build_data(root: Path, args: Args, reporter: Reporter) -> Args:
