@@ -151,6 +151,15 @@ class Estimator(ABC):
     def score(self) -> Scores:
         """One score per training example; higher = more memorized / more influential."""
 
+    extra_tables: ClassVar[tuple[str, ...]] = ()
+    """Tables besides ``scores`` this estimator adds rows to (e.g. ``('attacks',)``); the
+    runner writes :meth:`table_rows` of each next to its scores."""
+
+    def table_rows(self, table: str) -> pd.DataFrame:
+        """Rows for ``table`` (one of :attr:`extra_tables`), after :meth:`fit`: the table's
+        columns except ``dataset`` and ``arch``, which the runner adds."""
+        raise NotImplementedError(f"{self.name} adds no rows to '{table}'")
+
     def check_model(self, module: nn.Module) -> None:
         """Raise :class:`~mnemoscope.errors.ConfigError` if this estimator's config cannot
         be used on ``module`` (e.g. unknown parameter names); called before training."""

@@ -89,6 +89,7 @@ def test_detection_table() -> None:
             "target": "mislabeled",
             "auc": [0.75, 1.0, 1.0],
             "n_positive": np.array([2, 1, 2], dtype=np.int64),
+            "n_dropped": np.array([0, 1, 0], dtype=np.int64),  # tracin's NaN is counted
         }
     )
     pd.testing.assert_frame_equal(table, expected)

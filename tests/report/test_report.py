@@ -107,9 +107,9 @@ CORRELATION_ROWS = [
     (SEQUENCE, "cnn", "feldman_zhang", "grad_dot", "spearman", 0.1234, np.nan, np.nan, 48),
 ]
 DETECTION_ROWS = [
-    (IMAGE, "mlp", "feldman_zhang", "mislabeled", 0.913, 6),
-    (IMAGE, "mlp", "tracin", "mislabeled", 0.6042, 6),
-    (SEQUENCE, "cnn", "grad_dot", "mislabeled", 0.5471, 6),
+    (IMAGE, "mlp", "feldman_zhang", "mislabeled", 0.913, 6, 3),
+    (IMAGE, "mlp", "tracin", "mislabeled", 0.6042, 6, 0),
+    (SEQUENCE, "cnn", "grad_dot", "mislabeled", 0.5471, 6, 0),
 ]
 
 

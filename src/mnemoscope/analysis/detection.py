@@ -56,7 +56,9 @@ def detection_table(scores: pd.DataFrame, examples: pd.DataFrame) -> pd.DataFram
         the dataset's training examples on ``example_id`` and non-finite scores are
         dropped; a (dataset, arch, method) with no mislabeled or no clean examples left
         (e.g. no label noise) gets no row. ``n_positive`` counts the mislabeled
-        examples used.
+        examples used; ``n_dropped`` counts the training examples left out because their
+        score is not finite (e.g. Feldman–Zhang's examples in every subset or in none), so
+        an AUC over fewer examples is visible as such.
     """
     train = examples.loc[examples["split"] == "train", ["dataset", "example_id", "is_mislabeled"]]
     per_example = scores.groupby(
@@ -67,7 +69,8 @@ def detection_table(scores: pd.DataFrame, examples: pd.DataFrame) -> pd.DataFram
     keys = ["dataset", "arch", "method"]
     for (dataset, arch, method), group in per_example.groupby(keys, sort=False):
         joined = group.merge(train[train["dataset"] == dataset], on=["dataset", "example_id"])
-        joined = joined[np.isfinite(joined["score"].to_numpy(dtype=np.float64))]
+        finite = np.isfinite(joined["score"].to_numpy(dtype=np.float64))
+        joined = joined[finite]
         is_mislabeled = joined["is_mislabeled"].to_numpy(dtype=bool)
         n_positive = int(is_mislabeled.sum())
         if n_positive == 0 or n_positive == is_mislabeled.size:
@@ -81,7 +84,8 @@ def detection_table(scores: pd.DataFrame, examples: pd.DataFrame) -> pd.DataFram
                 "target": TARGET,
                 "auc": auc,
                 "n_positive": n_positive,
+                "n_dropped": int((~finite).sum()),
             }
         )
     table = pd.DataFrame(rows, columns=DETECTION.names)
-    return table.astype({"auc": "float64", "n_positive": "int64"})
+    return table.astype({"auc": "float64", "n_positive": "int64", "n_dropped": "int64"})

@@ -9,6 +9,7 @@ from mnemoscope.memorization.dynamics import (
     NegativeMargin,
 )
 from mnemoscope.memorization.feldman_zhang import FeldmanZhang, FeldmanZhangConfig
+from mnemoscope.memorization.lira import Lira, LiraConfig, LossAttack, LossAttackConfig
 
 __all__ = [
     "Counterfactual",
@@ -17,6 +18,10 @@ __all__ = [
     "FeldmanZhang",
     "FeldmanZhangConfig",
     "FinalLoss",
+    "Lira",
+    "LiraConfig",
+    "LossAttack",
+    "LossAttackConfig",
     "Forgetting",
     "MemorizationEstimator",
     "NegativeMargin",

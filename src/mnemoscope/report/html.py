@@ -48,6 +48,8 @@ class Run:
     detection: pd.DataFrame
     influence: pd.DataFrame | None = None
     """Train×target influence; ``None`` where the run has no ``influence.parquet``."""
+    attacks: pd.DataFrame | None = None
+    """Membership-inference attack metrics; ``None`` where the run has no ``attacks.parquet``."""
 
     @property
     def path(self) -> Path:
@@ -85,8 +87,11 @@ def load_run(run_dir: Path) -> Run:
     table or a missing column raises :class:`UserError`."""
     store = RunDir.existing(Path(run_dir))
     tables = {name: store.table(name) for name in _TABLES}
-    influence = store.table("influence") if store.has_table("influence") else None
-    return Run(store=store, influence=influence, **tables)
+    optional = {
+        name: store.table(name) if store.has_table(name) else None
+        for name in ("influence", "attacks")
+    }
+    return Run(store=store, **optional, **tables)
 
 
 def per_example_scores(scores: pd.DataFrame, dataset: str, arch: str, method: str) -> pd.DataFrame:
@@ -183,6 +188,34 @@ def detection_rows(run: Run) -> list[dict[str, Any]]:
             "target": r.target,
             "auc": "—" if not math.isfinite(r.auc) else f"{r.auc:.3f}",
             "n_positive": int(r.n_positive),
+            "n_dropped": int(r.n_dropped) if "n_dropped" in frame.columns else 0,
+        }
+        for r in frame.itertuples()
+    ]
+
+
+def attack_rows(run: Run) -> list[dict[str, Any]]:
+    """Membership-inference attacks, per dataset × arch, strongest TPR at 1% FPR first."""
+    frame = run.attacks
+    if frame is None or frame.empty:
+        return []
+    frame = frame.sort_values(
+        ["dataset", "arch", "tpr_at_1pct_fpr"], ascending=[True, True, False], kind="stable"
+    )
+
+    def number(value: float) -> str:
+        return "—" if not math.isfinite(value) else f"{value:.3f}"
+
+    return [
+        {
+            "dataset": r.dataset,
+            "arch": r.arch,
+            "method": r.method,
+            "variant": r.variant,
+            "auc": number(r.auc),
+            "tpr_0_1": number(r.tpr_at_0_1pct_fpr),
+            "tpr_1": number(r.tpr_at_1pct_fpr),
+            "n_models": int(r.n_models),
         }
         for r in frame.itertuples()
     ]
@@ -469,6 +502,7 @@ def render_report(run_dir: Path) -> Path:
             run=header(run),
             correlations=correlation_tables(run),
             detection=detection_rows(run),
+            attacks=attack_rows(run),
             sections=dataset_sections(run, sink),
             stderr_rows=stderr_rows(run),
             influence=influence_rows(run),

@@ -33,6 +33,10 @@ from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, derive_seed, merge_specs
 from mnemoscope.train.ensemble import DEFAULT_CHUNK
 
+PART_TABLES = ("attacks",)
+"""Tables gathered from estimators' :attr:`~mnemoscope.estimator.Estimator.extra_tables`;
+always written (empty when no estimator adds rows)."""
+
 # Seed streams, so masks and trained models never share draws.
 _MASKS, _TRAIN = 3, 4
 
@@ -179,6 +183,7 @@ class Planner:
         self.run = run
         self.device = device
         self.plan = Plan(threads=config.executor.resolved_threads())
+        self.table_parts: dict[str, list[str]] = {}
         self.spec_files: dict[str, torch.Tensor] = {}
         """Masks of the planned ensembles by file: the runner writes them before training."""
         self.estimators: list[Estimator] = [
@@ -231,8 +236,14 @@ class Planner:
                     ],
                     "scores": score_files,
                     "influence": influence_files,
+                    "parts": {t: self.table_parts.get(t, []) for t in PART_TABLES},
                 },
-                outputs=("examples.parquet", "scores.parquet", "influence.parquet"),
+                outputs=(
+                    "examples.parquet",
+                    "scores.parquet",
+                    "influence.parquet",
+                    *(f"{t}.parquet" for t in PART_TABLES),
+                ),
                 after=tuple(f"data/{ds.name}" for ds in self.config.datasets) + after,
                 code=("mnemoscope.store", "mnemoscope.data"),
             )
@@ -308,17 +319,22 @@ class Planner:
                 args = {**args, "fit": fit_file}
                 after = (*after, fit.name)
             score_file = self.run.score_file(dataset, arch, name)
+            extra = {
+                t: self.run.table_part_file(t, dataset, arch, name) for t in estimator.extra_tables
+            }
             self.plan.add(
                 Stage(
                     name=f"scores/{dataset}/{arch}/{name}",
                     function=work.score_estimator,
-                    args={**args, "output": score_file},
-                    outputs=(score_file,),
+                    args={**args, "output": score_file, "tables": extra},
+                    outputs=(score_file, *extra.values()),
                     after=after,
                     code=code,
                 )
             )
             score_files.append(score_file)
+            for table, file in extra.items():
+                self.table_parts.setdefault(table, []).append(file)
             if cfg.targets is not None and estimator.attributes_targets:
                 file = self.run.influence_file(dataset, arch, name)
                 self.plan.add(

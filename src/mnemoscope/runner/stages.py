@@ -29,6 +29,7 @@ from mnemoscope.store import (
     EXAMPLES,
     INFLUENCE,
     SCORES,
+    TABLES,
     write_parquet,
     write_safetensors,
 )
@@ -123,6 +124,7 @@ def train_part(root: Path, args: Args, reporter: Reporter) -> Args:
             models=range(start, stop),
             device=args["device"],
             progress=advance,
+            arch_options=args["arch_options"],
         )
     require_finite(trained.train_logits.numpy(), "final logits")
     trained.save(Path(root) / args["output"])
@@ -180,6 +182,9 @@ def score_estimator(root: Path, args: Args, reporter: Reporter) -> Args:
     require_finite(scores.score, "scores", allowed_nan=0.5)
     frame = scores.frame(dataset.name, args["arch"], args["seed"])
     write_parquet(Path(root) / args["output"], frame, SCORES)
+    for table, file in args.get("tables", {}).items():
+        rows = estimator.table_rows(table).assign(dataset=dataset.name, arch=args["arch"])
+        write_parquet(Path(root) / file, rows, TABLES[table])
     return {}
 
 
@@ -235,6 +240,9 @@ def collect_tables(root: Path, args: Args, reporter: Reporter) -> Args:
     write_parquet(
         Path(root) / "influence.parquet", _concat(root, args["influence"], INFLUENCE), INFLUENCE
     )
+    for table, files in args["parts"].items():
+        schema = TABLES[table]
+        write_parquet(Path(root) / f"{table}.parquet", _concat(root, files, schema), schema)
     return {}
 
 

@@ -11,9 +11,18 @@ from mnemoscope.store.atomic import (
 from mnemoscope.store.cache import code_version, content_hash
 from mnemoscope.store.manifest import DatasetInfo, Manifest, StageRecord
 from mnemoscope.store.rundir import RunDir, safe_name
-from mnemoscope.store.tables import CORRELATIONS, DETECTION, EXAMPLES, INFLUENCE, SCORES, TABLES
+from mnemoscope.store.tables import (
+    ATTACKS,
+    CORRELATIONS,
+    DETECTION,
+    EXAMPLES,
+    INFLUENCE,
+    SCORES,
+    TABLES,
+)
 
 __all__ = [
+    "ATTACKS",
     "CORRELATIONS",
     "DETECTION",
     "EXAMPLES",

@@ -150,6 +150,10 @@ class RunDir:
     def score_file(self, dataset: str, arch: str, method: str) -> str:
         return f"parts/scores/{safe_name(dataset, arch, method)}.parquet"
 
+    def table_part_file(self, table: str, dataset: str, arch: str, method: str) -> str:
+        """One estimator's rows of a table other than ``scores`` (e.g. ``attacks``)."""
+        return f"parts/{safe_name(table)}/{safe_name(dataset, arch, method)}.parquet"
+
     def influence_file(self, dataset: str, arch: str, method: str) -> str:
         return f"parts/influence/{safe_name(dataset, arch, method)}.parquet"
 

@@ -55,6 +55,7 @@ DETECTION = pa.schema(
         ("target", pa.string()),  # 'mislabeled'
         ("auc", pa.float64()),
         ("n_positive", pa.int64()),
+        ("n_dropped", pa.int64()),  # training examples left out for a non-finite score
     ]
 )
 
@@ -70,12 +71,26 @@ INFLUENCE = pa.schema(
     ]
 )
 
+ATTACKS = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("arch", pa.string()),
+        ("method", pa.string()),  # 'lira' | 'loss_attack'
+        ("variant", pa.string()),  # 'online' | 'offline' | 'loss'
+        ("auc", pa.float64()),
+        ("tpr_at_0_1pct_fpr", pa.float64()),
+        ("tpr_at_1pct_fpr", pa.float64()),
+        ("n_models", pa.int64()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "examples": EXAMPLES,
     "scores": SCORES,
     "correlations": CORRELATIONS,
     "detection": DETECTION,
     "influence": INFLUENCE,
+    "attacks": ATTACKS,
 }
 
 
