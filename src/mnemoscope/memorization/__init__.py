@@ -10,6 +10,7 @@ from mnemoscope.memorization.dynamics import (
 )
 from mnemoscope.memorization.feldman_zhang import FeldmanZhang, FeldmanZhangConfig
 from mnemoscope.memorization.lira import Lira, LiraConfig, LossAttack, LossAttackConfig
+from mnemoscope.memorization.sign import SignMemorization, SignMemorizationConfig
 
 __all__ = [
     "Counterfactual",
@@ -25,4 +26,6 @@ __all__ = [
     "Forgetting",
     "MemorizationEstimator",
     "NegativeMargin",
+    "SignMemorization",
+    "SignMemorizationConfig",
 ]

@@ -33,7 +33,7 @@ from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, derive_seed, merge_specs
 from mnemoscope.train.ensemble import DEFAULT_CHUNK
 
-PART_TABLES = ("attacks",)
+PART_TABLES = ("attacks", "score_parts")
 """Tables gathered from estimators' :attr:`~mnemoscope.estimator.Estimator.extra_tables`;
 always written (empty when no estimator adds rows)."""
 
@@ -121,6 +121,9 @@ def estimator_code(estimator: Estimator) -> tuple[str, ...]:
             modules.add(base.__module__)
             if base.__module__.startswith("mnemoscope."):
                 modules.add(".".join(base.__module__.split(".")[:2]))
+    for part in vars(estimator).values():  # an estimator built on another (an attributor)
+        if isinstance(part, Estimator):
+            modules.update(estimator_code(part))
     return tuple(sorted(modules))
 
 

@@ -84,6 +84,17 @@ ATTACKS = pa.schema(
     ]
 )
 
+SCORE_PARTS = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("arch", pa.string()),
+        ("method", pa.string()),
+        ("example_id", pa.int64()),
+        ("part", pa.string()),  # a component of the method's score, e.g. 'indicator'
+        ("value", pa.float64()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "examples": EXAMPLES,
     "scores": SCORES,
@@ -91,6 +102,7 @@ TABLES: dict[str, pa.Schema] = {
     "detection": DETECTION,
     "influence": INFLUENCE,
     "attacks": ATTACKS,
+    "score_parts": SCORE_PARTS,
 }
 
 
