@@ -8,6 +8,7 @@ Shape (a contract; later work adds methods to the lists, never changes the shape
     datasets:
       - {name: digits, label_noise: 0.1}
     archs: [logreg, mlp, cnn]
+    arch_options: {mlp: {width: 64}}        # optional: per-arch options
     train: {epochs: 20, batch_size: 128, optimizer: sgd, lr: 0.1, momentum: 0.9,
             weight_decay: 0.0005}
     memorization:
@@ -31,6 +32,8 @@ YAML file itself must be UTF-8 text of at most 1 MiB without duplicate keys.
 
 from __future__ import annotations
 
+import os
+import re
 import unicodedata
 from pathlib import Path
 from typing import Any, Literal
@@ -42,18 +45,22 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializeAsAny,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from mnemoscope import influence as _influence  # noqa: F401  (registers the estimators)
 from mnemoscope import memorization as _memorization  # noqa: F401
-from mnemoscope.data import BUILTIN
-from mnemoscope.errors import ConfigError
+from mnemoscope.data import BUILTIN, FileSource, layout, source_digest
+from mnemoscope.data.files import Format, Normalize, infer_format
+from mnemoscope.errors import ConfigError, DataError, UserError
 from mnemoscope.estimator import MethodConfig, estimators
-from mnemoscope.models import ARCHITECTURES
+from mnemoscope.models import ARCHITECTURES, ArchOptionError, arch_options
 from mnemoscope.train import TrainConfig
 
 Family = Literal["memorization", "influence"]
@@ -158,11 +165,71 @@ class TargetsConfig(BaseModel):
     most 1 048 576, i.e. 1 TiB)."""
 
 
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_FILE_KEYS = (
+    "path",
+    "format",
+    "test_path",
+    "label_column",
+    "feature_columns",
+    "image_column",
+    "x_key",
+    "y_key",
+    "normalize",
+    "sha256",
+)
+# the formats each file-only key applies to
+_KEY_FORMATS = {
+    "test_path": ("csv", "parquet", "npz"),
+    "label_column": ("csv", "parquet", "hf", "cifar100"),
+    "feature_columns": ("csv", "parquet", "hf"),
+    "image_column": ("hf",),
+    "x_key": ("npz",),
+    "y_key": ("npz",),
+}
+
+
+def _field_error(field: str, message: str) -> PydanticCustomError:
+    """An error located at ``field`` of the model being validated (one line, as a
+    method entry's)."""
+    return PydanticCustomError(
+        "method_entry", "{loc}: {message}", {"loc": field, "message": message}
+    )
+
+
+class CanariesConfig(BaseModel):
+    """Training examples of one class turned into canaries: each gets a unique pattern
+    (a seeded ``fraction`` of its input coordinates set to ``±strength``) and a label of
+    another class that only memorization explains; ``examples.parquet`` marks them
+    (``is_canary``) and the ``canary`` method scores them."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, allow_inf_nan=False, populate_by_name=True
+    )
+
+    n: int = Field(ge=1, le=10_000)
+    """How many canaries (at most the class's clean training examples)."""
+    class_: int = Field(0, ge=0, le=100_000, alias="class")
+    """The class the canaries are drawn from."""
+    fraction: float = Field(0.1, gt=0, le=1)
+    """Fraction of the input coordinates each pattern sets."""
+    strength: float = Field(3.0, gt=0, le=1_000)
+    """Value (±) the pattern sets them to, in units of the standardised inputs."""
+
+
 class DatasetConfig(BaseModel):
+    """A built-in dataset by name, or the user's own files by ``path``.
+
+    The files are read and checked when the config is validated (a bad file is one
+    line naming it, before a run writes anything) and their SHA-256 is recorded in
+    ``sha256``, so the data stage's cache key follows the file contents.
+    """
+
     model_config = _STRICT
 
     name: str
-    """A built-in dataset (``mnemoscope datasets`` lists them)."""
+    """A built-in dataset (``mnemoscope datasets`` lists them); with ``path``, any other
+    name of letters, digits and ``_.-`` (at most 64 characters)."""
     label_noise: float = Field(0.0, ge=0, lt=1)
     """Fraction of training labels flipped to another class (seeded, recorded per example)."""
     test_fraction: float = Field(0.2, gt=0, lt=1)
@@ -171,13 +238,6 @@ class DatasetConfig(BaseModel):
     n_samples: int | None = Field(None, gt=0, le=10_000_000)
     """Examples to generate (mnist1d, blobs) or to subsample, stratified (digits,
     breast_cancer); at least the dataset's number of classes, at most 10⁷."""
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        if name not in BUILTIN:
-            raise ValueError(f"unknown dataset '{name}'; built-in: {', '.join(sorted(BUILTIN))}")
-        return name
 
     @field_validator("n_samples")
     @classmethod
@@ -191,6 +251,149 @@ class DatasetConfig(BaseModel):
                 )
         return n_samples
 
+    canaries: CanariesConfig | None = None
+    """Plant canaries, e.g. ``{n: 5, class: 0}`` (inserted after label noise)."""
+
+    path: str | None = Field(None, min_length=1, max_length=4096)
+    """The user's data: a file (``.csv``, ``.parquet``, ``.npz``) or a folder (format
+    ``idx``, ``cifar10``, ``cifar100``, ``hf``). A relative path is relative to the
+    config file's folder (to the working directory for a config built in Python); it
+    is stored absolute."""
+    format: Format | None = None
+    """``csv``, ``parquet``, ``npz`` (told by the extension; may be forced), ``idx``
+    (MNIST-style folder: train/t10k images and labels, gzipped or not), ``cifar10`` /
+    ``cifar100`` (the binary version's folder) or ``hf`` (a ``save_to_disk`` folder;
+    needs ``pip install 'mnemoscope[hf]'``)."""
+    test_path: str | None = Field(None, min_length=1, max_length=4096)
+    """csv, parquet, npz: a second file of the same format holding the test split (else
+    ``test_fraction`` of ``path`` is held out). IDX ``t10k`` files, CIFAR test batches
+    and a ``test`` split of a ``datasets`` folder are used as the test split."""
+    label_column: str | None = Field(None, min_length=1, max_length=256)
+    """csv, parquet, hf: the column of integer labels 0..K-1 (default ``label``);
+    cifar100: ``fine`` (100 classes, default) or ``coarse`` (20)."""
+    feature_columns: list[str] | None = Field(None, min_length=1, max_length=100_000)
+    """csv, parquet, hf: the numeric feature columns (default: every other column)."""
+    image_column: str | None = Field(None, min_length=1, max_length=256)
+    """hf: the column of images (kept as [C, H, W]); without it the folder is a table."""
+    x_key: str | None = Field(None, min_length=1, max_length=256)
+    """npz: the inputs' array (default ``x``): [N, d] table, [N, C, L] sequences or
+    [N, C, H, W] images (channels first)."""
+    y_key: str | None = Field(None, min_length=1, max_length=256)
+    """npz: the labels' array (default ``y``), integers 0..K-1."""
+    normalize: Normalize | None = None
+    """Files only. ``standard`` (default): byte images (uint8) scaled to [0, 1], then each
+    feature (tables) or channel (images, sequences) standardised with the training
+    split's mean and standard deviation; ``unit``: byte images scaled to [0, 1], other
+    data min-max scaled per feature/channel to the training split's range; ``none``:
+    values as read."""
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """Files only: SHA-256 of the files read, recorded when the config is validated; a
+    value given in the config pins the data (a different file is refused)."""
+
+    @model_validator(mode="after")
+    def _source_or_builtin(self, info: ValidationInfo) -> DatasetConfig:
+        if self.path is None:
+            if self.name not in BUILTIN:
+                known = ", ".join(sorted(BUILTIN))
+                raise _field_error("name", f"unknown dataset '{self.name}'; built-in: {known}")
+            given = [key for key in _FILE_KEYS if getattr(self, key) is not None]
+            if given:
+                raise _field_error(given[0], "only for data read from files (give path)")
+            return self
+        if self.name in BUILTIN:
+            raise _field_error(
+                "name", f"'{self.name}' is a built-in dataset; name data read from files otherwise"
+            )
+        if not _DATASET_NAME.fullmatch(self.name):
+            raise _field_error(
+                "name", "letters, digits and _.- (not first) only, at most 64 characters"
+            )
+        base = (info.context or {}).get("base_dir") or Path.cwd()
+        self.path = _absolute(base, self.path)
+        if self.test_path is not None:
+            self.test_path = _absolute(base, self.test_path)
+        try:
+            for path in (self.path, self.test_path):
+                if path is not None and not Path(path).exists():
+                    raise DataError(f"{path}: no such file or folder")
+            try:
+                self.format = infer_format(Path(self.path), self.format)
+            except ConfigError as error:
+                raise _field_error("format", str(error)) from None
+            for key, formats in _KEY_FORMATS.items():
+                if getattr(self, key) is not None and self.format not in formats:
+                    raise _field_error(key, f"not read by format {self.format}")
+            if self.format == "cifar100" and self.label_column not in (None, "fine", "coarse"):
+                raise _field_error("label_column", "cifar100 labels are 'fine' or 'coarse'")
+            if self.test_path is not None and not Path(self.test_path).is_file():
+                raise DataError(f"{self.test_path}: test_path is not a file")
+            self.normalize = self.normalize or "standard"
+            pinned, self.sha256 = self.sha256, source_digest(self._source(""))
+            if pinned is not None and pinned != self.sha256:
+                raise DataError(
+                    f"{self.path}: sha256 is {self.sha256}, the config pins {pinned} "
+                    "(the data changed)"
+                )
+            layout(
+                self.name,
+                test_fraction=self.test_fraction,
+                n_samples=self.n_samples,
+                source=self.source,
+            )
+        except UserError as error:  # not a pydantic error: a stage re-validating sees it too
+            raise type(error)(f"dataset '{self.name}': {error}") from None
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_file_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A built-in dataset dumps as before files could be read (its cache keys stay)."""
+        data = handler(self)
+        # keys a built-in entry leaves unset stay out, so its cache keys do not change
+        optional = (*_FILE_KEYS, "canaries")
+        return {k: v for k, v in data.items() if k not in optional or v is not None}
+
+    @property
+    def source(self) -> FileSource | None:
+        """How to read the files (None for a built-in dataset)."""
+        if self.path is None or self.format is None or self.sha256 is None:
+            return None
+        return self._source(self.sha256)
+
+    def _source(self, sha256: str) -> FileSource:
+        assert self.path is not None and self.format is not None
+        return FileSource(
+            path=self.path,
+            format=self.format,
+            sha256=sha256,
+            test_path=self.test_path,
+            label_column=self.label_column,
+            feature_columns=tuple(self.feature_columns) if self.feature_columns else None,
+            image_column=self.image_column,
+            x_key=self.x_key or "x",
+            y_key=self.y_key or "y",
+            normalize=self.normalize or "standard",
+        )
+
+
+def _absolute(base: Path, path: str) -> str:
+    """``path`` (``~`` expanded) made absolute against ``base``, without following links."""
+    return os.path.normpath(Path(base) / Path(path).expanduser())
+
+
+class LdsConfig(BaseModel):
+    """The linear datamodeling score of every attributor (Park et al. 2023, eq. 5): models
+    trained on random subsets predict each target's margin; the attributor's sum over a
+    subset should rank the subsets as the margins do. Needs ``targets``."""
+
+    model_config = _STRICT
+
+    subsets: int = Field(20, ge=2, le=10_000)
+    """J, random subsets of the training set."""
+    repeats: int = Field(1, ge=1, le=1_000)
+    """Models trained on each subset (their margins are averaged)."""
+    fraction: float = Field(0.5, gt=0, lt=1)
+    """Fraction of the training set in each subset (α; 0.5 in the paper)."""
+
 
 class AnalysisConfig(BaseModel):
     model_config = _STRICT
@@ -198,6 +401,9 @@ class AnalysisConfig(BaseModel):
     n_bootstrap: int = Field(1000, gt=0, le=100_000)
     """Bootstrap resamples (over examples) for the correlation CIs (at most 100 000)."""
     confidence: float = Field(0.95, gt=0, lt=1)
+    lds: LdsConfig | None = None
+    """Also score every attributor by LDS, e.g. ``{subsets: 20, repeats: 1}`` (trains
+    ``subsets × repeats`` extra models per dataset and architecture)."""
 
 
 class StudyConfig(BaseModel):
@@ -209,6 +415,10 @@ class StudyConfig(BaseModel):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     datasets: list[DatasetConfig] = Field(min_length=1)
     archs: list[str] = Field(min_length=1)
+    arch_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Options of listed archs by name, e.g. ``{resnet: {width: 32, depth: 3}}``; each
+    arch's options are checked by its own strict model (the README lists them).
+    They reach every model built and enter the training cache key."""
     train: TrainConfig = TrainConfig()
     memorization: list[SerializeAsAny[MethodConfig]] = Field(default_factory=list)
     influence: list[SerializeAsAny[MethodConfig]] = Field(default_factory=list)
@@ -227,6 +437,26 @@ class StudyConfig(BaseModel):
             raise ValueError("an arch is listed twice")
         return archs
 
+    @field_validator("arch_options")
+    @classmethod
+    def _arch_options(
+        cls, options: dict[str, dict[str, Any]], info: ValidationInfo
+    ) -> dict[str, dict[str, Any]]:
+        archs = info.data.get("archs")
+        if archs is None:  # the archs themselves were refused
+            return options
+        validated = {}
+        for arch, given in options.items():
+            try:
+                if arch not in archs:
+                    raise ArchOptionError(arch, f"'{arch}' is not in archs {archs}")
+                validated[arch] = arch_options(arch, given)
+            except ArchOptionError as error:  # one line, as a method entry's error
+                raise PydanticCustomError(
+                    "method_entry", "{loc}: {message}", {"loc": error.loc, "message": error.problem}
+                ) from None
+        return validated
+
     @field_validator("datasets")
     @classmethod
     def _unique_datasets(cls, datasets: list[DatasetConfig]) -> list[DatasetConfig]:
@@ -244,6 +474,27 @@ class StudyConfig(BaseModel):
     @classmethod
     def _influence_entries(cls, entries: Any) -> list[MethodConfig]:
         return _method_entries(entries, "influence")
+
+    @model_validator(mode="after")
+    def _lds_needs_targets(self) -> StudyConfig:
+        if self.analysis.lds is not None and self.targets is None:
+            raise _field_error(
+                "analysis.lds", "the LDS scores influence on targets: add 'targets: {n: 100}'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _canaries_to_score(self) -> StudyConfig:
+        methods = [entry.method for entry in self.memorization]
+        if "canary" in methods:
+            bare = [d.name for d in self.datasets if d.canaries is None]
+            if bare:
+                raise _field_error(
+                    f"memorization.{methods.index('canary')}.canary",
+                    f"dataset '{bare[0]}' has no canaries to score; add "
+                    "'canaries: {n: 5, class: 0}' to its entry",
+                )
+        return self
 
 
 def _one_line(text: str, limit: int = 1000) -> str:
@@ -270,14 +521,18 @@ def _describe(error: ValidationError) -> str:
     return f"{where}: {message}"
 
 
-def parse_config(data: Any) -> StudyConfig:
-    """Validate a config mapping; raise :class:`ConfigError` with one line naming the field."""
+def parse_config(data: Any, base_dir: Path | None = None) -> StudyConfig:
+    """Validate a config mapping; raise :class:`ConfigError` with one line naming the field
+    (or :class:`DataError` naming a dataset's file). Relative data paths are relative to
+    ``base_dir`` (default: the working directory)."""
     if not isinstance(data, dict):
         raise ConfigError("config: expected a mapping of keys to values at the top level")
     try:
-        return StudyConfig.model_validate(data)
+        return StudyConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as error:
         raise ConfigError(_one_line(f"config error: {_describe(error)}")) from None
+    except DataError as error:
+        raise DataError(_one_line(str(error))) from None
     except RecursionError:
         raise ConfigError("config error: config: nested too deeply") from None
 
@@ -365,4 +620,4 @@ def load_config(path: Path) -> StudyConfig:
             raise ConfigError(f"config error: {path}: nested too deeply") from None
     except ConfigError as error:
         raise ConfigError(_one_line(str(error))) from None
-    return parse_config(data)
+    return parse_config(data, path.parent)

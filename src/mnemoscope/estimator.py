@@ -151,6 +151,9 @@ class Estimator(ABC):
     def score(self) -> Scores:
         """One score per training example; higher = more memorized / more influential."""
 
+    max_nan_fraction: ClassVar[float] = 0.5
+    """The largest fraction of NaN scores a run accepts from this estimator before it stops
+    (an estimator that scores a chosen subset by design, like ``loo``, sets 1)."""
     extra_tables: ClassVar[tuple[str, ...]] = ()
     """Tables besides ``scores`` this estimator adds rows to (e.g. ``('attacks',)``); the
     runner writes :meth:`table_rows` of each next to its scores."""

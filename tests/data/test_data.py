@@ -114,7 +114,9 @@ def test_examples_frame(digits_small):
         "label",
         "original_label",
         "is_mislabeled",
+        "is_canary",
     ]
+    assert not frame["is_canary"].any()  # no canaries asked for
     assert len(frame) == digits_small.n_train + digits_small.n_test
     assert frame["is_mislabeled"].sum() == int(digits_small.is_mislabeled.sum())
     assert not frame.loc[frame["split"] == "test", "is_mislabeled"].any()

@@ -1,7 +1,25 @@
-"""Datasets: built-in pools, splits, label noise, provenance (knows nothing of models)."""
+"""Datasets: built-in pools or the user's files, splits, label noise, provenance (knows
+nothing of models)."""
 
 from mnemoscope.data.builtin import BUILTIN, BuiltinDataset
+from mnemoscope.data.canaries import Canaries, insert_canaries
 from mnemoscope.data.dataset import Dataset, Kind
-from mnemoscope.data.prepare import flip_labels, prepare
+from mnemoscope.data.files import FORMATS, FileSource, load_pool, source_digest
+from mnemoscope.data.prepare import Layout, flip_labels, layout, prepare
 
-__all__ = ["BUILTIN", "BuiltinDataset", "Dataset", "Kind", "flip_labels", "prepare"]
+__all__ = [
+    "BUILTIN",
+    "FORMATS",
+    "BuiltinDataset",
+    "Canaries",
+    "Dataset",
+    "FileSource",
+    "Kind",
+    "Layout",
+    "flip_labels",
+    "insert_canaries",
+    "layout",
+    "load_pool",
+    "prepare",
+    "source_digest",
+]

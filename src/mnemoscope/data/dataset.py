@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mnemoscope.data.canaries import Canaries
 from mnemoscope.errors import DataError
 
 Kind = Literal["image", "sequence", "tabular"]
@@ -51,6 +52,8 @@ class Dataset:
     y_test: torch.Tensor
     test_ids: torch.Tensor
     n_classes: int
+    canaries: Canaries | None = None
+    """Training examples turned into canaries (:func:`~mnemoscope.data.insert_canaries`)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -106,15 +109,28 @@ class Dataset:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The dataset's tensors by name, as stored in the run directory."""
-        return {key: getattr(self, key) for key in _TENSOR_KEYS}
+        tensors = {key: getattr(self, key) for key in _TENSOR_KEYS}
+        return {**tensors, **(self.canaries.tensors() if self.canaries is not None else {})}
 
     @classmethod
     def from_tensors(
         cls, name: str, kind: Kind, n_classes: int, tensors: dict[str, torch.Tensor]
     ) -> Dataset:
         return cls(
-            name=name, kind=kind, n_classes=n_classes, **{k: tensors[k] for k in _TENSOR_KEYS}
+            name=name,
+            kind=kind,
+            n_classes=n_classes,
+            canaries=Canaries.from_tensors(tensors),
+            **{k: tensors[k] for k in _TENSOR_KEYS},
         )
+
+    @property
+    def is_canary(self) -> torch.Tensor:
+        """``[n]`` bool: the training example is a canary."""
+        flags = torch.zeros(self.n_train, dtype=torch.bool)
+        if self.canaries is not None:
+            flags[self.canaries.index] = True
+        return flags
 
     @property
     def fingerprint(self) -> str:
@@ -135,6 +151,7 @@ class Dataset:
                 "label": self.y_train.numpy(),
                 "original_label": self.y_train_original.numpy(),
                 "is_mislabeled": self.is_mislabeled.numpy(),
+                "is_canary": self.is_canary.numpy(),
             }
         )
         test = pd.DataFrame(
@@ -144,6 +161,7 @@ class Dataset:
                 "label": self.y_test.numpy(),
                 "original_label": self.y_test.numpy(),
                 "is_mislabeled": False,
+                "is_canary": False,
             }
         )
         frame = pd.concat([train, test], ignore_index=True)

@@ -14,7 +14,6 @@ The figures are estimates, within a small factor: they exist to refuse ``epochs:
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from mnemoscope.config import DatasetConfig, StudyConfig
-from mnemoscope.data import BUILTIN
+from mnemoscope.data import layout
 from mnemoscope.errors import UserError
 from mnemoscope.estimator import REGISTRY
 from mnemoscope.models import build_model
@@ -102,23 +101,19 @@ def _activations_per_example(module: nn.Module, input_shape: tuple[int, ...]) ->
     return total
 
 
-def split_sizes(n: int, test_fraction: float) -> tuple[int, int]:
-    """``(n_train, n_test)`` as the stratified split makes them (test rounded up)."""
-    n_test = math.ceil(test_fraction * n)
-    return n - n_test, n_test
-
-
 def expected_dataset(ds: DatasetConfig) -> DatasetInfo:
-    """A built-in dataset's sizes as its data stage will make them, without building it."""
-    spec = BUILTIN[ds.name]
-    n_train, n_test = split_sizes(spec.pool_size(ds.n_samples), ds.test_fraction)
+    """A dataset's sizes as its data stage will make them, without building it (a
+    dataset from files is read and checked, a built-in one is not generated)."""
+    shape = layout(
+        ds.name, test_fraction=ds.test_fraction, n_samples=ds.n_samples, source=ds.source
+    )
     return DatasetInfo(
-        kind=spec.kind,
-        input_shape=list(spec.input_shape),
-        n_classes=spec.n_classes,
-        n_train=n_train,
-        n_test=n_test,
-        n_mislabeled=round(ds.label_noise * n_train),
+        kind=shape.kind,
+        input_shape=list(shape.input_shape),
+        n_classes=shape.n_classes,
+        n_train=shape.n_train,
+        n_test=shape.n_test,
+        n_mislabeled=round(ds.label_noise * shape.n_train),
         label_noise=ds.label_noise,
         fingerprint="(not built)",
     )
@@ -140,7 +135,7 @@ def estimate_study(config: StudyConfig) -> Estimate:
         n_largest = max(n_largest, n_train)
         specs, _ = ensemble_specs(estimators, plan_context(cfg, n_train))
         for arch in cfg.archs:
-            module = build_model(arch, shape, info.n_classes)
+            module = build_model(arch, shape, info.n_classes, **cfg.arch_options.get(arch, {}))
             for estimator in estimators:
                 estimator.check_model(module)
             n_params = sum(p.numel() for p in module.parameters())

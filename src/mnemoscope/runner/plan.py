@@ -25,8 +25,10 @@ from typing import Any
 
 import torch
 
+from mnemoscope.analysis.influence_eval import lds_masks
 from mnemoscope.config import StudyConfig
 from mnemoscope.estimator import REGISTRY, Estimator, PlanContext
+from mnemoscope.models import arch_options, arch_source
 from mnemoscope.runner import stages as work
 from mnemoscope.store import DatasetInfo, RunDir, code_version, content_hash
 from mnemoscope.task import Task
@@ -187,6 +189,7 @@ class Planner:
         self.device = device
         self.plan = Plan(threads=config.executor.resolved_threads())
         self.table_parts: dict[str, list[str]] = {}
+        self.lds_parts: list[dict[str, str]] = []
         self.spec_files: dict[str, torch.Tensor] = {}
         """Masks of the planned ensembles by file: the runner writes them before training."""
         self.estimators: list[Estimator] = [
@@ -225,6 +228,8 @@ class Planner:
                 scores, influence = self._arch_stages(ds.name, info, arch, declared)
                 score_files += scores
                 influence_files += influence
+                if self.config.analysis.lds is not None:
+                    self.lds_parts.append(self._lds_stage(ds.name, info, arch))
         after = tuple(
             s.name for s in self.plan.stages if s.name.startswith(("scores/", "influence/"))
         )
@@ -255,9 +260,13 @@ class Planner:
             Stage(
                 name="analysis",
                 function=work.analyse,
-                args={"analysis": self.config.analysis.model_dump(), "seed": self.config.seed},
-                outputs=("correlations.parquet", "detection.parquet"),
-                after=("tables",),
+                args={
+                    "analysis": self.config.analysis.model_dump(),
+                    "seed": self.config.seed,
+                    "lds": self.lds_parts,
+                },
+                outputs=("correlations.parquet", "detection.parquet", "influence_eval.parquet"),
+                after=("tables", *(f"lds/{p['dataset']}/{p['arch']}" for p in self.lds_parts)),
                 code=("mnemoscope.analysis",),
             )
         )
@@ -353,6 +362,34 @@ class Planner:
                 influence_files.append(file)
         return score_files, influence_files
 
+    def _lds_stage(self, dataset: str, info: DatasetInfo, arch: str) -> dict[str, str]:
+        """Train the LDS subsets' models and measure the targets' margins under them."""
+        cfg, lds = self.config, self.config.analysis.lds
+        masks = lds_masks(lds.subsets, info.n_train, lds.fraction, derive_seed(cfg.seed, _MASKS))
+        spec = EnsembleSpec(torch.from_numpy(masks).repeat_interleave(lds.repeats, dim=0))
+        data = _dataset_args(self.run, dataset, info)
+        files, trained = self._train_stages(data, arch, spec)
+        file = self.run.lds_file(dataset, arch)
+        self.plan.add(
+            Stage(
+                name=f"lds/{dataset}/{arch}",
+                function=work.lds_margins,
+                args={
+                    "dataset": data,
+                    "arch": arch,
+                    "ensemble": files,
+                    "repeats": lds.repeats,
+                    "targets": cfg.targets.model_dump(),
+                    "device": self.device,
+                    "output": file,
+                },
+                outputs=(file,),
+                after=(f"data/{dataset}", *trained),
+                code=("mnemoscope.task", "mnemoscope.train"),
+            )
+        )
+        return {"dataset": dataset, "arch": arch, "file": file}
+
     def _train_stages(
         self, data: dict[str, Any], arch: str, spec: EnsembleSpec
     ) -> tuple[list[str], tuple[str, ...]]:
@@ -375,6 +412,8 @@ class Planner:
                     args={
                         "dataset": data,
                         "arch": arch,
+                        "arch_options": arch_options(arch, cfg.arch_options.get(arch, {})),
+                        "arch_source": arch_source(arch),
                         "spec": spec_file,
                         "trajectory": spec.trajectory,
                         "init": spec.init,

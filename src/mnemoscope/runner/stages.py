@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from safetensors.torch import load_file
 
 from mnemoscope.analysis import correlation_table, detection_table
+from mnemoscope.analysis.influence_eval import LdsData, influence_eval_table
 from mnemoscope.config import DatasetConfig
-from mnemoscope.data import Dataset, prepare
+from mnemoscope.data import Dataset, insert_canaries, prepare
 from mnemoscope.errors import ConfigError, UserError
 from mnemoscope.estimator import REGISTRY, Estimator
 from mnemoscope.report import render_report
@@ -28,15 +30,17 @@ from mnemoscope.store import (
     DETECTION,
     EXAMPLES,
     INFLUENCE,
+    INFLUENCE_EVAL,
     SCORES,
     TABLES,
     write_parquet,
     write_safetensors,
 )
 from mnemoscope.task import Task
-from mnemoscope.train import TrainConfig, TrainedEnsemble, train_ensemble
+from mnemoscope.train import TrainConfig, TrainedEnsemble, derive_seed, train_ensemble
 
 Args = dict[str, Any]
+_CANARIES = 5  # seed stream of the canaries (see runner.plan for the others)
 
 
 def load_dataset(root: Path, data: Args) -> Dataset:
@@ -86,7 +90,12 @@ def build_data(root: Path, args: Args, reporter: Reporter) -> Args:
         label_noise=ds.label_noise,
         test_fraction=ds.test_fraction,
         n_samples=ds.n_samples,
+        source=ds.source,
     )
+    if ds.canaries is not None:
+        c = ds.canaries
+        seed = derive_seed(args["seed"], _CANARIES)
+        dataset = insert_canaries(dataset, c.n, c.class_, seed, c.fraction, c.strength)
     write_safetensors(Path(root) / args["file"], dataset.tensors())
     return {
         "dataset": {
@@ -96,6 +105,7 @@ def build_data(root: Path, args: Args, reporter: Reporter) -> Args:
             "n_train": dataset.n_train,
             "n_test": dataset.n_test,
             "n_mislabeled": int(dataset.is_mislabeled.sum()),
+            "n_canaries": int(dataset.is_canary.sum()),
             "label_noise": ds.label_noise,
             "fingerprint": dataset.fingerprint,
         }
@@ -179,7 +189,7 @@ def score_estimator(root: Path, args: Args, reporter: Reporter) -> Args:
         estimator, dataset = _fitted(root, args)
         scores = estimator.score()
     # some estimators leave a few examples without a score (e.g. never held out)
-    require_finite(scores.score, "scores", allowed_nan=0.5)
+    require_finite(scores.score, "scores", allowed_nan=estimator.max_nan_fraction)
     frame = scores.frame(dataset.name, args["arch"], args["seed"])
     write_parquet(Path(root) / args["output"], frame, SCORES)
     for table, file in args.get("tables", {}).items():
@@ -188,16 +198,21 @@ def score_estimator(root: Path, args: Args, reporter: Reporter) -> Args:
     return {}
 
 
-def target_influence(root: Path, args: Args, reporter: Reporter) -> Args:
-    """Train×target influence of one attributor, block by block, as long-format rows."""
-    estimator, dataset = _fitted(root, args)
-    split, n = args["targets"]["split"], args["targets"]["n"]
+def _targets(dataset: Dataset, targets: Args) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Inputs, labels and ids of the config's targets: the first ``n`` of the split."""
+    split, n = targets["split"], targets["n"]
     x, y, ids = (
         (dataset.x_test, dataset.y_test, dataset.test_ids)
         if split == "test"
         else (dataset.x_train, dataset.y_train, dataset.train_ids)
     )
-    x, y, ids = x[:n], y[:n], ids[:n].numpy()
+    return x[:n], y[:n], ids[:n].numpy()
+
+
+def target_influence(root: Path, args: Args, reporter: Reporter) -> Args:
+    """Train×target influence of one attributor, block by block, as long-format rows."""
+    estimator, dataset = _fitted(root, args)
+    x, y, ids = _targets(dataset, args["targets"])
     train_ids = dataset.train_ids.numpy()
     parts = []
     label = f"influence {dataset.name}/{args['arch']}/{estimator.name} on {len(ids)} targets"
@@ -251,14 +266,58 @@ def analyse(root: Path, args: Args, reporter: Reporter) -> Args:
     cfg = args["analysis"]
     scores = pd.read_parquet(root / "scores.parquet")
     examples = pd.read_parquet(root / "examples.parquet")
+    influence = pd.read_parquet(root / "influence.parquet")
+    lds_data = {
+        (part["dataset"], part["arch"]): _lds_data(root / part["file"])
+        for part in args.get("lds", [])
+    }
+    bootstrap = {"n_bootstrap": cfg["n_bootstrap"], "confidence": cfg["confidence"]}
     with reporter.task("analysis: bootstrap CIs", None):
-        correlations = correlation_table(
-            scores, n_bootstrap=cfg["n_bootstrap"], confidence=cfg["confidence"], seed=args["seed"]
-        )
+        correlations = correlation_table(scores, **bootstrap, seed=args["seed"])
         detection = detection_table(scores, examples)
+        evaluation = influence_eval_table(
+            scores,
+            examples,
+            influence if not influence.empty else None,
+            lds_data,
+            **bootstrap,
+            seed=args["seed"],
+        )
     write_parquet(root / "correlations.parquet", correlations, CORRELATIONS)
     write_parquet(root / "detection.parquet", detection, DETECTION)
+    write_parquet(root / "influence_eval.parquet", evaluation, INFLUENCE_EVAL)
     return {}
+
+
+def _lds_data(path: Path) -> LdsData:
+    tensors = load_file(str(path))
+    return LdsData(
+        **{k: tensors[k].numpy() for k in ("masks", "measured", "train_ids", "target_ids")}
+    )
+
+
+def lds_margins(root: Path, args: Args, reporter: Reporter) -> Args:
+    """The LDS ground truth of one (dataset, arch): each target's margin under the models
+    trained on each LDS subset, averaged over the ``repeats`` models of a subset."""
+    dataset = load_dataset(root, args["dataset"])
+    (trained,) = load_ensembles(root, {"lds": args["ensemble"]}).values()
+    x, y, ids = _targets(dataset, args["targets"])
+    with reporter.task(f"lds {dataset.name}/{args['arch']}: margins of {len(ids)} targets", None):
+        logits = trained.logits(x, args["device"]).cpu().double()  # [K, n_t, C]
+        margins = Task.measure(logits, y.expand(logits.shape[0], -1), "margin")
+    repeats = args["repeats"]
+    measured = margins.view(-1, repeats, len(ids)).mean(1)  # rows j·R + r: subset j, model r
+    masks = trained.masks.view(-1, repeats, dataset.n_train)[:, 0]
+    write_safetensors(
+        Path(root) / args["output"],
+        {
+            "masks": masks.contiguous(),
+            "measured": measured.contiguous(),
+            "train_ids": dataset.train_ids,
+            "target_ids": torch.as_tensor(ids),
+        },
+    )
+    return {"subsets": int(masks.shape[0]), "targets": len(ids)}
 
 
 def render(root: Path, args: Args, reporter: Reporter) -> Args:

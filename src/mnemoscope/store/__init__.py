@@ -17,6 +17,7 @@ from mnemoscope.store.tables import (
     DETECTION,
     EXAMPLES,
     INFLUENCE,
+    INFLUENCE_EVAL,
     SCORES,
     TABLES,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "DETECTION",
     "EXAMPLES",
     "INFLUENCE",
+    "INFLUENCE_EVAL",
     "SCORES",
     "TABLES",
     "DatasetInfo",

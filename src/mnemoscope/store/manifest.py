@@ -24,6 +24,7 @@ class DatasetInfo(BaseModel):
     n_train: int
     n_test: int
     n_mislabeled: int
+    n_canaries: int = 0
     label_noise: float
     fingerprint: str
     """SHA-256 of the dataset's tensors."""

@@ -154,6 +154,10 @@ class RunDir:
         """One estimator's rows of a table other than ``scores`` (e.g. ``attacks``)."""
         return f"parts/{safe_name(table)}/{safe_name(dataset, arch, method)}.parquet"
 
+    def lds_file(self, dataset: str, arch: str) -> str:
+        """Subsets and measured target margins of the LDS of one (dataset, arch)."""
+        return f"parts/lds/{safe_name(dataset, arch)}.safetensors"
+
     def influence_file(self, dataset: str, arch: str, method: str) -> str:
         return f"parts/influence/{safe_name(dataset, arch, method)}.parquet"
 

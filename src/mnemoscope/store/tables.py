@@ -17,6 +17,7 @@ EXAMPLES = pa.schema(
         ("label", pa.int64()),  # the label the models were trained on (after noise)
         ("original_label", pa.int64()),
         ("is_mislabeled", pa.bool_()),
+        ("is_canary", pa.bool_()),  # a planted canary (a unique feature and label)
     ]
 )
 
@@ -95,6 +96,21 @@ SCORE_PARTS = pa.schema(
     ]
 )
 
+INFLUENCE_EVAL = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("arch", pa.string()),
+        ("method", pa.string()),
+        # 'loo_pearson' | 'loo_spearman' (self-influence vs loo), 'loo_target_pearson' |
+        # 'loo_target_spearman' (train×target vs loo), 'lds', 'mislabel_auc'
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+    ]
+)
+"""Columns of ``influence_eval.parquet``, one row per (dataset, arch, method, metric)."""
+
 TABLES: dict[str, pa.Schema] = {
     "examples": EXAMPLES,
     "scores": SCORES,
@@ -103,6 +119,7 @@ TABLES: dict[str, pa.Schema] = {
     "influence": INFLUENCE,
     "attacks": ATTACKS,
     "score_parts": SCORE_PARTS,
+    "influence_eval": INFLUENCE_EVAL,
 }
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -60,6 +61,7 @@ class TrainedEnsemble:
         train_logits: ``[K, n, C]`` final logits on every training example, seen or not.
         test_logits: ``[K, n_test, C]`` final logits on the test split.
         checkpoints: parameters saved during training, oldest first.
+        arch_options: the options the architecture was built with (``arch_options``).
     """
 
     arch: str
@@ -72,6 +74,7 @@ class TrainedEnsemble:
     train_logits: torch.Tensor
     test_logits: torch.Tensor
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    arch_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_models(self) -> int:
@@ -100,7 +103,14 @@ class TrainedEnsemble:
 
     def module(self) -> nn.Module:
         """A module of this architecture to ``functional_call`` with these parameters."""
-        return build_model(self.arch, self.input_shape, self.n_classes)
+        return build_model(self.arch, self.input_shape, self.n_classes, **self.arch_options)
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+        """``x [N, ...]`` → ``[K, N, C]`` logits of the K final models on ``device`` (one
+        vmapped forward pass per batch of inputs, as the trainer's final evaluation)."""
+        params = {k: v.to(device) for k, v in self.params.items()}
+        return _models_logits(self.module().to("meta"), params, x.to(device))
 
     def save(self, path: Path) -> Path:
         """Write everything to one safetensors file, atomically."""
@@ -116,6 +126,7 @@ class TrainedEnsemble:
         )
         meta = {
             "arch": self.arch,
+            "arch_options": self.arch_options,
             "input_shape": list(self.input_shape),
             "n_classes": self.n_classes,
             "checkpoints": [{"epoch": c.epoch, "lr": c.lr} for c in self.checkpoints],
@@ -144,6 +155,7 @@ class TrainedEnsemble:
         ]
         return cls(
             arch=meta["arch"],
+            arch_options=meta.get("arch_options", {}),  # absent from files of older versions
             input_shape=tuple(meta["input_shape"]),
             n_classes=meta["n_classes"],
             params=group("params."),
@@ -157,15 +169,21 @@ class TrainedEnsemble:
 
 
 def init_module(
-    arch: str, input_shape: tuple[int, ...], n_classes: int, seed: int, k: int
+    arch: str,
+    input_shape: tuple[int, ...],
+    n_classes: int,
+    seed: int,
+    k: int,
+    options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
-    """Model k's initial weights: drawn under a seed derived from ``(seed, k)``.
+    """Model k's initial weights: drawn under a seed derived from ``(seed, k)``;
+    ``options``: the architecture's options.
 
     The global RNG is forked, so the caller's random state is left as it was.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, 0x1417, k))
-        return build_model(arch, input_shape, n_classes)
+        return build_model(arch, input_shape, n_classes, **(options or {}))
 
 
 def epoch_orders(
@@ -246,12 +264,22 @@ class _Stack:
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor) -> torch.Tensor:
         """``x [N, ...]`` shared by all models → logits ``[K, N, C]``."""
-        n_models = next(iter(self.params.values())).shape[0]
-        # An expanded (batched) input rather than in_dims=None: GroupNorm has no vmap
-        # rule for an unbatched input.
-        return torch.cat(
-            [self.forward(xb.expand(n_models, *xb.shape)) for xb in x.split(EVAL_BATCH)], dim=1
-        )
+        return _models_logits(self.template, self.params, x)
+
+
+def _models_logits(template: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
+    """Stacked ``params`` (each ``[K, ...]``) on ``x [N, ...]`` shared by all models →
+    ``[K, N, C]``, ``EVAL_BATCH`` inputs at a time."""
+    n_models = next(iter(params.values())).shape[0]
+
+    def one(p: Params, xb: torch.Tensor) -> torch.Tensor:
+        return functional_call(template, p, (xb,))
+
+    # An expanded (batched) input rather than in_dims=None: GroupNorm has no vmap
+    # rule for an unbatched input.
+    return torch.cat(
+        [vmap(one)(params, xb.expand(n_models, *xb.shape)) for xb in x.split(EVAL_BATCH)], dim=1
+    )
 
 
 def _snapshot(params: Params) -> Params:
@@ -272,6 +300,7 @@ def train_ensemble(
     models: Sequence[int] | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
+    arch_options: Mapping[str, Any] | None = None,
 ) -> TrainedEnsemble:
     """Train models of ``arch``, model k on ``masks[k]``: all K, or the rows ``models``.
 
@@ -283,6 +312,7 @@ def train_ensemble(
     run's cache key. ``checkpoint_epochs`` (1-based) says after which epochs to keep
     the parameters; ``keep_initial`` also keeps them before training, as epoch 0.
     ``progress(m)`` is called after each epoch with m models done with that epoch.
+    ``arch_options`` are passed to :func:`~mnemoscope.models.build_model`.
 
     Cost: ``K · epochs · |subset|`` forward/backward passes, then ``K · (n + n_test)``
     forward passes for the final logits. The per-presentation loss and correctness
@@ -319,6 +349,7 @@ def train_ensemble(
                 device,
                 (x_train, y_train, x_test),
                 progress,
+                dict(arch_options or {}),
             )
         )
     return _concatenate(parts)
@@ -336,12 +367,18 @@ def _train_chunk(
     device: torch.device,
     data: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     progress: Callable[[int], None] | None,
+    arch_options: dict[str, Any],
 ) -> TrainedEnsemble:
     init, order = sharing
     x_train, y_train, x_test = data
     modules = [
         init_module(
-            arch, dataset.input_shape, dataset.n_classes, seed, 0 if init == "shared" else k
+            arch,
+            dataset.input_shape,
+            dataset.n_classes,
+            seed,
+            0 if init == "shared" else k,
+            arch_options,
         )
         for k in ks
     ]
@@ -389,6 +426,7 @@ def _train_chunk(
         train_logits=stack.evaluate(x_train).cpu(),
         test_logits=stack.evaluate(x_test).cpu(),
         checkpoints=checkpoints,
+        arch_options=arch_options,
     )
 
 
@@ -412,4 +450,5 @@ def _concatenate(parts: list[TrainedEnsemble]) -> TrainedEnsemble:
             Checkpoint(c.epoch, c.lr, cat_params([p.checkpoints[i].params for p in parts]))
             for i, c in enumerate(first.checkpoints)
         ],
+        arch_options=first.arch_options,
     )

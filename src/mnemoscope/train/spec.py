@@ -35,6 +35,11 @@ class EnsembleSpec:
             model's mask, so a model trained without example i sees the others in the
             same order as a model trained on everything (what leave-one-out needs).
         keep_initial: keep the parameters before the first step (as checkpoint epoch 0).
+        stream: which of several independent replicates of the same masks, init and
+            order sharing this is (0 for the first). A non-zero stream enters the
+            trajectory digest, from which the runner derives the training seed, so each
+            stream draws its own (shared) initialisation and data order; stream 0 leaves
+            the digest as it was before streams existed.
     """
 
     masks: torch.Tensor
@@ -42,6 +47,7 @@ class EnsembleSpec:
     init: Sharing = "per_model"
     order: Sharing = "per_model"
     keep_initial: bool = False
+    stream: int = 0
     _digest: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -50,6 +56,8 @@ class EnsembleSpec:
             raise ValueError(f"masks must be [K, n] with K, n >= 1, got {tuple(masks.shape)}")
         if self.init not in ("per_model", "shared") or self.order not in ("per_model", "shared"):
             raise ValueError("init and order must each be 'per_model' or 'shared'")
+        if isinstance(self.stream, bool) or not isinstance(self.stream, int) or self.stream < 0:
+            raise ValueError(f"stream must be an integer >= 0, got {self.stream!r}")
         epochs = tuple(sorted({int(e) for e in self.checkpoint_epochs}))
         if any(e < 1 for e in epochs):
             raise ValueError(f"checkpoint epochs are 1-based, got {list(epochs)}")
@@ -57,6 +65,8 @@ class EnsembleSpec:
         object.__setattr__(self, "checkpoint_epochs", epochs)
         digest = hashlib.sha256(masks.to(torch.uint8).numpy().tobytes())
         digest.update(f"{tuple(masks.shape)}|{self.init}|{self.order}".encode())
+        if self.stream:
+            digest.update(f"|stream={self.stream}".encode())
         object.__setattr__(self, "_digest", digest.hexdigest())
 
     @classmethod
@@ -70,7 +80,7 @@ class EnsembleSpec:
 
     @property
     def trajectory(self) -> str:
-        """SHA-256 of what determines the training runs: masks, init and order.
+        """SHA-256 of what determines the training runs: masks, init, order and stream.
 
         Specs with equal trajectories are trained once; the checkpoints they keep
         are merged (:func:`merge_specs`).
@@ -89,11 +99,12 @@ def merge_specs(specs: Iterable[EnsembleSpec]) -> EnsembleSpec:
     specs = list(specs)
     first = specs[0]
     if any(s.trajectory != first.trajectory for s in specs):
-        raise ValueError("only specs with the same masks, init and order can be merged")
+        raise ValueError("only specs with the same masks, init, order and stream can be merged")
     return EnsembleSpec(
         first.masks,
         tuple(sorted({e for s in specs for e in s.checkpoint_epochs})),
         first.init,
         first.order,
         any(s.keep_initial for s in specs),
+        first.stream,
     )
