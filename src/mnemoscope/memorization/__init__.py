@@ -1,6 +1,7 @@
 """Memorization and leakage estimators (registered by name)."""
 
 from mnemoscope.memorization.base import MemorizationEstimator
+from mnemoscope.memorization.canary import Canary, CanaryConfig
 from mnemoscope.memorization.counterfactual import Counterfactual, CounterfactualConfig
 from mnemoscope.memorization.dynamics import (
     CumulativeSampleLoss,
@@ -10,9 +11,17 @@ from mnemoscope.memorization.dynamics import (
 )
 from mnemoscope.memorization.feldman_zhang import FeldmanZhang, FeldmanZhangConfig
 from mnemoscope.memorization.lira import Lira, LiraConfig, LossAttack, LossAttackConfig
+from mnemoscope.memorization.sample_info import (
+    SampleInfoConfig,
+    SampleInfoFunction,
+    SampleInfoFunctionConfig,
+    SampleInfoWeights,
+)
 from mnemoscope.memorization.sign import SignMemorization, SignMemorizationConfig
 
 __all__ = [
+    "Canary",
+    "CanaryConfig",
     "Counterfactual",
     "CounterfactualConfig",
     "CumulativeSampleLoss",
@@ -28,4 +37,8 @@ __all__ = [
     "NegativeMargin",
     "SignMemorization",
     "SignMemorizationConfig",
+    "SampleInfoConfig",
+    "SampleInfoFunction",
+    "SampleInfoFunctionConfig",
+    "SampleInfoWeights",
 ]
