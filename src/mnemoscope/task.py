@@ -65,7 +65,9 @@ class Task:
         if kind == "probability":
             return torch.softmax(logits, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
         if kind == "margin":
-            others = logits.masked_fill(F.one_hot(y, logits.shape[-1]).bool(), float("-inf"))
+            # a comparison, not F.one_hot: one_hot has no vmap rule (per-example gradients)
+            true_class = torch.arange(logits.shape[-1], device=logits.device) == y.unsqueeze(-1)
+            others = logits.masked_fill(true_class, float("-inf"))
             return true - others.amax(-1)
         raise ValueError(f"unknown measurement '{kind}'; known: loss, margin, probability")
 

@@ -55,6 +55,7 @@ def _write_dataset(run: Path, name: str, rng: np.random.Generator) -> pd.DataFra
             "label": labels,
             "original_label": original,
             "is_mislabeled": labels != original,
+            "is_canary": False,
         }
     )
     test = pd.DataFrame(
@@ -64,6 +65,7 @@ def _write_dataset(run: Path, name: str, rng: np.random.Generator) -> pd.DataFra
             "label": original,
             "original_label": original,
             "is_mislabeled": False,
+            "is_canary": False,
         }
     )
     return pd.concat([train, test], ignore_index=True).assign(dataset=name)

@@ -1,0 +1,405 @@
+"""Influence functions with an EK-FAC approximation of the Gauss–Newton matrix (``if_ekfac``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from mnemoscope.data import Dataset
+from mnemoscope.estimator import PlanContext, Scores, register
+from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
+from mnemoscope.influence.gradient_dot import GradDotConfig
+from mnemoscope.influence.gradients import per_example_grads, select_params
+from mnemoscope.task import Task
+from mnemoscope.train import EnsembleSpec
+
+if TYPE_CHECKING:
+    from typing import Self
+
+
+class EKFACConfig(GradDotConfig):
+    """``{method: if_ekfac, damping: 0.001, fisher: true, params: all}``; strict."""
+
+    method: Literal["if_ekfac"] = "if_ekfac"  # type: ignore[assignment]
+    damping: float = Field(1e-3, ge=0, le=1e6)
+    """Absolute damping λ added to every eigenvalue (the task's L2 coefficient is added on
+    top); not relative to the spectrum. At most 10⁶."""
+    fisher: Literal["true", "empirical"] = "true"
+    """'true': labels drawn from the model's predictive distribution (the Fisher equals the
+    Gauss–Newton matrix in expectation); 'empirical': the training labels."""
+    fisher_samples: int = Field(1, ge=1, le=1000)
+    """Labels drawn per training example for the true Fisher (ignored for 'empirical')."""
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    """Seed of the label draws."""
+
+    @field_validator("fisher", mode="before")
+    @classmethod
+    def _yaml_true(cls, value: Any) -> Any:
+        # YAML reads an unquoted `fisher: true` as the boolean
+        return "true" if value is True else value
+
+
+@dataclass(frozen=True)
+class KroneckerLayer:
+    """A Linear or Conv1d/Conv2d layer whose selected weight and/or bias share one
+    Kronecker-factored block.
+
+    Attributes:
+        name: the module's path in the model.
+        weight, bias: the selected parameter names (None: not selected or absent).
+        d_out: output features (channels).
+        d_in: input patch size (if the weight is selected) plus 1 (if the bias is).
+    """
+
+    name: str
+    module: nn.Module
+    weight: str | None
+    bias: str | None
+    d_out: int
+    d_in: int
+
+    @property
+    def size(self) -> int:
+        return self.d_out * self.d_in
+
+    def inputs(self, a: torch.Tensor) -> torch.Tensor:
+        """Layer input → ``[b, T, d_in]``: input patches per position, then a 1 for the bias."""
+        m, b = self.module, a.shape[0]
+        if isinstance(m, nn.Linear):
+            patches = a.reshape(b, -1, a.shape[-1])
+        elif isinstance(m, nn.Conv1d):
+            patches = F.unfold(
+                a.unsqueeze(2),
+                (1, m.kernel_size[0]),
+                dilation=(1, m.dilation[0]),
+                padding=(0, m.padding[0]),
+                stride=(1, m.stride[0]),
+            ).transpose(1, 2)
+        else:
+            patches = F.unfold(
+                a, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride
+            ).transpose(1, 2)
+        parts = [patches] if self.weight else []
+        if self.bias:
+            parts.append(patches.new_ones(*patches.shape[:2], 1))
+        return torch.cat(parts, 2)
+
+    def output_grads(self, delta: torch.Tensor) -> torch.Tensor:
+        """Gradient w.r.t. the layer output → ``[b, T, d_out]``."""
+        if isinstance(self.module, nn.Linear):
+            return delta.reshape(delta.shape[0], -1, delta.shape[-1])
+        return delta.flatten(2).transpose(1, 2)
+
+    def matrix(self, g: torch.Tensor) -> torch.Tensor:
+        """``[b, size]`` flat gradient (weight flattened, then bias) → ``[b, d_out, d_in]``."""
+        b, n_weight = g.shape[0], self.d_out * (self.d_in - (self.bias is not None))
+        parts = [g[:, :n_weight].reshape(b, self.d_out, -1)] if self.weight else []
+        if self.bias:
+            parts.append(g[:, n_weight:].reshape(b, self.d_out, 1))
+        return torch.cat(parts, 2)
+
+
+def _kronecker_layers(
+    module: nn.Module, params: dict[str, torch.Tensor], names: list[str], probe: torch.Tensor
+) -> tuple[list[KroneckerLayer], list[str]]:
+    """Split the selected parameters into Kronecker layers and the rest (generic path).
+
+    A Linear, or a Conv1d/Conv2d with ``groups=1``, numeric padding and zero padding mode,
+    gets a Kronecker block if its forward runs on ``probe`` (a layer whose parameters are
+    used without calling it, e.g. through ``F.linear``, would have no hooks fire)."""
+    called: set[str] = set()
+    handles = [
+        m.register_forward_hook(lambda *_, name=name: called.add(name))
+        for name, m in module.named_modules()
+    ]
+    try:
+        with torch.no_grad():
+            functional_call(module, params, (probe,))
+    finally:
+        for handle in handles:
+            handle.remove()
+    selected, layers = set(names), []
+    for path, m in module.named_modules():
+        prefix = f"{path}." if path else ""
+        conv = (
+            isinstance(m, nn.Conv1d | nn.Conv2d)
+            and m.groups == 1
+            and not isinstance(m.padding, str)
+            and m.padding_mode == "zeros"
+        )
+        if not (isinstance(m, nn.Linear) or conv) or path not in called:
+            continue
+        weight = f"{prefix}weight" if f"{prefix}weight" in selected else None
+        bias = f"{prefix}bias" if m.bias is not None and f"{prefix}bias" in selected else None
+        if weight or bias:
+            patch = m.weight[0].numel() if weight else 0
+            d_out = m.weight.shape[0]
+            layers.append(KroneckerLayer(path, m, weight, bias, d_out, patch + (bias is not None)))
+    covered = {p for layer in layers for p in (layer.weight, layer.bias) if p}
+    return layers, [name for name in names if name not in covered]
+
+
+@register
+class EKFAC(InfluenceEstimator):
+    """Influence functions with an eigenvalue-corrected Kronecker-factored Gauss–Newton.
+
+    ``I(i, z) = (1/n) ∇ℓ(z)ᵀ (G + (λ + l2) I)⁻¹ ∇ℓ(z_i)``: the first-order change of the
+    target's loss when training example i is removed (ε = −1/n in Koh & Liang 2017, eq. 2).
+    G is the Fisher of the mean training loss, ``(1/n) Σ_i E_ŷ[g_i(ŷ) g_i(ŷ)ᵀ]`` with
+    ``g_i(ŷ) = ∇ℓ((x_i, ŷ))`` and ŷ drawn from the model's predictive distribution (equal to
+    the Gauss–Newton matrix for softmax cross-entropy), or with ŷ = y_i (``fisher:
+    empirical``). λ is the config's absolute ``damping``, l2 the task's L2 coefficient (the
+    objective is mean loss + (l2/2)‖θ‖²). Self-influence is ``I(i, i)`` (≥ 0).
+
+    **Sign and normalisation.** Positive: removing z_i would raise the target's loss
+    (helpful), as for ``tracin``. Divided by n.
+
+    **Approximation.** G is block-diagonal across layers. For each Linear/Conv1d/Conv2d
+    layer with input patches ā (a 1 appended for the bias) and output gradients δ at
+    positions t (one position for Linear on vectors; output pixels for convolutions,
+    Grosse & Martens 2016), K-FAC factors ``A = (1/n) Σ_i Σ_t ā ā ᵀ`` and
+    ``S = (1/(n m)) Σ_{i,ŷ} (1/T) Σ_t δ δᵀ`` (m label draws per example) are
+    eigendecomposed, ``A = Q_A diag Q_Aᵀ``, ``S = Q_S diag Q_Sᵀ``; the EK-FAC eigenvalue
+    correction replaces the product of their eigenvalues by
+    ``Λ_kl = E[(Q_Sᵀ G_i Q_A)_kl²]``, the mean over examples and label draws of the squared
+    per-example gradient ``G_i = Σ_t δ_t ā_tᵀ`` in the Kronecker eigenbasis. Then
+    ``(G + λ')⁻¹ v = Q_S ((Q_Sᵀ V Q_A) / (Λ + λ')) Q_Aᵀ``. Every other parameter (GroupNorm,
+    LayerNorm, embeddings, grouped convolutions, parameters used outside a module's forward)
+    goes through a diagonal Fisher, ``Λ_j = E[g_ij²]``: EK-FAC with the identity basis.
+    Where ``Λ + λ'`` is 0 (no damping, no curvature) the direction is dropped.
+
+    **Cost.** Per label draw, one batched forward/backward pass (factors) and one
+    per-example gradient pass (correction); one eigendecomposition of each A and S
+    (``O(d_in³ + d_out³)`` per layer, ``d_in² + d_out²`` memory); then one per-example
+    gradient pass for self-influence, and one per target batch for train×target influence.
+
+    **References.** T. George, C. Laurent, X. Bouthillier, N. Ballas, P. Vincent, "Fast
+    Approximate Natural Gradient Descent in a Kronecker-factored Eigenbasis", NeurIPS 2018
+    (§3, the eigenvalue correction); R. Grosse, J. Bae, C. Anil et al., "Studying Large
+    Language Model Generalization with Influence Functions", 2023, §2.2.3 (EK-FAC for
+    influence; eqs. 20–21 by our reading, not re-checked against the paper's text);
+    R. Grosse and J. Martens, "A Kronecker-factored approximate Fisher matrix for
+    convolution layers", ICML 2016 (KFC).
+    """
+
+    name = "if_ekfac"
+    config_class = EKFACConfig
+    cost = "per label draw: one factor pass and one per-example gradient pass; eigh per layer"
+    reference = (
+        "George et al. 2018 (EK-FAC, §3); Grosse et al. 2023, 'Studying Large Language Model "
+        "Generalization with Influence Functions', §2.2.3, eqs. 20–21"
+    )
+    summary = "influence functions with an eigenvalue-corrected Kronecker-factored Gauss–Newton"
+    cache_fit = True
+    config: EKFACConfig
+
+    def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
+        return {"model": EnsembleSpec.single(context.n_train, [])}
+
+    def check_model(self, module: nn.Module) -> None:
+        select_params(module, self.config.params)
+
+    def _setup(self, ensembles, dataset: Dataset, task: Task, device) -> None:
+        self.device_ = torch.device(device)
+        self.task_, self.dataset_ = task, dataset
+        self.module_ = ensembles["model"].module().to(self.device_)
+        self.params_ = {k: v[0].to(self.device_) for k, v in ensembles["model"].params.items()}
+        names = select_params(self.module_, self.config.params)
+        probe = dataset.x_train[:1].to(self.device_)
+        self.layers_, self.generic_names_ = _kronecker_layers(
+            self.module_, self.params_, names, probe
+        )
+        self.order_ = [p for layer in self.layers_ for p in (layer.weight, layer.bias) if p]
+        self.order_ += self.generic_names_
+        self.n_coordinates_ = sum(self.params_[k].numel() for k in self.order_)
+
+    def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
+        self._setup(ensembles, dataset, task, device)
+        self.fisher_labels_ = self._fisher_labels()
+        self.factors_ = self._factors()
+        self.bases_ = {
+            name: (torch.linalg.eigh(a).eigenvectors, torch.linalg.eigh(s).eigenvectors)
+            for name, (a, s) in self.factors_.items()
+        }
+        self.eigenvalues_ = self._corrected_eigenvalues()
+        return self
+
+    def fitted_state(self) -> dict[str, torch.Tensor]:
+        state = {"eigenvalues": self.eigenvalues_, "fisher_labels": self.fisher_labels_}
+        for name in self.factors_:
+            (a, s), (q_a, q_s) = self.factors_[name], self.bases_[name]
+            state.update({f"A.{name}": a, f"S.{name}": s, f"Q_A.{name}": q_a, f"Q_S.{name}": q_s})
+        return state
+
+    def load_fitted(self, state, ensembles, dataset, task, device="cpu") -> Self:
+        self._setup(ensembles, dataset, task, device)
+        at = {k: v.to(self.device_) for k, v in state.items()}
+        names = [layer.name for layer in self.layers_]
+        self.factors_ = {n: (at[f"A.{n}"], at[f"S.{n}"]) for n in names}
+        self.bases_ = {n: (at[f"Q_A.{n}"], at[f"Q_S.{n}"]) for n in names}
+        self.eigenvalues_, self.fisher_labels_ = at["eigenvalues"], state["fisher_labels"]
+        return self
+
+    def _fisher_labels(self) -> torch.Tensor:
+        """``[n, m]`` labels the Fisher is estimated with: drawn from the model, or y_train."""
+        data = self.dataset_
+        if self.config.fisher == "empirical":
+            return data.y_train[:, None].clone()
+        with torch.no_grad():
+            probs = torch.cat(
+                [
+                    torch.softmax(
+                        functional_call(self.module_, self.params_, (x.to(self.device_),)), -1
+                    )
+                    for x in data.x_train.split(self.config.batch_size)
+                ]
+            )
+        generator = torch.Generator().manual_seed(self.config.seed)
+        return torch.multinomial(
+            probs.double().cpu(), self.config.fisher_samples, replacement=True, generator=generator
+        )
+
+    def _factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """K-FAC factors ``(A, S)`` of each Kronecker layer, from forward hooks (inputs and
+        outputs) and the gradients of the summed loss w.r.t. the outputs."""
+        layers, data, labels = self.layers_, self.dataset_, self.fisher_labels_
+        if not layers:
+            return {}
+        dtype = torch.float64
+        sums = {
+            layer.name: (
+                torch.zeros(layer.d_in, layer.d_in, dtype=dtype, device=self.device_),
+                torch.zeros(layer.d_out, layer.d_out, dtype=dtype, device=self.device_),
+            )
+            for layer in layers
+        }
+        seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+        def record(name: str):
+            return lambda _m, args, out: seen.setdefault(name, []).append((args[0], out))
+
+        handles = [layer.module.register_forward_hook(record(layer.name)) for layer in layers]
+        size = self.config.batch_size
+        try:
+            for start in range(0, data.n_train, size):
+                x = data.x_train[start : start + size].to(self.device_).requires_grad_(True)
+                seen.clear()
+                logits = functional_call(self.module_, self.params_, (x,))
+                outputs = [out for layer in layers for _, out in seen[layer.name]]
+                for r in range(labels.shape[1]):
+                    y = labels[start : start + size, r].to(self.device_)
+                    grads = torch.autograd.grad(
+                        self.task_.loss(logits, y).sum(),
+                        outputs,
+                        retain_graph=True,
+                        allow_unused=True,
+                    )
+                    at = 0
+                    for layer in layers:
+                        calls = seen[layer.name]
+                        deltas = [
+                            layer.output_grads(torch.zeros_like(out) if g is None else g)
+                            for g, (_, out) in zip(grads[at : at + len(calls)], calls)
+                        ]
+                        at += len(calls)
+                        delta = torch.cat(deltas, 1).to(dtype)
+                        sums[layer.name][1].add_(
+                            torch.einsum("bto,btp->op", delta, delta) / delta.shape[1]
+                        )
+                        if r == 0:
+                            a = torch.cat([layer.inputs(inp.detach()) for inp, _ in calls], 1).to(
+                                dtype
+                            )
+                            sums[layer.name][0].add_(torch.einsum("btd,bte->de", a, a))
+        finally:
+            for handle in handles:
+                handle.remove()
+        n, m = data.n_train, labels.shape[1]
+        return {name: (a / n, s / (n * m)) for name, (a, s) in sums.items()}
+
+    def _coordinates(self, g: torch.Tensor) -> torch.Tensor:
+        """``[b, P]`` gradients (in ``order_``) → ``[b, P]`` float64 coordinates in the
+        eigenbasis: ``Q_Sᵀ G Q_A`` for each Kronecker layer, then the generic ones as they are."""
+        g = g.to(torch.float64)
+        parts, at = [], 0
+        for layer in self.layers_:
+            q_a, q_s = self.bases_[layer.name]
+            block = layer.matrix(g[:, at : at + layer.size])
+            parts.append(torch.einsum("ok,boi,il->bkl", q_s, block, q_a).flatten(1))
+            at += layer.size
+        parts.append(g[:, at:])
+        return torch.cat(parts, 1)
+
+    def _gradients(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[torch.Tensor]:
+        return per_example_grads(
+            self.module_,
+            self.params_,
+            x.to(self.device_),
+            y.to(self.device_),
+            self.order_,
+            self.config.batch_size,
+            self.task_,
+        )
+
+    def _corrected_eigenvalues(self) -> torch.Tensor:
+        """``[P]``: mean over examples and label draws of the squared eigen-coordinates."""
+        labels = self.fisher_labels_
+        total = torch.zeros(self.n_coordinates_, dtype=torch.float64, device=self.device_)
+        for r in range(labels.shape[1]):
+            for g in self._gradients(self.dataset_.x_train, labels[:, r]):
+                total += (self._coordinates(g) ** 2).sum(0)
+        return total / (self.n_train_ * labels.shape[1])
+
+    def corrected_eigenvalues(self) -> dict[str, torch.Tensor]:
+        """The fitted Λ: ``[d_out, d_in]`` per Kronecker layer (by module path), and the
+        diagonal Fisher, shaped like the parameter, per generic parameter (by name)."""
+        out, at = {}, 0
+        for layer in self.layers_:
+            out[layer.name] = self.eigenvalues_[at : at + layer.size].view(layer.d_out, layer.d_in)
+            at += layer.size
+        for name in self.generic_names_:
+            shape = self.module_.get_parameter(name).shape
+            out[name] = self.eigenvalues_[at : at + shape.numel()].view(shape)
+            at += shape.numel()
+        return out
+
+    def _inverse_curvature(self) -> torch.Tensor:
+        """``[P]`` ``1/(Λ + λ + l2)``, 0 where that sum is 0."""
+        total = self.eigenvalues_ + self.config.damping + self.task_.l2
+        return torch.where(total > 0, 1 / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)
+
+    def self_influence(self) -> Scores:
+        data, inverse = self.dataset_, self._inverse_curvature()
+        values = [
+            ((self._coordinates(g) ** 2) @ inverse).cpu()
+            for g in self._gradients(data.x_train, data.y_train)
+        ]
+        score = torch.cat(values) / data.n_train
+        return Scores(self.name, self.family, data.train_ids.numpy(), score.numpy())
+
+    def influence(
+        self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET
+    ) -> Iterator[InfluenceBlock]:
+        """Blocks of ``[batch_size, b_t]``: targets preconditioned ``b_t`` at a time, with
+        ``b_t`` the most whose float32 gradients and two float64 copies fit half of
+        ``memory_budget`` (at least one), against training gradients a batch at a time."""
+        data, inverse = self.dataset_, self._inverse_curvature()
+        per_target = 20 * len(inverse)
+        width = max(1, min(len(y_target), memory_budget // 2 // per_target))
+        for start in range(0, len(y_target), width):
+            targets = slice(start, min(start + width, len(y_target)))
+            grads = self._gradients(x_target[targets], y_target[targets])
+            preconditioned = torch.cat([self._coordinates(g) for g in grads]) * inverse
+            row = 0
+            for g in self._gradients(data.x_train, data.y_train):
+                values = self._coordinates(g) @ preconditioned.T / data.n_train
+                rows = slice(row, row + values.shape[0])
+                row = rows.stop
+                yield InfluenceBlock(rows, targets, values.cpu())

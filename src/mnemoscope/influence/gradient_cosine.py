@@ -1,0 +1,116 @@
+"""Cosine similarity of final-model loss gradients (the ``grad_cos`` baseline)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch.nn import functional as F
+
+from mnemoscope.data import Dataset
+from mnemoscope.estimator import PlanContext, Scores, register
+from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
+from mnemoscope.influence.gradient_dot import GradDotConfig
+from mnemoscope.influence.gradients import per_example_grads, select_params
+from mnemoscope.task import Task
+from mnemoscope.train import EnsembleSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Self
+
+
+class GradCosConfig(GradDotConfig):
+    method: Literal["grad_cos"] = "grad_cos"  # type: ignore[assignment]
+
+
+@register
+class GradCos(InfluenceEstimator):
+    """Cosine of final-model loss gradients (a baseline of dattri; Hammoudeh & Lowd 2024).
+
+    ``τ(z_i, z_t) = cos(∇ℓ(z_i; θ_T), ∇ℓ(z_t; θ_T))``, in ``[−1, 1]``: the direction of
+    ``grad_dot`` without its magnitude. Positive: a gradient step on i lowers the
+    target's loss, so removing i would hurt it (to first order). A zero gradient
+    (an example fitted to machine precision) has cosine 0 with everything.
+
+    Self-influence: the cosine of a gradient with itself is 1 for every example and
+    says nothing, so the per-example score is instead one minus i's mean cosine
+    influence on the *other* training examples of its own class,
+    ``s_i = 1 − mean_{j ≠ i, y_j = y_i} cos(∇ℓ(z_i), ∇ℓ(z_j))`` in ``[0, 2]`` (one minus
+    the mean of the same-class, off-diagonal entries of the train×train ``influence``).
+    Near 0: i pulls the model the way its classmates do (typical, helpful to them);
+    high: i's gradient fights its class (mislabeled or atypical examples), so higher =
+    more memorized-like, as for every score of the package. NaN for an example alone
+    in its class. Not divided by n beyond the mean.
+
+    Cost: ``influence``: one per-example gradient per training example and target, as
+    ``grad_dot``. Self-influence: two gradient passes over the training set (one to sum
+    each class's unit gradients, one to project each example on its class sum), memory
+    O(P) for one class sum at a time.
+    """
+
+    name = "grad_cos"
+    config_class = GradCosConfig
+    cost = "2n per-example gradients at the final model"
+    reference = "gradient-similarity baseline (dattri; Hammoudeh & Lowd 2024 survey)"
+    summary = "gradient cosine at the final model; per example: 1 − mean cosine with its class"
+    config: GradCosConfig
+
+    def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
+        return {"model": EnsembleSpec.single(context.n_train)}
+
+    def check_model(self, module) -> None:
+        select_params(module, self.config.params)
+
+    def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
+        model = ensembles["model"]
+        self.device_ = torch.device(device)
+        self.task_ = task
+        self.dataset_ = dataset
+        self.module_ = model.module().to(self.device_)
+        self.names_ = select_params(self.module_, self.config.params)
+        self.params_ = {k: v[0].to(self.device_) for k, v in model.params.items()}
+        return self
+
+    def _unit_grads(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[torch.Tensor]:
+        """``[b, P]`` float64 loss gradients scaled to unit length (zero stays zero)."""
+        for g in per_example_grads(
+            self.module_,
+            self.params_,
+            x.to(self.device_),
+            y.to(self.device_),
+            self.names_,
+            self.config.batch_size,
+            self.task_,
+        ):
+            yield F.normalize(g.double(), dim=1)
+
+    def influence(self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET):
+        """Blocks of ``[batch_size, b_t]``, with ``b_t`` targets' unit gradients filling at
+        most half of ``memory_budget`` (at least one target)."""
+        data = self.dataset_
+        n_params = sum(self.module_.get_parameter(k).numel() for k in self.names_)
+        width = max(1, min(len(y_target), memory_budget // 2 // (8 * n_params)))
+        for start in range(0, len(y_target), width):
+            targets = slice(start, min(start + width, len(y_target)))
+            g_target = torch.cat(list(self._unit_grads(x_target[targets], y_target[targets])))
+            row = 0
+            for g in self._unit_grads(data.x_train, data.y_train):
+                rows = slice(row, row + g.shape[0])
+                row = rows.stop
+                yield InfluenceBlock(rows, targets, (g @ g_target.T).cpu())
+
+    def self_influence(self) -> Scores:
+        """One minus the mean cosine with the other examples of the same class."""
+        data = self.dataset_
+        score = torch.full((data.n_train,), float("nan"), dtype=torch.float64)
+        for label in data.y_train.unique():
+            members = (data.y_train == label).nonzero().flatten()
+            if len(members) < 2:
+                continue
+            x, y = data.x_train[members], data.y_train[members]
+            total = sum(g.sum(0) for g in self._unit_grads(x, y))
+            # ĝ_i · Σ_j ĝ_j − ĝ_i · ĝ_i: the cosines with the others only
+            own = torch.cat([g @ total - (g * g).sum(1) for g in self._unit_grads(x, y)])
+            score[members] = 1 - own.cpu() / (len(members) - 1)
+        return Scores(self.name, self.family, data.train_ids.numpy(), score.numpy())
