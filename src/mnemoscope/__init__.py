@@ -8,3 +8,25 @@ executes the stages and ``report`` draws the HTML report.
 """
 
 __version__ = "0.1.0"
+
+_API = (
+    "Results",
+    "StudyConfig",
+    "load_config",
+    "open_run",
+    "parse_config",
+    "plan",
+    "register_arch",
+    "register_dataset",
+    "run",
+)
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    """The Python API (:mod:`mnemoscope.api`), imported on first use: ``mnemoscope.run``."""
+    if name in _API:
+        from mnemoscope import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'mnemoscope' has no attribute '{name}'")

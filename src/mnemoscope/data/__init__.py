@@ -1,7 +1,7 @@
 """Datasets: built-in pools or the user's files, splits, label noise, provenance (knows
 nothing of models)."""
 
-from mnemoscope.data.builtin import BUILTIN, BuiltinDataset
+from mnemoscope.data.builtin import BUILTIN, BuiltinDataset, register_dataset
 from mnemoscope.data.canaries import Canaries, insert_canaries
 from mnemoscope.data.dataset import Dataset, Kind
 from mnemoscope.data.files import FORMATS, FileSource, load_pool, source_digest
@@ -21,5 +21,6 @@ __all__ = [
     "layout",
     "load_pool",
     "prepare",
+    "register_dataset",
     "source_digest",
 ]

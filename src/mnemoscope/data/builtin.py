@@ -31,6 +31,7 @@ class BuiltinDataset:
     load: Callable[[int | None, int], Pool]  # (n_samples, seed) -> pool
     input_shape: tuple[int, ...] = ()
     fixed_size: int | None = None  # the pool size of a dataset that is not generated
+    digest: str = ""  # a registered dataset's content hash (part of the data stage's key)
 
     def pool_size(self, n_samples: int | None) -> int:
         """Examples in the pool :func:`~mnemoscope.data.prepare` splits (before any split)."""
@@ -152,3 +153,91 @@ BUILTIN: dict[str, BuiltinDataset] = {
         ),
     )
 }
+
+
+def _kind(shape: tuple[int, ...]) -> Kind:
+    return {3: "image", 2: "sequence", 1: "tabular"}[len(shape)]
+
+
+def register_dataset(name: str, data, *, description: str = "user dataset") -> BuiltinDataset:
+    """Make the user's data known as ``name`` (to the config, ``mnemoscope datasets`` and
+    runs), like a built-in dataset: split, label noise and scaling are applied by
+    :func:`~mnemoscope.data.prepare` (tables are standardised, images and sequences kept).
+
+    ``data``: a pair ``(x, y)`` of arrays or tensors (``x [N, d]`` table, ``[N, C, L]``
+    sequences or ``[N, C, H, W]`` images; ``y [N]`` integer labels ``0..K−1``), or a
+    ``torch.utils.data.Dataset`` whose items are ``(x, y)`` pairs (read once, here). The
+    arrays are checked (finite, shapes, labels, at least two examples per class) and
+    hashed: the hash is part of the data stage's cache key, so new data rebuilds. With
+    ``executor: {kind: ray}``, register the dataset in a module the workers import too.
+    """
+    import hashlib
+    import re
+
+    import torch
+
+    from mnemoscope.errors import ConfigError
+
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", name):
+        raise ConfigError(
+            f"dataset name {name!r}: expected a letter then up to 63 letters, digits, '_.-'"
+        )
+    if name in BUILTIN and not BUILTIN[name].digest:
+        raise ConfigError(
+            f"dataset '{name}' is built in and cannot be replaced; choose another name"
+        )
+    if isinstance(data, torch.utils.data.Dataset):
+        try:
+            items = [data[i] for i in range(len(data))]
+            x = np.stack([np.asarray(item[0], dtype=np.float32) for item in items])
+            y = np.asarray([int(item[1]) for item in items])
+        except Exception as error:  # any user dataset
+            raise DataError(
+                f"dataset '{name}': could not read (x, y) items ({type(error).__name__}: {error})"
+            ) from None
+    elif isinstance(data, tuple | list) and len(data) == 2:
+        x, y = (np.asarray(part.numpy() if hasattr(part, "numpy") else part) for part in data)
+    else:
+        raise ConfigError(
+            f"dataset '{name}': expected (x, y) arrays or a torch Dataset of (x, y) items, "
+            f"got {type(data).__name__}"
+        )
+    where = f"dataset '{name}'"
+    if x.ndim not in (2, 3, 4) or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+        raise DataError(
+            f"{where}: expected x [N, d], [N, C, L] or [N, C, H, W] and y [N], got "
+            f"{list(x.shape)} and {list(y.shape)}"
+        )
+    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x.astype(np.float64)).all():
+        raise DataError(f"{where}: x must be finite numbers")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.issubdtype(y.dtype, np.floating) or not np.all(y == np.round(y)):
+            raise DataError(f"{where}: labels must be integers 0..K-1")
+    y = y.astype(np.int64)
+    classes = int(y.max()) + 1
+    counts = np.bincount(y, minlength=classes) if y.min() >= 0 else None
+    if counts is None or (counts == 0).any():
+        raise DataError(f"{where}: labels must be integers 0..K-1, each used at least once")
+    if counts.min() < 2:
+        raise DataError(f"{where}: class {int(counts.argmin())} has only one example")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    digest = hashlib.sha256(x.tobytes())
+    digest.update(f"|{x.shape}|".encode())
+    digest.update(y.tobytes())
+
+    def load(n_samples: int | None, seed: int) -> Pool:
+        return x, y
+
+    spec = BuiltinDataset(
+        name,
+        _kind(tuple(x.shape[1:])),
+        classes,
+        None,
+        description,
+        load,
+        tuple(int(s) for s in x.shape[1:]),
+        len(y),
+        digest.hexdigest(),
+    )
+    BUILTIN[name] = spec
+    return spec

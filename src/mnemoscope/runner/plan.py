@@ -27,6 +27,7 @@ import torch
 
 from mnemoscope.analysis.influence_eval import lds_masks
 from mnemoscope.config import StudyConfig
+from mnemoscope.data import BUILTIN
 from mnemoscope.estimator import REGISTRY, Estimator, PlanContext
 from mnemoscope.models import arch_options, arch_source
 from mnemoscope.runner import stages as work
@@ -180,6 +181,10 @@ def _dataset_args(run: RunDir, name: str, info: DatasetInfo) -> dict[str, Any]:
     }
 
 
+def _registered(ds) -> bool:
+    return ds.path is None and ds.name in BUILTIN and bool(BUILTIN[ds.name].digest)
+
+
 class Planner:
     """Turns a config (and, once they exist, its datasets) into stages."""
 
@@ -207,6 +212,8 @@ class Planner:
                         "dataset": ds.model_dump(),
                         "seed": self.config.seed,
                         "file": self.run.data_file(ds.name),
+                        # a registered dataset's content: new data, new key
+                        **({"registered": BUILTIN[ds.name].digest} if _registered(ds) else {}),
                     },
                     outputs=(self.run.data_file(ds.name),),
                     code=("mnemoscope.data",),

@@ -11,6 +11,7 @@ manifest is written only here, by the process driving the run.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,18 +79,25 @@ class Study:
         refuse_if_too_big(estimate)
         return estimate
 
-    def dry_run(self) -> list[str]:
-        """The plan and the estimate, as lines; nothing is built or written."""
-        estimate = self.estimate()
+    def planned(self) -> list[Stage]:
+        """Every stage of the study, in order, with dataset sizes as the data stages will
+        make them; nothing is built or written."""
         planner = Planner(self.config, RunDir(self.root), str(self.device))
         planner.data_stages()
         datasets = {ds.name: expected_dataset(ds) for ds in self.config.datasets}
         planner.study_stages(datasets)
-        lines = [f"plan: {len(planner.plan.stages)} stages"]
-        lines += [f"  {stage.name}" for stage in planner.plan.stages]
+        return list(planner.plan.stages)
+
+    def dry_run(self) -> list[str]:
+        """The plan and the estimate, as lines; nothing is built or written."""
+        estimate = self.estimate()
+        stages = self.planned()
+        lines = [f"plan: {len(stages)} stages", *(f"  {stage.name}" for stage in stages)]
         return [*lines, "estimate:", *estimate.lines()]
 
-    def execute(self) -> StudyResult:
+    def execute(self, only: Collection[str] | None = None) -> StudyResult:
+        """Run the study (``only``: just these stages and what they read; the datasets
+        are always built)."""
         cfg = self.config
         self.estimate()  # before anything is written
         config = cfg.model_dump(mode="json")
@@ -108,7 +116,7 @@ class Study:
                 self.run.keep_only([s.name for s in self.plan.stages], list(datasets))
                 for file, masks in self.planner.spec_files.items():
                     write_safetensors(self.run.path(file), {"masks": masks})
-                self._execute(stages, executor)
+                self._execute(_needed(stages, only) if only is not None else stages, executor)
         return StudyResult(self.run.root, self.run.path("report.html"), self.outcomes)
 
     @property
@@ -149,6 +157,22 @@ class Study:
         )
         self.warnings.append(message)
         self.reporter.say(f"[yellow]warning[/yellow] {message}")
+
+
+def _needed(stages: list[Stage], names: Collection[str]) -> list[Stage]:
+    """``stages`` restricted to ``names`` and, transitively, the stages they read."""
+    by_name = {stage.name: stage for stage in stages}
+    unknown = sorted(set(names) - set(by_name))
+    if unknown:
+        some = ", ".join(list(by_name)[:8])
+        raise ConfigError(f"stages: unknown {unknown}; this study has e.g. {some}")
+    wanted, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in by_name and name not in wanted:
+            wanted.add(name)
+            todo += list(by_name[name].after)
+    return [stage for stage in stages if stage.name in wanted]
 
 
 def run_study(
