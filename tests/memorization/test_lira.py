@@ -199,3 +199,4 @@ def test_a_study_writes_the_attacks_table(tmp_path):
     assert len(list((tmp_path / "models").glob("*.safetensors"))) == 1  # one shared ensemble
     report = (tmp_path / "report.html").read_text()
     assert "Membership inference" in report and "loss_attack" in report
+    assert "digits / logreg: " in report and "separates the flipped labels best" in report

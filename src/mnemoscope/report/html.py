@@ -194,6 +194,62 @@ def detection_rows(run: Run) -> list[dict[str, Any]]:
     ]
 
 
+def best_separators(run: Run) -> list[str]:
+    """Per dataset × arch, the score that separates flipped labels best, as sentences."""
+    frame = run.detection.dropna(subset=["auc"])
+    lines = []
+    for (dataset, arch), group in frame.groupby(["dataset", "arch"], sort=False):
+        best = group.loc[group["auc"].idxmax()]
+        runner_up = group.drop(index=best.name)
+        after = (
+            f", ahead of {runner_up.loc[runner_up['auc'].idxmax(), 'method']} "
+            f"({runner_up['auc'].max():.3f})"
+            if not runner_up.empty
+            else ""
+        )
+        lines.append(
+            f"{dataset} / {arch}: {best['method']} separates the flipped labels best "
+            f"(AUC {best['auc']:.3f}{after})."
+        )
+    return lines
+
+
+def canary_rows(run: Run) -> list[dict[str, Any]]:
+    """For every memorization score with canaries among its examples: each canary's
+    percentile among the training examples of its dataset × arch (100 = the top)."""
+    canaries = run.examples.loc[
+        run.examples.get("is_canary", pd.Series(False, index=run.examples.index)).astype(bool)
+    ]
+    if canaries.empty:
+        return []
+    rows = []
+    mem = run.scores[(run.scores["family"] == "memorization") & (run.scores["method"] != "canary")]
+    per_example = mem.groupby(["dataset", "arch", "method", "example_id"], as_index=False)[
+        "score"
+    ].mean()
+    for (dataset, arch, method), group in per_example.groupby(
+        ["dataset", "arch", "method"], sort=False
+    ):
+        ids = set(canaries.loc[canaries["dataset"] == dataset, "example_id"])
+        scores = group.dropna(subset=["score"])
+        mine = scores[scores["example_id"].isin(ids)]
+        if mine.empty:
+            continue
+        values = scores["score"].to_numpy()
+        percentiles = [100.0 * float(np.mean(values <= v)) for v in mine["score"]]
+        rows.append(
+            {
+                "dataset": dataset,
+                "arch": arch,
+                "method": method,
+                "n": len(percentiles),
+                "lowest": f"{min(percentiles):.1f}",
+                "median": f"{float(np.median(percentiles)):.1f}",
+            }
+        )
+    return rows
+
+
 def attack_rows(run: Run) -> list[dict[str, Any]]:
     """Membership-inference attacks, per dataset × arch, strongest TPR at 1% FPR first."""
     frame = run.attacks
@@ -503,6 +559,8 @@ def render_report(run_dir: Path) -> Path:
             correlations=correlation_tables(run),
             detection=detection_rows(run),
             attacks=attack_rows(run),
+            best=best_separators(run),
+            canaries=canary_rows(run),
             sections=dataset_sections(run, sink),
             stderr_rows=stderr_rows(run),
             influence=influence_rows(run),
