@@ -200,3 +200,25 @@ def test_a_study_writes_the_attacks_table(tmp_path):
     report = (tmp_path / "report.html").read_text()
     assert "Membership inference" in report and "loss_attack" in report
     assert "digits / logreg: " in report and "separates the flipped labels best" in report
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"method": "lira", "variant": "shadow"}, "memorization.0.lira.variant"),
+        ({"method": "lira", "n_models": 1}, "memorization.0.lira.n_models"),
+        (
+            {"method": "loss_attack", "subset_fraction": 1.5},
+            "memorization.0.loss_attack.subset_fraction",
+        ),
+        ({"method": "lira", "global_variance": "yes"}, "memorization.0.lira.global_variance"),
+    ],
+)
+def test_bad_attack_entries_are_one_line_config_errors(entry, message):
+    from mnemoscope.config import parse_config
+    from mnemoscope.errors import ConfigError
+
+    config = {"datasets": [{"name": "digits"}], "archs": ["mlp"], "memorization": [entry]}
+    with pytest.raises(ConfigError, match=message) as error:
+        parse_config(config)
+    assert "\n" not in str(error.value)
