@@ -1,4 +1,4 @@
-"""TracIn and grad_dot against explicit per-example autograd loops."""
+"""TracIn and grad_dot against explicit per-example autograd loops and vmap(grad)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 from torch.nn import functional as F
 
 from mnemoscope.influence import GradDot, GradDotConfig, TracIn, TracInConfig
+from mnemoscope.influence.gradients import per_example_grads
 from mnemoscope.models import last_layer_names
 from mnemoscope.task import Task
 from mnemoscope.train import TrainConfig, full_masks, train_ensemble
@@ -113,3 +114,25 @@ def test_self_influence_flags_flipped_labels(digits_small):
         scores = estimator.fit({"model": model}, digits_small, Task()).self_influence()
         auc = roc_auc_score(flipped, scores.score)
         assert auc > 0.9, (estimator.name, auc)
+
+
+@pytest.mark.parametrize("selection", ["last_layer", "list"])
+def test_tracin_influence_equals_vmap_grad_dot_products(trained, selection):
+    # train×target blocks from the layer-wise factors against dense vmap(grad) gradients
+    model, data = trained
+    module = model.module()
+    names = [n for n, _ in module.named_parameters()]
+    chosen = last_layer_names(module) if selection == "last_layer" else names[::3]
+    config = TracInConfig(checkpoints=3, batch_size=40, params=chosen)
+    estimator = TracIn(config).fit({"model": model}, data, Task())
+    matrix = estimator.influence_matrix(data.x_test[:7], data.y_test[:7])
+    expected = torch.zeros(data.n_train, 7, dtype=torch.float64)
+    for ckpt in model.checkpoints:
+        params = {k: v[0] for k, v in ckpt.params.items()}
+        g = torch.cat(list(per_example_grads(module, params, data.x_train, data.y_train, chosen)))
+        g_t = torch.cat(
+            list(per_example_grads(module, params, data.x_test[:7], data.y_test[:7], chosen))
+        )
+        expected += ckpt.lr * (g.double() @ g_t.double().T)
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(matrix, expected, rtol=1e-4, atol=1e-6 * scale)

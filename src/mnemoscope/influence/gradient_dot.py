@@ -11,12 +11,8 @@ from pydantic import ConfigDict, Field, field_validator
 from mnemoscope.data import Dataset
 from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
-from mnemoscope.influence.gradients import (
-    Params,
-    ParamSelection,
-    per_example_grads,
-    select_params,
-)
+from mnemoscope.influence.gradients import Params, ParamSelection, select_params
+from mnemoscope.influence.layerwise import GradientFactors, gradient_factors
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, TrainedEnsemble
 
@@ -49,7 +45,7 @@ class GradDotConfig(MethodConfig):
         raise ValueError("expected 'all', 'last_layer' or a non-empty list of parameter names")
 
     batch_size: int = Field(256, gt=0, le=1_000_000)
-    """Examples per vmapped gradient batch (bounds memory; at most 10⁶)."""
+    """Examples per per-example-gradient batch (bounds memory; at most 10⁶)."""
 
 
 class TracInConfig(GradDotConfig):
@@ -63,6 +59,11 @@ class GradientDot(InfluenceEstimator):
 
     Self-influence is ``Σ_c w_c ‖∇ℓ(z_i; θ_c)‖²`` (≥ 0), one gradient per example
     and checkpoint. Not divided by n. Subclasses choose the ``(w_c, θ_c)``.
+
+    Norms and dot products come from layer-wise identities (one batched backward per
+    batch, :mod:`~mnemoscope.influence.layerwise`) for Linear, Conv1d/2d, GroupNorm and
+    LayerNorm parameters, and from ``vmap(grad)`` for every other one: the scores always
+    cover all the selected parameters.
     """
 
     config: GradDotConfig
@@ -94,51 +95,47 @@ class GradientDot(InfluenceEstimator):
         ]
         return self
 
-    def _grads(self, params: Params, x: torch.Tensor, y: torch.Tensor):
-        return per_example_grads(
-            self.module_,
-            params,
-            x.to(self.device_),
-            y.to(self.device_),
-            self.names_,
-            self.config.batch_size,
-            self.task_,
-        )
+    def _factors(self, params: Params, x: torch.Tensor, y: torch.Tensor):
+        """Per-example gradients of ``batch_size`` examples at a time (layer-wise identities
+        where a layer allows them, ``vmap(grad)`` for the other parameters)."""
+        for xb, yb in zip(x.split(self.config.batch_size), y.split(self.config.batch_size)):
+            yield gradient_factors(
+                self.module_,
+                params,
+                xb.to(self.device_),
+                yb.to(self.device_),
+                self.names_,
+                self.task_,
+            )
 
     def self_influence(self) -> Scores:
         data = self.dataset_
         total = torch.zeros(data.n_train, dtype=torch.float64)
         for weight, params in self.weighted_:
-            norms = torch.cat(
-                [
-                    (g.double() ** 2).sum(1).cpu()
-                    for g in self._grads(params, data.x_train, data.y_train)
-                ]
-            )
-            total += weight * norms
+            norms = [f.sq_norms().cpu() for f in self._factors(params, data.x_train, data.y_train)]
+            total += weight * torch.cat(norms)
         return Scores(self.name, self.family, data.train_ids.numpy(), total.numpy())
 
     def influence(self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET):
         """Blocks of ``[batch_size, b_t]``: training gradients one batch at a time against
         target gradients held ``b_t`` at a time for every parameter set, with ``b_t`` the
-        most that fits half of ``memory_budget`` (at least one target)."""
+        most whose dense gradients fit half of ``memory_budget`` (at least one target)."""
         data = self.dataset_
         n_params = sum(self.module_.get_parameter(k).numel() for k in self.names_)
         per_target = 4 * n_params * len(self.weighted_)
         width = max(1, min(len(y_target), memory_budget // 2 // max(per_target, 1)))
         for start in range(0, len(y_target), width):
             targets = slice(start, min(start + width, len(y_target)))
-            g_target = [
-                torch.cat(list(self._grads(p, x_target[targets], y_target[targets]))).double()
+            held = [
+                GradientFactors.cat(list(self._factors(p, x_target[targets], y_target[targets])))
                 for _, p in self.weighted_
             ]
             row = 0
-            blocks = zip(*[self._grads(p, data.x_train, data.y_train) for _, p in self.weighted_])
-            for g_trains in blocks:
-                values = sum(
-                    w * (g.double() @ t.T)
-                    for (w, _), g, t in zip(self.weighted_, g_trains, g_target)
-                )
+            batches = zip(
+                *[self._factors(p, data.x_train, data.y_train) for _, p in self.weighted_]
+            )
+            for trains in batches:
+                values = sum(w * f.dots(t) for (w, _), f, t in zip(self.weighted_, trains, held))
                 rows = slice(row, row + values.shape[0])
                 row = rows.stop
                 yield InfluenceBlock(rows, targets, values.cpu())

@@ -1,4 +1,8 @@
-"""Per-example gradients of the task's loss (or measurement), in batches, with ``vmap(grad)``."""
+"""Per-example gradients of the task's loss (or measurement), in batches, with ``vmap(grad)``.
+
+Where only their norms or dot products are needed, :mod:`mnemoscope.influence.layerwise`
+gets them from one batched backward pass instead (and falls back to this module).
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,401 @@
+"""Per-example gradient norms and dot products from one batched backward pass.
+
+For a layer that treats each example on its own, the per-example gradient of its
+parameters is a product of two things an ordinary batched forward and backward already
+hold: the layer's input and the gradient at its output (Goodfellow 2015, "Efficient
+per-example gradient computations"; Rochette, Manoel & Tramel 2019 for convolutions).
+With ``m_i`` the measurement of example i and ``δ_i`` the gradient of ``Σ_j m_j`` with
+respect to the layer's output at example i (example i's own, since examples do not
+interact in the forward pass):
+
+- ``nn.Linear`` on ``a_i [in]``: ``∇_W m_i = δ_i a_iᵀ``, ``∇_b m_i = δ_i``; hence
+  ``‖∇_W m_i‖² = ‖a_i‖²‖δ_i‖²`` and ``⟨∇_W m_i, ∇_W m_t⟩ = (a_i·a_t)(δ_i·δ_t)``, and the
+  ``[out, in]`` gradient is never formed.
+- A Linear applied at several positions, and ``nn.Conv1d``/``nn.Conv2d`` through the
+  unfolded input ``U_i [patch, positions]`` and output gradient ``D_i [out, positions]``:
+  ``∇_W m_i = D_i U_iᵀ``, ``∇_b m_i = D_i 1``. Norms and dots are taken either of that
+  ``[out, patch]`` product (one batched matmul) or through the Gram matrices,
+  ``⟨D_i U_iᵀ, D_t U_tᵀ⟩ = Σ_pq (U_iᵀU_t)_pq (D_iᵀD_t)_pq``, whichever costs fewer flops.
+- ``nn.GroupNorm``/``nn.LayerNorm``: ``∇_γ m_i = Σ δ_i ⊙ x̂_i``, ``∇_β m_i = Σ δ_i``, summed
+  over the positions sharing a γ, with ``x̂_i`` the normalised input.
+
+Every other selected parameter goes through ``vmap(grad)``
+(:func:`~mnemoscope.influence.gradients.per_example_grads`), so no layer type is refused
+and the results always cover all selected parameters. A supported layer falls back to
+``vmap(grad)`` as well wherever its identity might not hold: it is called more than once
+in a forward pass (weight sharing), one of its parameters is tied to another name or used
+by any operation other than the layer's own (every operation of the forward pass is
+watched), its input or output is modified in place afterwards, or its input is not
+``[batch, ...]``-shaped. A model with BatchNorm in training mode (statistics across
+examples) falls back entirely. What cannot be detected: a supported layer must see the
+batch on dim 0 of its input (as every model of :mod:`mnemoscope.models` does), and the
+model must not mix examples.
+
+Cost per batch of b: one forward and one backward pass (to the layer outputs only), plus
+``b·(in + out)`` per Linear, ``b·out·patch·positions`` per convolution and the
+``vmap(grad)`` of the parameters that fall back. Results are float64.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+
+from mnemoscope.errors import ConfigError
+from mnemoscope.influence.gradients import Params, per_example_grads
+from mnemoscope.task import Measurement, Task
+
+_LAYERWISE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)
+
+
+@dataclass
+class Dense:
+    """Per-example gradients ``g [b, p]`` of one parameter, flattened."""
+
+    g: torch.Tensor
+
+    @property
+    def dense(self) -> torch.Tensor:
+        return self.g
+
+    def sq_norms(self) -> torch.Tensor:
+        return self.g.square().sum(1).double()
+
+
+@dataclass
+class Outer:
+    """Per-example weight gradients ``D_i U_iᵀ`` kept as ``u [b, patch, P]``, ``d [b, out, P]``."""
+
+    u: torch.Tensor
+    d: torch.Tensor
+
+    @cached_property
+    def dense(self) -> torch.Tensor:
+        """``[b, out·patch]``, in the order of the weight's ``flatten()``."""
+        return torch.bmm(self.d, self.u.transpose(1, 2)).flatten(1)
+
+    def _gram_cost(self, positions: int) -> tuple[int, int]:
+        patch, out = self.u.shape[1], self.d.shape[1]
+        return positions * (patch + out), patch * out
+
+    def sq_norms(self) -> torch.Tensor:
+        gram, product = self._gram_cost(self.u.shape[2])
+        if gram >= product:
+            return Dense(self.dense).sq_norms()
+        if self.u.shape[2] == 1:
+            return self.u.square().sum((1, 2)).double() * self.d.square().sum((1, 2)).double()
+        u, d = self.u.double(), self.d.double()
+        return (torch.bmm(u.transpose(1, 2), u) * torch.bmm(d.transpose(1, 2), d)).sum((1, 2))
+
+    @property
+    def keeps_factors(self) -> bool:
+        """Dot products with another batch of the same shape are cheaper through the
+        Gram matrices than through the ``[out, patch]`` gradients (which then take less
+        memory too)."""
+        gram, product = self._gram_cost(self.u.shape[2] ** 2)
+        return gram < product
+
+    def dots(self, other: Outer) -> torch.Tensor:
+        gram, product = self._gram_cost(self.u.shape[2] * other.u.shape[2])
+        if gram >= product:
+            return self.dense.double() @ other.dense.double().T
+        uu = torch.einsum("bkp,tkq->btpq", self.u.double(), other.u.double())
+        dd = torch.einsum("bmp,tmq->btpq", self.d.double(), other.d.double())
+        return (uu * dd).sum((2, 3))
+
+
+Piece = Dense | Outer
+
+
+@dataclass
+class GradientFactors:
+    """Per-example gradients of a batch, one :data:`Piece` per parameter name.
+
+    Attributes:
+        pieces: parameter name → its per-example gradients, factored or dense.
+        fallback: the names whose gradients came from ``vmap(grad)``.
+    """
+
+    pieces: dict[str, Piece]
+    fallback: list[str] = field(default_factory=list)
+
+    def sq_norms(self) -> torch.Tensor:
+        """``[b]`` float64: ``‖∇m_i‖²`` over all the parameters."""
+        return sum(piece.sq_norms() for piece in self.pieces.values())
+
+    def dots(self, other: GradientFactors) -> torch.Tensor:
+        """``[b, b_other]`` float64: ``∇m_i · ∇m_t`` over all the parameters."""
+        if self.pieces.keys() != other.pieces.keys():
+            raise ValueError("the two batches' gradients cover different parameters")
+        total = 0
+        for name, piece in self.pieces.items():
+            theirs = other.pieces[name]
+            if isinstance(piece, Outer) and isinstance(theirs, Outer):
+                total = total + piece.dots(theirs)
+            else:
+                total = total + piece.dense.double() @ theirs.dense.double().T
+        return total
+
+    @staticmethod
+    def cat(parts: Sequence[GradientFactors]) -> GradientFactors:
+        """The factors of consecutive batches as those of one batch, to be held for dot
+        products: a weight's factors are kept only where they beat its dense gradients."""
+        pieces: dict[str, Piece] = {}
+        for name in parts[0].pieces:
+            own = [part.pieces[name] for part in parts]
+            if all(isinstance(p, Outer) and p.keeps_factors for p in own) and (
+                len({p.u.shape[2] for p in own}) == 1
+            ):
+                pieces[name] = Outer(torch.cat([p.u for p in own]), torch.cat([p.d for p in own]))
+            else:
+                pieces[name] = Dense(torch.cat([p.dense for p in own]))
+        fallback = sorted({name for part in parts for name in part.fallback})
+        return GradientFactors(pieces, fallback)
+
+
+class _Recorder(TorchFunctionMode):
+    """Watches one batched forward pass: each layer's input and output, and which layer
+    was running whenever an operation read a watched parameter (a layer called twice
+    reads its parameters twice)."""
+
+    def __init__(self, layers: dict[nn.Module, list[str]], watched: dict[int, str]) -> None:
+        super().__init__()
+        self.watched = watched
+        self.running: list[nn.Module] = []
+        self.uses: dict[str, list[nn.Module | None]] = {name: [] for name in watched.values()}
+        self.seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor, tuple[int, int]]] = {}
+        self.handles = []
+        for layer in layers:
+            self.handles.append(layer.register_forward_pre_hook(self._enter))
+            self.handles.append(layer.register_forward_hook(self._leave))
+
+    def _enter(self, layer: nn.Module, args) -> None:
+        self.running.append(layer)
+
+    def _leave(self, layer: nn.Module, args, output) -> None:
+        self.running.pop()
+        if args and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor):
+            versions = (args[0]._version, output._version)
+            self.seen[layer] = (args[0].detach(), output, versions)
+
+    def _scan(self, values) -> None:
+        for value in values:
+            if isinstance(value, list | tuple):
+                self._scan(value)
+            elif isinstance(value, dict):
+                self._scan(value.values())
+            elif id(value) in self.watched:
+                self.uses[self.watched[id(value)]].append(
+                    self.running[-1] if self.running else None
+                )
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self._scan(args)
+        self._scan(kwargs.values())
+        return func(*args, **kwargs)
+
+    def unchanged(self, layer: nn.Module) -> bool:
+        """Neither the layer's input nor its output was modified in place afterwards."""
+        a, output, versions = self.seen[layer]
+        return (a._version, output._version) == versions
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _supported(layer: nn.Module) -> bool:
+    if type(layer) not in _LAYERWISE:
+        return False
+    if isinstance(layer, nn.Conv1d | nn.Conv2d):
+        padding_ok = not isinstance(layer.padding, str) or layer.padding == "valid"
+        return layer.groups == 1 and layer.padding_mode == "zeros" and padding_ok
+    return True
+
+
+def _input_ok(layer: nn.Module, a: torch.Tensor, batch: int) -> bool:
+    if a.dim() < 2 or a.shape[0] != batch:
+        return False
+    if isinstance(layer, nn.Conv1d):
+        return a.dim() == 3
+    if isinstance(layer, nn.Conv2d):
+        return a.dim() == 4
+    if isinstance(layer, nn.LayerNorm):
+        return a.dim() > len(layer.normalized_shape)
+    return True
+
+
+def _patches(a: torch.Tensor, conv: nn.Conv1d | nn.Conv2d, positions: torch.Size) -> torch.Tensor:
+    """``a [b, C, *spatial]`` → ``[b, C·kernel, P]``, what ``F.unfold`` gives, from one
+    strided slice per kernel offset (several times faster than ``im2col`` on small maps)."""
+    padding = (0,) * len(positions) if isinstance(conv.padding, str) else conv.padding
+    if any(padding):
+        a = F.pad(a, [p for p in reversed(padding) for _ in range(2)])
+    windows = [
+        a[
+            (...,)
+            + tuple(
+                slice(o * d, o * d + s * (n - 1) + 1, s)
+                for o, d, s, n in zip(offset, conv.dilation, conv.stride, positions)
+            )
+        ]
+        for offset in itertools.product(*(range(k) for k in conv.kernel_size))
+    ]
+    return torch.stack(windows, 2).flatten(3).flatten(1, 2)
+
+
+def _pieces(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> dict[str, Piece]:
+    """Per-example gradients of ``layer``'s parameters (by local name) from its input ``a``
+    and the output gradient ``delta``, both with the batch on dim 0."""
+    if isinstance(layer, nn.GroupNorm | nn.LayerNorm):
+        if isinstance(layer, nn.GroupNorm):
+            normalised = F.group_norm(a, layer.num_groups, None, None, layer.eps)
+            summed = tuple(range(2, a.dim()))
+        else:
+            normalised = F.layer_norm(a, layer.normalized_shape, None, None, layer.eps)
+            summed = tuple(range(1, a.dim() - len(layer.normalized_shape)))
+        weight = delta * normalised
+        if summed:  # an empty tuple would sum over every dimension, the batch included
+            weight, delta = weight.sum(summed), delta.sum(summed)
+        return {"weight": Dense(weight.flatten(1)), "bias": Dense(delta.flatten(1))}
+    if isinstance(layer, nn.Linear):
+        u = a.flatten(1, -2).transpose(1, 2) if a.dim() > 2 else a[:, :, None]
+        d = delta.flatten(1, -2).transpose(1, 2) if delta.dim() > 2 else delta[:, :, None]
+    else:
+        u = _patches(a, layer, delta.shape[2:])
+        d = delta.flatten(2)
+    return {"weight": Outer(u, d), "bias": Dense(d.sum(2))}
+
+
+def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
+    prefix, _, local = name.rpartition(".")
+    return module.get_submodule(prefix), local
+
+
+def gradient_factors(
+    module: nn.Module,
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    names: Sequence[str],
+    task: Task | None = None,
+    measurement: Measurement = "loss",
+) -> GradientFactors:
+    """Per-example gradients of ``m(z_i; θ)`` for one batch ``x [b, ...]``, ``y [b]``, with
+    respect to the parameters ``names``: layer-wise where a layer allows it (one batched
+    forward and backward), ``vmap(grad)`` for the rest. ``params`` holds one model's
+    parameters (no leading model dimension)."""
+    task = task or Task()
+    unknown = [name for name in names if name not in params]
+    if unknown or not names:
+        raise ConfigError(
+            f"params: expected a non-empty list of parameter names, unknown {unknown}"
+        )
+    aliases: dict[int, list[str]] = {}
+    for alias, tensor in module.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(tensor), []).append(alias)
+    tied = {alias for group in aliases.values() if len(group) > 1 for alias in group}
+    cross_example = any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules()
+    )
+    layers: dict[nn.Module, list[str]] = {}
+    for name in names:
+        layer, _ = _owner(module, name)
+        if not cross_example and name not in tied and _supported(layer):
+            layers.setdefault(layer, []).append(name)
+
+    pieces: dict[str, Piece] = {}
+    if layers:
+        watched = {
+            name: params[name].detach().requires_grad_()
+            for group in layers.values()
+            for name in group
+        }
+        recorder = _Recorder(layers, {id(tensor): name for name, tensor in watched.items()})
+        try:
+            with recorder:
+                logits = functional_call(
+                    module, {**params, **watched}, (x,), tie_weights=bool(tied)
+                )
+        finally:
+            recorder.remove()
+        fast = {
+            layer: [name for name in group if recorder.uses[name] == [layer]]
+            for layer, group in layers.items()
+            if layer in recorder.seen
+            and recorder.unchanged(layer)
+            and _input_ok(layer, recorder.seen[layer][0], len(y))
+        }
+        fast = {layer: group for layer, group in fast.items() if group}
+        if fast:
+            outputs = [recorder.seen[layer][1] for layer in fast]
+            total = task.measure(logits, y, measurement).sum()
+            deltas = torch.autograd.grad(total, outputs, allow_unused=True)
+            for (layer, group), output, delta in zip(fast.items(), outputs, deltas):
+                delta = torch.zeros_like(output) if delta is None else delta
+                local = _pieces(layer, recorder.seen[layer][0], delta.detach())
+                pieces.update({name: local[_owner(module, name)[1]] for name in group})
+
+    fallback = [name for name in names if name not in pieces]
+    if fallback:
+        (g,) = per_example_grads(module, params, x, y, fallback, len(y), task, measurement)
+        sizes = [params[name].numel() for name in fallback]
+        pieces.update({name: Dense(part) for name, part in zip(fallback, g.split(sizes, 1))})
+    return GradientFactors({name: pieces[name] for name in names}, fallback)
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple]:
+    return zip(x.split(batch_size), y.split(batch_size))
+
+
+def per_example_sq_norms(
+    module: nn.Module,
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    names: Sequence[str],
+    batch_size: int = 256,
+    task: Task | None = None,
+    measurement: Measurement = "loss",
+) -> torch.Tensor:
+    """``[n]`` float64: ``‖∇_θ m(z_i; θ)‖²`` over the parameters ``names``, ``batch_size``
+    examples at a time (see :func:`gradient_factors`)."""
+    return torch.cat(
+        [
+            gradient_factors(module, params, xb, yb, names, task, measurement).sq_norms()
+            for xb, yb in _batches(x, y, batch_size)
+        ]
+    )
+
+
+def per_example_dots(
+    module: nn.Module,
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_target: torch.Tensor,
+    y_target: torch.Tensor,
+    names: Sequence[str],
+    batch_size: int = 256,
+    task: Task | None = None,
+    measurement: Measurement = "loss",
+) -> Iterator[torch.Tensor]:
+    """Yield ``[b, n_target]`` float64 blocks ``∇m(z_i) · ∇m(z_t)`` for consecutive batches
+    of ``batch_size`` training examples; the targets' factors are held throughout."""
+    targets = GradientFactors.cat(
+        [
+            gradient_factors(module, params, xb, yb, names, task, measurement)
+            for xb, yb in _batches(x_target, y_target, batch_size)
+        ]
+    )
+    for xb, yb in _batches(x, y, batch_size):
+        yield gradient_factors(module, params, xb, yb, names, task, measurement).dots(targets)
