@@ -136,3 +136,16 @@ def test_tracin_influence_equals_vmap_grad_dot_products(trained, selection):
         expected += ckpt.lr * (g.double() @ g_t.double().T)
     scale = float(expected.abs().max())
     torch.testing.assert_close(matrix, expected, rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_tracin_on_a_model_without_its_checkpoints_is_one_line(digits_small):
+    from mnemoscope.errors import ConfigError
+    from mnemoscope.influence import TracIn, TracInConfig
+    from mnemoscope.task import Task
+    from mnemoscope.train import EnsembleSpec, TrainConfig, train_ensemble
+
+    spec = EnsembleSpec.single(digits_small.n_train, [])
+    model = train_ensemble("logreg", digits_small, spec.masks, TrainConfig(epochs=2), seed=0)
+    with pytest.raises(ConfigError, match=r"no checkpoint at epochs \[1, 2\].*kept none") as error:
+        TracIn(TracInConfig(checkpoints=2)).fit({"model": model}, digits_small, Task())
+    assert "\n" not in str(error.value)

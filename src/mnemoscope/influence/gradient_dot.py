@@ -9,6 +9,7 @@ import torch
 from pydantic import ConfigDict, Field, field_validator
 
 from mnemoscope.data import Dataset
+from mnemoscope.errors import ConfigError
 from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
 from mnemoscope.influence.gradients import Params, ParamSelection, select_params
@@ -190,5 +191,14 @@ class TracIn(GradientDot):
         return self.checkpoint_epochs(epochs)
 
     def _weighted_params(self, model):
-        chosen = [model.checkpoint(e) for e in self.checkpoint_epochs(model.epochs)]
+        wanted = self.checkpoint_epochs(model.epochs)
+        kept = sorted(c.epoch for c in model.checkpoints)
+        missing = [e for e in wanted if e not in kept]
+        if missing:
+            raise ConfigError(
+                f"tracin: the model kept no checkpoint at epochs {missing} (it kept "
+                f"{kept or 'none'}); train it with checkpoint_epochs={wanted}, as "
+                "TracIn.ensembles() declares"
+            )
+        chosen = [model.checkpoint(e) for e in wanted]
         return [(c.lr, {k: v[0] for k, v in c.params.items()}) for c in chosen]
