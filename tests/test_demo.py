@@ -24,7 +24,12 @@ def _check_demo(out, quick: bool) -> None:
     html = (out / "report.html").read_text()
     assert "digits" in html and "mnist1d" in html and "data:image/png;base64," in html
     detection = pd.read_parquet(out / "detection.parquet").set_index(["dataset", "arch", "method"])
-    assert len(detection) == 2 * 3 * 3
+    assert len(detection) == 2 * 3 * 4
+    attacks = pd.read_parquet(out / "attacks.parquet")
+    assert len(attacks) == 2 * 3 and set(attacks["variant"]) == {"online"}
+    assert "Membership inference" in html
+    # one subset ensemble per dataset and arch, shared by feldman_zhang and lira
+    assert sum(1 for name in manifest["stages"] if "/ensemble-" in name) == 2 * 3
     # TracIn self-influence flags flipped digits labels for every architecture
     for arch in ("logreg", "mlp", "cnn"):
         assert detection.loc[("digits", arch, "tracin"), "auc"] > 0.9
@@ -32,6 +37,7 @@ def _check_demo(out, quick: bool) -> None:
     # flipped labels memorized by the networks
     for arch in ("mlp", "cnn"):
         assert detection.loc[("digits", arch, "feldman_zhang"), "auc"] >= 0.85
+        assert detection.loc[("digits", arch, "lira"), "auc"] >= 0.85
 
 
 def test_quick_demo(tmp_path):

@@ -27,8 +27,19 @@ def demo_config(quick: bool = False) -> StudyConfig:
                 "momentum": 0.9,
                 "weight_decay": 0.0005,
             },
+            # lira reads the same subset ensemble (same K and fraction): no extra training
             "memorization": [
-                {"method": "feldman_zhang", "n_models": 16 if quick else 32, "subset_fraction": 0.7}
+                {
+                    "method": "feldman_zhang",
+                    "n_models": 16 if quick else 32,
+                    "subset_fraction": 0.7,
+                },
+                {
+                    "method": "lira",
+                    "n_models": 16 if quick else 32,
+                    "subset_fraction": 0.7,
+                    "variant": "online",
+                },
             ],
             "influence": [
                 {"method": "tracin", "checkpoints": 3 if quick else 5},
