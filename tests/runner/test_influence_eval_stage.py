@@ -70,3 +70,35 @@ def test_lds_without_targets_is_refused():
     config.pop("targets")
     with pytest.raises(ConfigError, match="analysis.lds"):
         parse_config(config)
+
+
+def test_influence_is_streamed_block_by_block(tmp_path):
+    """grad_dot with batches of 32 of 160 training examples yields 5 blocks: the part file
+    has one row group per block, and the table equals the attributor's whole matrix."""
+    import pyarrow.parquet as pq
+
+    from mnemoscope.influence import GradDot, GradDotConfig
+    from mnemoscope.store import RunDir
+    from mnemoscope.task import Task
+    from mnemoscope.train import TrainedEnsemble
+
+    config = {
+        **CONFIG,
+        "influence": [{"method": "grad_dot", "batch_size": 32}],
+        "analysis": {"n_bootstrap": 20},
+    }
+    run_study(parse_config(config), tmp_path)
+    part = pq.ParquetFile(next((tmp_path / "parts" / "influence").glob("*.parquet")))
+    assert part.num_row_groups == 5
+    table = pd.read_parquet(tmp_path / "influence.parquet")
+    assert len(table) == 160 * 12
+    from mnemoscope.data import Dataset
+
+    tensors = load_file(str(tmp_path / RunDir.existing(tmp_path).data_file("digits")))
+    dataset = Dataset.from_tensors("digits", "image", 10, tensors)
+    model = TrainedEnsemble.load(next((tmp_path / "models").glob("*full-*.safetensors")))
+    estimator = GradDot(GradDotConfig(batch_size=32)).fit({"model": model}, dataset, Task(0.001))
+    matrix = estimator.influence_matrix(dataset.x_test[:12], dataset.y_test[:12]).numpy()
+    wide = table.pivot(index="train_id", columns="target_id", values="score")
+    wide = wide.loc[dataset.train_ids.numpy(), dataset.test_ids[:12].numpy()].to_numpy()
+    np.testing.assert_allclose(wide, matrix, rtol=1e-6, atol=1e-9)

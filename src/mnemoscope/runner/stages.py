@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
@@ -36,6 +37,8 @@ from mnemoscope.store import (
     write_parquet,
     write_safetensors,
 )
+from mnemoscope.store.atomic import atomic_path
+from mnemoscope.store.tables import to_arrow
 from mnemoscope.task import Task
 from mnemoscope.train import TrainConfig, TrainedEnsemble, derive_seed, train_ensemble
 
@@ -210,33 +213,53 @@ def _targets(dataset: Dataset, targets: Args) -> tuple[torch.Tensor, torch.Tenso
 
 
 def target_influence(root: Path, args: Args, reporter: Reporter) -> Args:
-    """Train×target influence of one attributor, block by block, as long-format rows."""
+    """Train×target influence of one attributor as long-format rows, streamed to disk one
+    block at a time (a row group per block, rows sorted by training example, then target,
+    within it): memory stays that of one block whatever n × n_targets is."""
     estimator, dataset = _fitted(root, args)
     x, y, ids = _targets(dataset, args["targets"])
     train_ids = dataset.train_ids.numpy()
-    parts = []
     label = f"influence {dataset.name}/{args['arch']}/{estimator.name} on {len(ids)} targets"
-    with reporter.task(label, None):
+    constant = {
+        "dataset": dataset.name,
+        "arch": args["arch"],
+        "seed": args["seed"],
+        "method": estimator.name,
+    }
+    rows_written = 0
+    with (
+        reporter.task(label, None),
+        atomic_path(Path(root) / args["output"]) as tmp,
+        pq.ParquetWriter(tmp, INFLUENCE) as writer,
+    ):
         for block in estimator.influence(x, y, args["targets"]["memory_mb"] * 2**20):
             require_finite(block.values.numpy(), "train×target influences")
             rows, cols = np.meshgrid(train_ids[block.train], ids[block.targets], indexing="ij")
-            parts.append(
-                pd.DataFrame(
-                    {
-                        "train_id": rows.ravel(),
-                        "target_id": cols.ravel(),
-                        "score": block.values.numpy().ravel(),
-                    }
-                )
+            frame = pd.DataFrame(
+                {
+                    "train_id": rows.ravel(),
+                    "target_id": cols.ravel(),
+                    "score": block.values.numpy().ravel(),
+                    **constant,
+                }
             )
-    frame = pd.concat(parts, ignore_index=True).sort_values(
-        ["train_id", "target_id"], kind="stable", ignore_index=True
-    )
-    frame = frame.assign(
-        dataset=dataset.name, arch=args["arch"], seed=args["seed"], method=estimator.name
-    )
-    write_parquet(Path(root) / args["output"], frame, INFLUENCE)
-    return {"targets": len(ids)}
+            writer.write_table(to_arrow(frame, INFLUENCE))
+            rows_written += len(frame)
+    return {"targets": len(ids), "rows": rows_written}
+
+
+def _stream_concat(root: Path, files: list[str], output: str, schema) -> None:
+    """Concatenate Parquet ``files`` into ``output`` one row group at a time."""
+    with (
+        atomic_path(Path(root) / output) as tmp,
+        pq.ParquetWriter(tmp, schema) as writer,
+    ):
+        for file in files:
+            source = pq.ParquetFile(Path(root) / file)
+            for group in range(source.num_row_groups):
+                writer.write_table(source.read_row_group(group).cast(schema))
+        if not files:
+            writer.write_table(schema.empty_table())
 
 
 def _concat(root: Path, files: list[str], schema) -> pd.DataFrame:
@@ -252,9 +275,7 @@ def collect_tables(root: Path, args: Args, reporter: Reporter) -> Args:
     )
     write_parquet(Path(root) / "examples.parquet", examples, EXAMPLES)
     write_parquet(Path(root) / "scores.parquet", _concat(root, args["scores"], SCORES), SCORES)
-    write_parquet(
-        Path(root) / "influence.parquet", _concat(root, args["influence"], INFLUENCE), INFLUENCE
-    )
+    _stream_concat(root, args["influence"], "influence.parquet", INFLUENCE)
     for table, files in args["parts"].items():
         schema = TABLES[table]
         write_parquet(Path(root) / f"{table}.parquet", _concat(root, files, schema), schema)
