@@ -89,7 +89,7 @@ class Dataset:
                     f"{where}: {split} inputs have {x.shape[0]} rows but labels/ids have "
                     f"shapes {tuple(y.shape)}/{tuple(ids.shape)}; expected ({x.shape[0]},)"
                 )
-            if not torch.isfinite(x).all():
+            if not all(bool(torch.isfinite(chunk).all()) for chunk in x.split(4096)):
                 raise DataError(f"{where}: {split} inputs contain NaN or infinite values")
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
                 raise DataError(

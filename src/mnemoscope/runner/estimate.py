@@ -1,36 +1,82 @@
 """What a run will cost, from its config alone, before anything is built or written.
 
-For every dataset × architecture × ensemble the estimators declare, the memory a
-training part holds at its peak (stacked parameters, gradients and optimizer state,
-activations of a batch, the per-presentation records and final logits, the
-checkpoints) and the training work (≈ 6 FLOP per parameter per example presented:
-forward and backward); the largest other matrices (the analysis bootstrap, a block
-of train×target influence). A run whose peak does not fit in the machine's memory
-is refused with the estimate in the message; ``--dry-run`` prints it.
+Every stage runs in a process that holds the interpreter and torch (``RUNTIME``) and
+the dataset's tensors. On top of that, for every dataset × architecture × ensemble
+the estimators declare:
 
-The figures are estimates, within a small factor: they exist to refuse ``epochs:
-1e12`` before it grows memory until the allocator gives up, not to plan a budget.
+* a training part (``chunk_size`` models at once) holds, at its peak, its models'
+  records (per-presentation loss and correctness, final logits, parameters and
+  checkpoints), a training step's working memory (parameters, gradients, optimizer
+  state, and the activations autograd saves for a batch of every model) and an
+  evaluation pass's (a few of the widest layer outputs of ``EVAL_BATCH``
+  model-examples): the allocator does not hand back what the steps freed;
+* reading the ensemble to score it holds every model's records (twice while parts
+  are joined).
+
+Activation sizes and forward FLOP come from one traced forward pass of the
+architecture on a single example: the tensors autograd saves for the backward pass
+(:func:`torch.autograd.graph.saved_tensors_hooks`), the widest output of a leaf module,
+and :class:`torch.utils.flop_counter.FlopCounterMode` (matrix products and
+convolutions), so convolutional and attention networks are not counted as
+``6 · parameters`` FLOP per example. Training work is 3 forward passes' worth per
+example presented (forward and backward) and one forward pass per model and example
+for the final logits. Estimators that keep large matrices add a ``fit`` line:
+exact influence functions (``P × P`` float64 and its eigendecomposition), ``trak``
+(``[M, n, k]`` projected features) and ``sample_info_*`` (the ``[n·C, n·C]`` float64
+kernel and its inverse). Loading a dataset checks that its inputs are finite, which
+briefly takes ``VALIDATE_COPIES`` times the training inputs more.
+
+A run whose peak does not fit in the machine's memory is refused with the estimate in
+the message; ``--dry-run`` prints it. The figures are estimates, within a factor of
+about 2 (checked against the measured peak resident memory of training resnets on
+50,000 CIFAR-shaped examples in ``tests/train/test_scale.py``): they exist to refuse
+``epochs: 1e12`` before it grows memory until the allocator gives up, not to plan a
+budget. Memory on a GPU is counted as if it were the machine's.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from mnemoscope.config import DatasetConfig, StudyConfig
 from mnemoscope.data import layout
 from mnemoscope.errors import UserError
-from mnemoscope.estimator import REGISTRY
+from mnemoscope.estimator import REGISTRY, Estimator
 from mnemoscope.models import build_model
 from mnemoscope.store import DatasetInfo
-from mnemoscope.train.ensemble import DEFAULT_CHUNK, EVAL_BATCH
+from mnemoscope.train.ensemble import DEFAULT_CHUNK, eval_batch
+from mnemoscope.train.options import TrainConfig
 
 FLOATS = 4
 SUSTAINED_FLOPS = 10e9
-"""FLOP/s assumed for the time estimate: a modest share of a laptop core's peak."""
+"""FLOP/s assumed for the time estimate: a modest share of a laptop core's peak (one
+CPU thread trained resnets on CIFAR-shaped inputs at about 12 GFLOP/s)."""
+RUNTIME = 512 * 2**20
+"""Resident memory of a stage's process apart from its data: the interpreter, torch
+and its libraries (measured 350–420 MiB on Linux with torch 2.13 after the imports) and
+what the first vmapped forward and backward passes allocate for good (≈ 120 MiB)."""
+TRAIN_OVERHEAD = 4.0
+"""Training-step memory per model-example over the bytes autograd saves for it: the
+saved activations, their gradients during the backward pass, the copies vmap's batching
+rules make, and allocator slack (measured 3.6–3.7 for resnets on CIFAR-shaped inputs)."""
+EVAL_OVERHEAD = 6.0
+"""Evaluation memory per model-example, in widest-layer outputs: a layer's input and
+output, the copies vmap makes and the residual branch (measured ≈ 6 for resnets)."""
+EPOCH_BUFFERS = 4 + 1 + 8 + 4
+"""Bytes per model and training example the trainer holds for one epoch: the step
+losses and correctness in schedule order, the schedule's indices and weights."""
+VALIDATE_COPIES = 1.5
+"""Extra bytes, per byte of training inputs, while a loaded dataset is checked to be
+finite (``torch.isfinite`` makes a float copy and byte masks)."""
+FIT_WORKSPACE = 3
+"""Dense float64 matrices an exact influence function's fit holds at once: the
+Hessian, its eigenvectors and the solver's workspace."""
 
 
 @dataclass(frozen=True)
@@ -58,13 +104,12 @@ class Estimate:
     def lines(self) -> list[str]:
         rows = [
             f"  {item.what}: peak {human_bytes(item.peak_bytes)}"
-            + (f", {item.flop:.3g} FLOP" if item.flop else "")
+            + (f", {item.flop:.3g} FLOP (≈ {human_time(item.flop)})" if item.flop else "")
             for item in self.items
         ]
-        minutes = self.flop / SUSTAINED_FLOPS / 60
         rows.append(
             f"  largest stage: {human_bytes(self.peak_bytes)}; training work {self.flop:.3g} "
-            f"FLOP (≈ {minutes:.3g} min at {SUSTAINED_FLOPS / 1e9:.0f} GFLOP/s)"
+            f"FLOP (≈ {human_time(self.flop)} at {SUSTAINED_FLOPS / 1e9:.0f} GFLOP/s)"
         )
         return rows
 
@@ -77,28 +122,70 @@ def human_bytes(count: float) -> str:
     return f"{count:.3g} PiB"
 
 
+def human_time(flop: float) -> str:
+    """The time ``flop`` take at ``SUSTAINED_FLOPS``, in minutes (hours past 100)."""
+    minutes = flop / SUSTAINED_FLOPS / 60
+    return f"{minutes:.3g} min" if minutes < 100 else f"{minutes / 60:.3g} h"
+
+
 def machine_memory() -> int:
     """Physical memory of this machine, in bytes."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _activations_per_example(module: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Floats every module outputs for one example (kept for the backward pass)."""
-    total = 0
+@dataclass(frozen=True)
+class Profile:
+    """One architecture's sizes, per example where it says so, from traced passes."""
 
-    def count(_module: nn.Module, _inputs: object, output: object) -> None:
-        nonlocal total
+    n_params: int
+    forward_flop: float
+    """FLOP of one forward pass on one example (matrix products, convolutions)."""
+    saved_bytes: int
+    """Bytes autograd keeps from the forward pass of one example for its backward."""
+    widest_floats: int
+    """Elements of the largest output of a leaf module, for one example."""
+
+
+def profile(module: nn.Module, input_shape: tuple[int, ...]) -> Profile:
+    """``module``'s :class:`Profile`, from forward passes on 1 and 2 zero inputs."""
+    parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
+
+    def saved(batch: int) -> int:
+        storages: dict[int, int] = {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in parameters:
+                storages[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            module(torch.zeros(batch, *input_shape))
+        return sum(storages.values())
+
+    widest = 0
+
+    def widest_output(_module: nn.Module, _inputs: object, output: object) -> None:
+        nonlocal widest
         if isinstance(output, torch.Tensor):
-            total += output.numel()
+            widest = max(widest, output.numel())
 
-    handles = [m.register_forward_hook(count) for m in module.modules()]
+    leaves = [m for m in module.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(widest_output) for m in leaves]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             module(torch.zeros(1, *input_shape))
     finally:
         for handle in handles:
             handle.remove()
-    return total
+    return Profile(
+        n_params=sum(p.numel() for p in module.parameters()),
+        forward_flop=float(counter.get_total_flops()),
+        # per example: what one more example adds (constants such as the transposed
+        # weights a linear layer saves are not per example)
+        saved_bytes=max(saved(2) - saved(1), 0),
+        widest_floats=widest,
+    )
 
 
 def expected_dataset(ds: DatasetConfig) -> DatasetInfo:
@@ -119,6 +206,49 @@ def expected_dataset(ds: DatasetConfig) -> DatasetInfo:
     )
 
 
+def data_bytes(input_shape: tuple[int, ...], n_train: int, n_test: int) -> int:
+    """A dataset's tensors: float32 inputs, int64 labels, original labels and ids."""
+    return FLOATS * (n_train + n_test) * math.prod(input_shape) + 8 * (3 * n_train + 2 * n_test)
+
+
+def model_bytes(
+    n_params: int, epochs: int, n_train: int, n_test: int, n_classes: int, kept: int
+) -> int:
+    """What the trainer keeps of one model: final parameters and ``kept`` checkpoints,
+    per-presentation loss (float32) and correctness (bool) ``[epochs, n]``, final logits
+    on both splits, its mask."""
+    return (
+        FLOATS * n_params * (1 + kept)
+        + epochs * n_train * (FLOATS + 1)
+        + FLOATS * (n_train + n_test) * n_classes
+        + n_train
+    )
+
+
+def part_bytes(
+    prof: Profile,
+    train: TrainConfig,
+    n_models: int,
+    n_train: int,
+    n_test: int,
+    n_classes: int,
+    kept: int = 0,
+) -> int:
+    """Memory of training ``n_models`` models at once besides the runtime and the data:
+    their records (:func:`model_bytes`), a training step (parameters, gradients,
+    optimizer state; ``TRAIN_OVERHEAD`` times the saved activations of a batch per
+    model), an evaluation pass and one epoch's buffers."""
+    states = 1 if train.optimizer == "sgd" else 2
+    step = n_models * (
+        FLOATS * prof.n_params * (2 + states) + TRAIN_OVERHEAD * train.batch_size * prof.saved_bytes
+    )
+    per_pass = n_models * eval_batch(n_models)
+    evaluation = EVAL_OVERHEAD * FLOATS * per_pass * prof.widest_floats
+    # the allocator keeps what the training steps freed: evaluation adds to it
+    records = n_models * model_bytes(prof.n_params, train.epochs, n_train, n_test, n_classes, kept)
+    return records + int(step + evaluation) + n_models * n_train * EPOCH_BUFFERS
+
+
 def estimate_study(config: StudyConfig) -> Estimate:
     """The estimate of ``config``; raises :class:`UserError` for a parameter name an
     estimator cannot use on an architecture (checked here, before any training)."""
@@ -130,34 +260,40 @@ def estimate_study(config: StudyConfig) -> Estimate:
     n_largest = 0
     for ds in cfg.datasets:
         info = expected_dataset(ds)
-        n_train, n_test = info.n_train, info.n_test
+        n_train, n_test, n_classes = info.n_train, info.n_test, info.n_classes
         shape = tuple(info.input_shape)
         n_largest = max(n_largest, n_train)
-        specs, _ = ensemble_specs(estimators, plan_context(cfg, n_train))
+        inputs = FLOATS * n_train * math.prod(shape)
+        base = RUNTIME + data_bytes(shape, n_train, n_test)
+        items.append(Item(f"load {ds.name}", base + int(VALIDATE_COPIES * inputs)))
+        specs, roles = ensemble_specs(estimators, plan_context(cfg, n_train))
         for arch in cfg.archs:
-            module = build_model(arch, shape, info.n_classes, **cfg.arch_options.get(arch, {}))
+            module = build_model(arch, shape, n_classes, **cfg.arch_options.get(arch, {}))
             for estimator in estimators:
                 estimator.check_model(module)
-            n_params = sum(p.numel() for p in module.parameters())
-            activations = _activations_per_example(module, shape)
-            states = 1 if cfg.train.optimizer == "sgd" else 2
-            for ensemble in specs.values():
-                presented = float(ensemble.masks.sum()) * cfg.train.epochs
+            prof = profile(module, shape)
+            stored: dict[str, int] = {}  # each ensemble's bytes, all its models
+            for digest, ensemble in specs.items():
                 kept = len(ensemble.checkpoint_epochs) + int(ensemble.keep_initial)
-
-                # per model: parameters, checkpoints, per-presentation records, logits
-                per_model = (
-                    FLOATS * n_params * (1 + kept)
-                    + cfg.train.epochs * n_train * (FLOATS + 1)
-                    + FLOATS * (n_train + n_test) * info.n_classes
+                per_model = model_bytes(
+                    prof.n_params, cfg.train.epochs, n_train, n_test, n_classes, kept
                 )
                 k = min(ensemble.n_models, cfg.train.chunk_size or DEFAULT_CHUNK)
-                batch = max(3 * cfg.train.batch_size, EVAL_BATCH)  # backward keeps ~3×
-                working = FLOATS * k * (n_params * (1 + states) + activations * batch)
+                part = part_bytes(prof, cfg.train, k, n_train, n_test, n_classes, kept)
                 name = f"{ds.name}/{arch}/{ensemble.name} ({ensemble.n_models} models)"
-                flop = 6.0 * n_params * presented
-                items.append(Item(f"train {name}", k * per_model + working, flop))
-                items.append(Item(f"read {name} to score it", ensemble.n_models * per_model))
+                presented = float(ensemble.masks.sum()) * cfg.train.epochs
+                flop = prof.forward_flop * (3 * presented + ensemble.n_models * (n_train + n_test))
+                items.append(Item(f"train {name}", base + part, flop))
+                joined = 1 if ensemble.n_models <= k else 2  # parts are concatenated
+                stored[digest] = ensemble.n_models * per_model
+                items.append(Item(f"read {name} to score it", base + joined * stored[digest]))
+            for estimator in estimators:
+                fitted = _fitted_bytes(estimator, module, n_train, n_classes)
+                if fitted:
+                    held = sum(stored[digest] for digest in roles[estimator.name].values())
+                    items.append(
+                        Item(f"fit {ds.name}/{arch}/{estimator.name}", base + held + fitted)
+                    )
     if cfg.targets is not None:
         items.append(Item("train×target influence block", cfg.targets.memory_mb * 2**20))
     n_methods = len(estimators)
@@ -168,6 +304,30 @@ def estimate_study(config: StudyConfig) -> Estimate:
         )
     )
     return Estimate(items)
+
+
+def _fitted_bytes(estimator: Estimator, module: nn.Module, n_train: int, n_classes: int) -> int:
+    """The largest matrices ``estimator`` builds when fitted, where they are known from
+    its config (0 for the others: their fits hold gradients a batch at a time)."""
+    from mnemoscope.influence.functions import IFExact
+    from mnemoscope.influence.gradients import select_params
+    from mnemoscope.influence.trak import TRAK
+    from mnemoscope.memorization.sample_info import MAX_OUTPUTS, SampleInfo
+
+    if isinstance(estimator, IFExact):
+        names = select_params(module, estimator.config.params)
+        n_params = sum(module.get_parameter(name).numel() for name in names)
+        return FIT_WORKSPACE * 8 * n_params**2
+    if isinstance(estimator, TRAK):
+        k = estimator.config.proj_dim
+        # [M, n, k] float32 kept, and one model's features and their preconditioned
+        # version in float64 while it is computed
+        return FLOATS * estimator.config.n_models * n_train * k + 2 * 8 * n_train * k
+    if isinstance(estimator, SampleInfo):
+        # the kernel and its inverse, float64; a larger one is refused by the estimator
+        outputs = min(n_train * n_classes, MAX_OUTPUTS)
+        return 2 * 8 * outputs**2
+    return 0
 
 
 def refuse_if_too_big(estimate: Estimate, memory: int | None = None) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,9 @@ from mnemoscope.train.options import TrainConfig
 from mnemoscope.train.spec import Sharing
 
 EVAL_BATCH = 1024
+"""Model-examples per vmapped evaluation pass (inputs × models evaluated at once)."""
+MIN_EVAL_BATCH = 16
+"""Fewest inputs per evaluation pass, however many models: fewer cost more in calls."""
 DEFAULT_CHUNK = 64
 
 
@@ -197,13 +200,25 @@ def epoch_orders(
     model, keeping only the model's members: dropping example i leaves the relative
     order of the others unchanged.
     """
+    orders = _order_stream(mask_row, seed, k, order)
+    return [next(orders) for _ in range(epochs)]
+
+
+def _order_stream(
+    mask_row: torch.Tensor, seed: int, k: int, order: Sharing
+) -> Iterator[torch.Tensor]:
+    """The orders of :func:`epoch_orders`, drawn one epoch at a time: the trainer holds
+    one epoch's order per model, not ``epochs · n`` indices."""
     if order == "shared":
         generator = torch.Generator().manual_seed(derive_seed(seed, 0x0D3E, 0x5A4ED))
-        perms = [torch.randperm(len(mask_row), generator=generator) for _ in range(epochs)]
-        return [perm[mask_row[perm]] for perm in perms]
-    members = mask_row.nonzero().flatten()
-    generator = torch.Generator().manual_seed(derive_seed(seed, 0x0D3E, k))
-    return [members[torch.randperm(len(members), generator=generator)] for _ in range(epochs)]
+        while True:
+            perm = torch.randperm(len(mask_row), generator=generator)
+            yield perm[mask_row[perm]]
+    else:
+        members = mask_row.nonzero().flatten()
+        generator = torch.Generator().manual_seed(derive_seed(seed, 0x0D3E, k))
+        while True:
+            yield members[torch.randperm(len(members), generator=generator)]
 
 
 def _batched_schedule(
@@ -262,24 +277,42 @@ class _Stack:
         return vmap(self._one)(self.params, x)
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [N, ...]`` shared by all models → logits ``[K, N, C]``."""
-        return _models_logits(self.template, self.params, x)
+    def evaluate(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [N, ...]`` shared by all models → logits ``[K, N, C]`` (into ``out``)."""
+        return _models_logits(self.template, self.params, x, out)
 
 
-def _models_logits(template: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
+def eval_batch(n_models: int) -> int:
+    """Inputs per vmapped evaluation pass of ``n_models`` models: ``EVAL_BATCH``
+    model-examples in all (at least ``MIN_EVAL_BATCH`` inputs), so that evaluation
+    memory does not grow with the number of models evaluated at once."""
+    return max(MIN_EVAL_BATCH, EVAL_BATCH // n_models)
+
+
+def _models_logits(
+    template: nn.Module, params: Params, x: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Stacked ``params`` (each ``[K, ...]``) on ``x [N, ...]`` shared by all models →
-    ``[K, N, C]``, ``EVAL_BATCH`` inputs at a time."""
+    ``[K, N, C]``, :func:`eval_batch` inputs at a time, each batch written into ``out``
+    (a new tensor on ``x``'s device when None)."""
     n_models = next(iter(params.values())).shape[0]
 
     def one(p: Params, xb: torch.Tensor) -> torch.Tensor:
         return functional_call(template, p, (xb,))
 
-    # An expanded (batched) input rather than in_dims=None: GroupNorm has no vmap
-    # rule for an unbatched input.
-    return torch.cat(
-        [vmap(one)(params, xb.expand(n_models, *xb.shape)) for xb in x.split(EVAL_BATCH)], dim=1
-    )
+    logits = out
+    step = eval_batch(n_models)
+    for start in range(0, len(x), step):
+        xb = x[start : start + step]
+        # An expanded (batched) input rather than in_dims=None: GroupNorm has no vmap
+        # rule for an unbatched input.
+        values = vmap(one)(params, xb.expand(n_models, *xb.shape))
+        if logits is None:
+            logits = values.new_empty(n_models, len(x), values.shape[-1])
+        logits[:, start : start + len(xb)] = values
+    if logits is None:
+        raise ValueError("no inputs to evaluate: x is empty")
+    return logits
 
 
 def _snapshot(params: Params) -> Params:
@@ -316,7 +349,11 @@ def train_ensemble(
 
     Cost: ``K · epochs · |subset|`` forward/backward passes, then ``K · (n + n_test)``
     forward passes for the final logits. The per-presentation loss and correctness
-    come from the training forward passes, at no extra cost.
+    come from the training forward passes, at no extra cost. Memory, besides the data:
+    the records (``K · epochs · n`` float32 and bool, the logits) written in place on
+    the CPU, and one chunk's parameters, optimizer state and activations of a batch
+    (or of :func:`eval_batch` inputs when evaluating); the data orders are drawn one
+    epoch at a time (:mod:`mnemoscope.runner.estimate` counts all of it).
     """
     n = masks.shape[1]
     indices = list(range(masks.shape[0])) if models is None else [int(k) for k in models]
@@ -334,8 +371,17 @@ def train_ensemble(
     x_test = dataset.x_test.to(device)
     chunk = config.chunk_size or min(len(indices), DEFAULT_CHUNK)
     kept = set(checkpoint_epochs) | ({0} if keep_initial else set())
-    parts: list[TrainedEnsemble] = []
-    for start in range(0, len(indices), chunk):
+    # Every chunk writes its records and logits into these, on the CPU: no copy of
+    # them is made on the device or to join the chunks.
+    n_models, n_classes = len(indices), dataset.n_classes
+    records = _Records(
+        loss=torch.full((n_models, config.epochs, n), float("nan")),
+        correct=torch.zeros(n_models, config.epochs, n, dtype=torch.bool),
+        train_logits=torch.empty(n_models, n, n_classes),
+        test_logits=torch.empty(n_models, dataset.n_test, n_classes),
+    )
+    parts: list[tuple[Params, list[Checkpoint]]] = []
+    for start in range(0, n_models, chunk):
         parts.append(
             _train_chunk(
                 arch,
@@ -350,9 +396,44 @@ def train_ensemble(
                 (x_train, y_train, x_test),
                 progress,
                 dict(arch_options or {}),
+                records.rows(slice(start, start + chunk)),
             )
         )
-    return _concatenate(parts)
+    return TrainedEnsemble(
+        arch=arch,
+        input_shape=dataset.input_shape,
+        n_classes=n_classes,
+        params=_cat_params([params for params, _ in parts]),
+        masks=masks[indices].clone(),
+        train_loss=records.loss,
+        train_correct=records.correct,
+        train_logits=records.train_logits,
+        test_logits=records.test_logits,
+        checkpoints=[
+            Checkpoint(c.epoch, c.lr, _cat_params([saved[i].params for _, saved in parts]))
+            for i, c in enumerate(parts[0][1])
+        ],
+        arch_options=dict(arch_options or {}),
+    )
+
+
+@dataclass
+class _Records:
+    """What the trainer records for models ``[K, ...]`` (see :class:`TrainedEnsemble`)."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    train_logits: torch.Tensor
+    test_logits: torch.Tensor
+
+    def rows(self, models: slice) -> _Records:
+        """Views of these models' rows."""
+        return _Records(
+            self.loss[models],
+            self.correct[models],
+            self.train_logits[models],
+            self.test_logits[models],
+        )
 
 
 def _train_chunk(
@@ -368,7 +449,10 @@ def _train_chunk(
     data: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     progress: Callable[[int], None] | None,
     arch_options: dict[str, Any],
-) -> TrainedEnsemble:
+    records: _Records,
+) -> tuple[Params, list[Checkpoint]]:
+    """Train models ``ks`` together, filling ``records`` (their rows); returns their
+    final parameters and checkpoints."""
     init, order = sharing
     x_train, y_train, x_test = data
     modules = [
@@ -385,15 +469,13 @@ def _train_chunk(
     stack = _Stack(modules, device, x_train)
     optimizer = StackedOptimizer(stack.params, config)
     names = list(stack.params)
-    orders = [epoch_orders(masks[k], seed, k, config.epochs, order) for k in ks]
-    n = dataset.n_train
-    losses = torch.full((len(ks), config.epochs, n), float("nan"), device=device)
-    corrects = torch.zeros(len(ks), config.epochs, n, dtype=torch.bool, device=device)
+    orders = [_order_stream(masks[k], seed, k, order) for k in ks]
     checkpoints = []
     if 0 in checkpoint_epochs:
         checkpoints.append(Checkpoint(0, config.lr, _snapshot(stack.params)))
     for epoch in range(config.epochs):
-        index, weight = _batched_schedule([o[epoch] for o in orders], config.batch_size)
+        epoch_order = [next(o) for o in orders]
+        index, weight = _batched_schedule(epoch_order, config.batch_size)
         index, weight = index.to(device), weight.to(device)
         step_loss = torch.empty(index.shape, device=device)  # [K, steps, B], schedule order
         step_correct = torch.empty(index.shape, dtype=torch.bool, device=device)
@@ -407,47 +489,43 @@ def _train_chunk(
             batch_loss = (per_example * w).sum(1) / w.sum(1).clamp_min(1.0)
             grads = torch.autograd.grad(batch_loss.sum(), [stack.params[k] for k in names])
             optimizer.step(stack.params, dict(zip(names, grads)), w.sum(1) > 0)
-        model, step, slot = weight.nonzero(as_tuple=True)  # real examples, not padding
-        seen = index[model, step, slot]
-        losses[model, epoch, seen] = step_loss[model, step, slot]
-        corrects[model, epoch, seen] = step_correct[model, step, slot]
+        # model k's real examples are the first len(order) slots of its schedule
+        step_loss, step_correct = step_loss.cpu(), step_correct.cpu()
+        for row, presented in enumerate(epoch_order):
+            records.loss[row, epoch, presented] = step_loss[row].flatten()[: len(presented)]
+            records.correct[row, epoch, presented] = step_correct[row].flatten()[: len(presented)]
         if epoch + 1 in checkpoint_epochs:
             checkpoints.append(Checkpoint(epoch + 1, config.lr, _snapshot(stack.params)))
         if progress is not None:
             progress(len(ks))
-    return TrainedEnsemble(
-        arch=arch,
-        input_shape=dataset.input_shape,
-        n_classes=dataset.n_classes,
-        params=_snapshot(stack.params),
-        masks=masks[ks].clone(),
-        train_loss=losses.cpu(),
-        train_correct=corrects.cpu(),
-        train_logits=stack.evaluate(x_train).cpu(),
-        test_logits=stack.evaluate(x_test).cpu(),
-        checkpoints=checkpoints,
-        arch_options=arch_options,
-    )
+    stack.evaluate(x_train, out=records.train_logits)
+    stack.evaluate(x_test, out=records.test_logits)
+    return _snapshot(stack.params), checkpoints
+
+
+def _cat_params(parts: list[Params]) -> Params:
+    """Stacked parameters of consecutive parts of the models, joined (one part: as is)."""
+    if len(parts) == 1:
+        return parts[0]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 def _concatenate(parts: list[TrainedEnsemble]) -> TrainedEnsemble:
+    if len(parts) == 1:
+        return parts[0]
     first = parts[0]
-
-    def cat_params(ps: list[Params]) -> Params:
-        return {k: torch.cat([p[k] for p in ps]) for k in ps[0]}
-
     return TrainedEnsemble(
         arch=first.arch,
         input_shape=first.input_shape,
         n_classes=first.n_classes,
-        params=cat_params([p.params for p in parts]),
+        params=_cat_params([p.params for p in parts]),
         masks=torch.cat([p.masks for p in parts]),
         train_loss=torch.cat([p.train_loss for p in parts]),
         train_correct=torch.cat([p.train_correct for p in parts]),
         train_logits=torch.cat([p.train_logits for p in parts]),
         test_logits=torch.cat([p.test_logits for p in parts]),
         checkpoints=[
-            Checkpoint(c.epoch, c.lr, cat_params([p.checkpoints[i].params for p in parts]))
+            Checkpoint(c.epoch, c.lr, _cat_params([p.checkpoints[i].params for p in parts]))
             for i, c in enumerate(first.checkpoints)
         ],
         arch_options=first.arch_options,
