@@ -57,9 +57,10 @@ def models_needed(n: int, fraction: float, target: float, seed: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stderr", type=float, default=0.05)
-    parser.add_argument("--fraction", type=float, default=0.7)
+    parser.add_argument("--fraction", type=float, default=0.5)
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--chunk", type=int, default=64)
     parser.add_argument("--baseline-models", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
@@ -67,13 +68,17 @@ def main() -> None:
 
     data = prepare("digits", seed=0, label_noise=0.1)
     config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=0.05, momentum=0.9, weight_decay=5e-4
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=0.9,
+        weight_decay=5e-4,
     )
     k = models_needed(data.n_train, args.fraction, args.stderr, seed=1)
     masks = subset_masks(k, data.n_train, args.fraction, 1)
     print(
         f"digits: {data.n_train} training examples, 10% flipped labels; mlp, {args.epochs} "
-        f"epochs, batch {args.batch_size}, fraction {args.fraction}; torch threads "
+        f"epochs, batch {args.batch_size}, lr {args.lr}, fraction {args.fraction}; torch threads "
         f"{torch.get_num_threads()}; K = {k} models for worst-case stderr ≤ {args.stderr}"
     )
 
