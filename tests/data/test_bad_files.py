@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -293,15 +294,9 @@ def test_file_dataset_names(tmp_path):
     _refused({"name": "../up", "path": path}, "datasets.0.name", "letters, digits")
 
 
-def test_hf_without_the_datasets_package_says_how_to_install(tmp_path):
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        _refused(
-            {"name": "h", "path": str(tmp_path), "format": "hf"}, "pip install 'mnemoscope[hf]'"
-        )
-    else:
-        pytest.skip("datasets is installed: tests/data/test_hf.py reads a real folder")
+def test_hf_without_the_datasets_package_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` fails, as uninstalled
+    _refused({"name": "h", "path": str(tmp_path), "format": "hf"}, "pip install 'mnemoscope[hf]'")
 
 
 # --- end to end through the command line -----------------------------------------------

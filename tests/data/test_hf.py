@@ -1,4 +1,4 @@
-"""Hugging Face ``save_to_disk`` folders (the optional ``hf`` extra: skipped without it)."""
+"""Hugging Face ``save_to_disk`` folders (the optional ``hf`` extra; ``make test`` installs it)."""
 
 from __future__ import annotations
 
