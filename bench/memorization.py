@@ -31,7 +31,7 @@ from mnemoscope.data import prepare  # noqa: E402
 from mnemoscope.memorization import FeldmanZhang, FeldmanZhangConfig  # noqa: E402
 from mnemoscope.task import Task  # noqa: E402
 from mnemoscope.train import TrainConfig, subset_masks, train_ensemble  # noqa: E402
-from mnemoscope.train.ensemble import _concatenate  # noqa: E402
+from mnemoscope.train.trained import _concatenate  # noqa: E402
 
 
 def worst_stderr(masks: torch.Tensor) -> float:

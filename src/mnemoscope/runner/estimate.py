@@ -50,8 +50,9 @@ from mnemoscope.errors import UserError
 from mnemoscope.estimator import REGISTRY, Estimator
 from mnemoscope.models import build_model
 from mnemoscope.store import DatasetInfo
-from mnemoscope.train.ensemble import DEFAULT_CHUNK, eval_batch
+from mnemoscope.train.ensemble import DEFAULT_CHUNK
 from mnemoscope.train.options import TrainConfig
+from mnemoscope.train.trained import eval_batch
 
 FLOATS = 4
 SUSTAINED_FLOPS = 10e9
