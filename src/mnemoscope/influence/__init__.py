@@ -3,8 +3,6 @@
 from mnemoscope.influence.base import InfluenceEstimator
 from mnemoscope.influence.ekfac import EKFAC, EKFACConfig
 from mnemoscope.influence.functions import (
-    ClassificationInfluence,
-    ClassificationInfluenceConfig,
     IFArnoldi,
     IFArnoldiConfig,
     IFConjugateGradient,
@@ -13,13 +11,17 @@ from mnemoscope.influence.functions import (
     IFExactConfig,
     IFLissa,
     IFLissaConfig,
-    RelatIF,
-    RelatIFConfig,
 )
 from mnemoscope.influence.gradient_cosine import GradCos, GradCosConfig
 from mnemoscope.influence.gradient_dot import GradDot, GradDotConfig, TracIn, TracInConfig
 from mnemoscope.influence.gradients import per_example_grads, select_params
 from mnemoscope.influence.knn_shapley import KNNShapley, KNNShapleyConfig
+from mnemoscope.influence.relative import (
+    ClassificationInfluence,
+    ClassificationInfluenceConfig,
+    RelatIF,
+    RelatIFConfig,
+)
 from mnemoscope.influence.representer import Representer, RepresenterConfig
 from mnemoscope.influence.retraining import Downsampling, DownsamplingConfig, Loo, LooConfig
 from mnemoscope.influence.trak import TRAK, TRAKConfig
