@@ -138,16 +138,21 @@ def correlation_with_ci(
         }
         resampled = _bootstrap(a, b, n_bootstrap, seed)
 
+    # NaN bounds where every resample is degenerate (tiny n with heavy ties)
+    return {
+        name: (values[name], *percentile_interval(resampled[name], confidence), n)
+        for name in STATISTICS
+    }
+
+
+def percentile_interval(boot: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Percentile interval of the finite bootstrap values (NaN if there are none)."""
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return float("nan"), float("nan")
     tail = 100.0 * (1.0 - confidence) / 2.0
-    result: dict[str, tuple[float, float, float, int]] = {}
-    for name in STATISTICS:
-        boot = resampled[name]
-        if np.isfinite(boot).any():
-            low, high = np.nanpercentile(boot, [tail, 100.0 - tail])
-        else:  # every resample degenerate (tiny n with heavy ties)
-            low, high = np.nan, np.nan
-        result[name] = (values[name], float(low), float(high), n)
-    return result
+    low, high = np.percentile(boot, [tail, 100.0 - tail])
+    return float(low), float(high)
 
 
 def _mean_over_seeds(scores: pd.DataFrame) -> pd.DataFrame:

@@ -22,7 +22,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mnemoscope.analysis.correlations import _rowwise_pearson, _validate, correlation_with_ci
+from mnemoscope.analysis.correlations import (
+    _rowwise_pearson,
+    _validate,
+    correlation_with_ci,
+    percentile_interval,
+)
 from mnemoscope.analysis.detection import detection_auc
 from mnemoscope.store.tables import INFLUENCE_EVAL  # noqa: F401  (re-exported)
 from mnemoscope.train import derive_seed, subset_masks
@@ -147,17 +152,7 @@ def mislabel_auc(
     with np.errstate(invalid="ignore", divide="ignore"):
         # Mann–Whitney: AUC = (rank sum of positives − n_pos(n_pos+1)/2) / (n_pos·n_neg)
         boot = ((ranks * positive).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return (auc, *_interval(boot, confidence))
-
-
-def _interval(boot: np.ndarray, confidence: float) -> tuple[float, float]:
-    """Percentile interval of the finite bootstrap values (NaN if there are none)."""
-    boot = boot[np.isfinite(boot)]
-    if boot.size == 0:
-        return float("nan"), float("nan")
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    low, high = np.percentile(boot, [tail, 100.0 - tail])
-    return float(low), float(high)
+    return (auc, *percentile_interval(boot, confidence))
 
 
 def _mean_with_ci(
@@ -169,7 +164,7 @@ def _mean_with_ci(
         return (float("nan"),) * 3
     rng = np.random.default_rng(seed)
     boot = values[rng.integers(0, values.size, size=(n_bootstrap, values.size))].mean(1)
-    return (float(values.mean()), *_interval(boot, confidence))
+    return (float(values.mean()), *percentile_interval(boot, confidence))
 
 
 @dataclass(frozen=True)
