@@ -5,20 +5,24 @@ checkpoints, then computes the TracIn-CP self-influence Σ_c η_c ‖∇ℓ(z_i;
 training example three ways, timed in interleaved repetitions:
 
 - **ours**: `TracIn(TracInConfig(checkpoints=5))`, all parameters (layer-wise identities
-  for Linear/Conv/GroupNorm, `vmap(grad)` for anything else);
+  for Linear/Conv/GroupNorm, `vmap(grad)` for anything else), at its default batch size
+  (`--ours-batch-size` to change it);
 - **vmap(grad)**: the same sum from plain `vmap(grad)` per-example gradients (what
-  `tracin` computed before the layer-wise path), for reference;
+  `tracin` computed before the layer-wise path), in batches of `--batch-size`, for
+  reference;
 - **Captum**: `TracInCP(model, dataset, checkpoints, load, loss_fn=CrossEntropyLoss(
   reduction="sum"), batch_size=256, sample_wise_grads_per_batch=True).self_influence()`,
   i.e. what a user would write with Captum's fast mode (its defaults otherwise).
 
+`--batch-size` (256) is Captum's batch size, as the comparison was specified.
 Captum's fast mode covers only nn.Linear and nn.Conv2d layers; the values are compared
 with ours restricted to those layers' parameters (`params: [names]`), which must agree
 to 1e-4, and ours over all parameters shows what the restriction leaves out.
 Captum is not a dependency of mnemoscope; install it into the venv for this script only:
 
     .venv/bin/pip install captum
-    OMP_NUM_THREADS=2 .venv/bin/python bench/influence.py [--repeats 7] [--epochs 10]
+    .venv/bin/python bench/influence.py [--repeats 9] [--epochs 10]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/influence.py   # one thread for every contender
 """
 
 from __future__ import annotations
@@ -80,8 +84,9 @@ def captum_self_influence(model, dataset, batch_size: int) -> np.ndarray:
         return captum.self_influence().double().numpy()
 
 
-def ours(model, dataset, batch_size: int, params="all") -> np.ndarray:
-    config = TracInConfig(checkpoints=len(model.checkpoints), batch_size=batch_size, params=params)
+def ours(model, dataset, batch_size: int | None, params="all") -> np.ndarray:
+    size = {} if batch_size is None else {"batch_size": batch_size}
+    config = TracInConfig(checkpoints=len(model.checkpoints), params=params, **size)
     return TracIn(config).fit({"model": model}, dataset, Task()).self_influence().score
 
 
@@ -112,17 +117,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--checkpoints", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batch-size", type=int, default=256, help="Captum's and vmap(grad)'s")
+    parser.add_argument("--ours-batch-size", type=int, default=None, help="default: tracin's")
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--archs", nargs="+", default=["mlp", "cnn"])
     args = parser.parse_args()
     _captum_tracin()
     dataset = prepare("digits", seed=0, label_noise=0.1)
     epochs = TracIn(TracInConfig(checkpoints=args.checkpoints)).checkpoint_epochs(args.epochs)
+    ours_batch = args.ours_batch_size or TracInConfig().batch_size
     print(
         f"load average {os.getloadavg()[0]:.2f} threads={torch.get_num_threads()} "
         f"torch={torch.__version__} n_train={dataset.n_train} "
-        f"checkpoints at epochs {epochs} batch={args.batch_size} repeats={args.repeats}"
+        f"checkpoints at epochs {epochs} batch: ours={ours_batch} captum, vmap(grad)="
+        f"{args.batch_size} repeats={args.repeats}"
     )
     failed = False
     for arch in args.archs:
@@ -142,7 +150,7 @@ def main() -> None:
             for name, _ in sub.named_parameters(recurse=False)
         ]
         runs = {
-            "ours (tracin, all params)": ours,
+            "ours (tracin, all params)": lambda m, d, _: ours(m, d, args.ours_batch_size),
             "vmap(grad), all params": vmap_grad,
             "captum TracInCP fast": captum_self_influence,
         }
@@ -163,7 +171,7 @@ def main() -> None:
             f"  speed-up vs vmap(grad):             {_spread([p / m for p, m in zip(plain, mine)], 2)}x"
         )
 
-        restricted = ours(model, dataset, args.batch_size, params=covered)
+        restricted = ours(model, dataset, args.ours_batch_size, params=covered)
         reference = values["captum TracInCP fast"]
         gap = np.abs(restricted - reference) / np.abs(reference).max()
         exact = np.abs(values["ours (tracin, all params)"] - values["vmap(grad), all params"])

@@ -15,7 +15,12 @@ from mnemoscope.data import prepare
 from mnemoscope.errors import ConfigError
 from mnemoscope.influence import TracIn, TracInConfig
 from mnemoscope.influence.gradients import per_example_grads, select_params
-from mnemoscope.influence.layerwise import gradient_factors, per_example_dots, per_example_sq_norms
+from mnemoscope.influence.layerwise import (
+    LayerwiseGradients,
+    gradient_factors,
+    per_example_dots,
+    per_example_sq_norms,
+)
 from mnemoscope.models import build_model
 from mnemoscope.task import Task
 from mnemoscope.train import TrainConfig, full_masks, train_ensemble
@@ -198,6 +203,38 @@ def test_cross_example_layers_are_never_taken_layer_wise():
     module.train()  # batch statistics mix examples: all vmap(grad), which refuses BatchNorm
     with pytest.raises(RuntimeError):
         gradient_factors(module, params, x, y, names)
+
+
+class SometimesTwice(nn.Module):
+    """Calls ``a`` a second time while ``twice`` is set: the decision to take ``a``
+    layer-wise, made on an earlier batch, no longer holds then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 3)
+        self.twice = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x))
+        if self.twice:
+            h = torch.tanh(self.a(h))
+        return self.b(h)
+
+
+def test_layers_reused_across_batches_are_checked_on_each_batch():
+    module = SometimesTwice()
+    params = _perturbed(module)
+    names = list(params)
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.arange(6) % 3
+    factors = LayerwiseGradients(module, names)
+    twice_a = ["a.weight", "a.bias"]
+    # the second batch calls `a` twice: it is watched again, and `a` falls back from then on
+    for twice, fallback in ((False, []), (True, twice_a), (False, twice_a)):
+        module.twice = twice
+        part = factors(params, x, y)
+        assert part.fallback == fallback
+        expected = _loop_grads(module, params, x, y, names)
+        torch.testing.assert_close(part.sq_norms(), (expected**2).sum(1), rtol=1e-9, atol=1e-12)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

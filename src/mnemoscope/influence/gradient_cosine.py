@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import torch
+from pydantic import Field
 from torch.nn import functional as F
 
 from mnemoscope.data import Dataset
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 
 class GradCosConfig(GradDotConfig):
     method: Literal["grad_cos"] = "grad_cos"  # type: ignore[assignment]
+    batch_size: int = Field(256, gt=0, le=1_000_000)
+    """Examples per per-example-gradient batch: ``batch_size × P`` dense gradients are
+    held at once (bounds memory; at most 10⁶)."""
 
 
 @register

@@ -13,7 +13,7 @@ from mnemoscope.errors import ConfigError
 from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
 from mnemoscope.influence.gradients import Params, ParamSelection, select_params
-from mnemoscope.influence.layerwise import GradientFactors, gradient_factors
+from mnemoscope.influence.layerwise import GradientFactors, LayerwiseGradients
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, TrainedEnsemble
 
@@ -45,8 +45,11 @@ class GradDotConfig(MethodConfig):
             return params
         raise ValueError("expected 'all', 'last_layer' or a non-empty list of parameter names")
 
-    batch_size: int = Field(256, gt=0, le=1_000_000)
-    """Examples per per-example-gradient batch (bounds memory; at most 10⁶)."""
+    batch_size: int = Field(512, gt=0, le=1_000_000)
+    """Examples per batched forward and backward pass (bounds memory; at most 10⁶). The
+    layer-wise path holds layer inputs and output gradients, not per-example gradients,
+    so a batch can be large; 512 was the fastest of 128–1024 for the mlp and cnn on
+    digits (1 thread, CPU)."""
 
 
 class TracInConfig(GradDotConfig):
@@ -90,6 +93,7 @@ class GradientDot(InfluenceEstimator):
         self.dataset_ = dataset
         self.module_ = model.module().to(self.device_)
         self.names_ = select_params(self.module_, self.config.params)
+        self.layerwise_ = LayerwiseGradients(self.module_, self.names_, task)
         self.weighted_ = [
             (weight, {k: v.to(self.device_) for k, v in params.items()})
             for weight, params in self._weighted_params(model)
@@ -100,14 +104,7 @@ class GradientDot(InfluenceEstimator):
         """Per-example gradients of ``batch_size`` examples at a time (layer-wise identities
         where a layer allows them, ``vmap(grad)`` for the other parameters)."""
         for xb, yb in zip(x.split(self.config.batch_size), y.split(self.config.batch_size)):
-            yield gradient_factors(
-                self.module_,
-                params,
-                xb.to(self.device_),
-                yb.to(self.device_),
-                self.names_,
-                self.task_,
-            )
+            yield self.layerwise_(params, xb.to(self.device_), yb.to(self.device_))
 
     def self_influence(self) -> Scores:
         data = self.dataset_

@@ -38,7 +38,7 @@ Cost per batch of b: one forward and one backward pass (to the layer outputs onl
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -162,9 +162,10 @@ class GradientFactors:
 
 
 class _Recorder(TorchFunctionMode):
-    """Watches one batched forward pass: each layer's input and output, and which layer
-    was running whenever an operation read a watched parameter (a layer called twice
-    reads its parameters twice)."""
+    """Watches one batched forward pass: each layer's input and output and how often it
+    ran (hooks), and, while entered as a mode, which layer was running whenever an
+    operation read a watched parameter (a layer called twice reads its parameters
+    twice)."""
 
     def __init__(self, layers: dict[nn.Module, list[str]], watched: dict[int, str]) -> None:
         super().__init__()
@@ -172,6 +173,7 @@ class _Recorder(TorchFunctionMode):
         self.running: list[nn.Module] = []
         self.uses: dict[str, list[nn.Module | None]] = {name: [] for name in watched.values()}
         self.seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor, tuple[int, int]]] = {}
+        self.calls: dict[nn.Module, int] = dict.fromkeys(layers, 0)
         self.handles = []
         for layer in layers:
             self.handles.append(layer.register_forward_pre_hook(self._enter))
@@ -182,6 +184,7 @@ class _Recorder(TorchFunctionMode):
 
     def _leave(self, layer: nn.Module, args, output) -> None:
         self.running.pop()
+        self.calls[layer] += 1
         if args and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor):
             versions = (args[0]._version, output._version)
             self.seen[layer] = (args[0].detach(), output, versions)
@@ -235,22 +238,23 @@ def _input_ok(layer: nn.Module, a: torch.Tensor, batch: int) -> bool:
 
 
 def _patches(a: torch.Tensor, conv: nn.Conv1d | nn.Conv2d, positions: torch.Size) -> torch.Tensor:
-    """``a [b, C, *spatial]`` → ``[b, C·kernel, P]``, what ``F.unfold`` gives, from one
-    strided slice per kernel offset (several times faster than ``im2col`` on small maps)."""
+    """``a [b, C, *spatial]`` → ``[b, C·kernel, P]``, what ``F.unfold`` gives, as one copy of
+    a strided view ``[b, C, *kernel, *positions]`` (several times faster than ``im2col`` on
+    small maps)."""
     padding = (0,) * len(positions) if isinstance(conv.padding, str) else conv.padding
     if any(padding):
         a = F.pad(a, [p for p in reversed(padding) for _ in range(2)])
-    windows = [
-        a[
-            (...,)
-            + tuple(
-                slice(o * d, o * d + s * (n - 1) + 1, s)
-                for o, d, s, n in zip(offset, conv.dilation, conv.stride, positions)
-            )
-        ]
-        for offset in itertools.product(*(range(k) for k in conv.kernel_size))
-    ]
-    return torch.stack(windows, 2).flatten(3).flatten(1, 2)
+    a = a.contiguous()
+    spatial = a.stride()[2:]
+    view = a.as_strided(
+        (*a.shape[:2], *conv.kernel_size, *positions),
+        (
+            *a.stride()[:2],
+            *(s * d for s, d in zip(spatial, conv.dilation)),
+            *(s * t for s, t in zip(spatial, conv.stride)),
+        ),
+    )
+    return view.reshape(a.shape[0], -1, positions.numel())
 
 
 def _pieces(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> dict[str, Piece]:
@@ -281,6 +285,128 @@ def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
     return module.get_submodule(prefix), local
 
 
+class LayerwiseGradients:
+    """Per-example gradients of ``m(z_i; θ)`` with respect to the parameters ``names`` of
+    ``module``, one batch at a time (:meth:`__call__`): layer-wise where a layer allows it
+    (one batched forward and backward), ``vmap(grad)`` for the rest.
+
+    Which layers the identities cover is decided by watching every operation of the
+    forward pass on the first batch of each input shape, and reused for later batches of
+    that shape (watching costs Python work on every operation): on those, each covered
+    layer must still run exactly once, with its input and output left unmodified, or the
+    batch is watched again and the new decision kept. A model that reads a layer's parameters from another
+    operation on some batches only (data-dependent control flow) is outside what the
+    reuse checks.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        names: Sequence[str],
+        task: Task | None = None,
+        measurement: Measurement = "loss",
+    ) -> None:
+        known = {name for name, _ in module.named_parameters()}
+        unknown = [name for name in names if name not in known]
+        if unknown or not names:
+            raise ConfigError(
+                f"params: expected a non-empty list of parameter names, unknown {unknown}"
+            )
+        self.module, self.names = module, list(names)
+        self.task, self.measurement = task or Task(), measurement
+        aliases: dict[int, list[str]] = {}
+        for alias, tensor in module.named_parameters(remove_duplicate=False):
+            aliases.setdefault(id(tensor), []).append(alias)
+        self.tied = {alias for group in aliases.values() if len(group) > 1 for alias in group}
+        cross_example = any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules()
+        )
+        self.candidates: dict[nn.Module, list[str]] = {}
+        for name in self.names:
+            layer, _ = _owner(module, name)
+            if not cross_example and name not in self.tied and _supported(layer):
+                self.candidates.setdefault(layer, []).append(name)
+        self.local = {name: _owner(module, name)[1] for name in self.names}
+        self._fast: dict[tuple, dict[nn.Module, list[str]]] = {}
+
+    def __call__(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> GradientFactors:
+        """The factors of one batch ``x [b, ...]``, ``y [b]``; ``params`` holds one model's
+        parameters (no leading model dimension)."""
+        unknown = [name for name in self.names if name not in params]
+        if unknown:
+            raise ConfigError(f"params: unknown parameter names {unknown}")
+        key = (tuple(x.shape[1:]), x.dtype, x.device)
+        known = self._fast.get(key)
+        pieces: dict[str, Piece] = {}
+        if self.candidates and known != {}:
+            fast = self._layerwise(params, x, y, known, pieces)
+            if fast is None:  # the layers reused for this shape no longer qualify
+                del self._fast[key]
+                return self(params, x, y)
+            self._fast[key] = fast
+        fallback = [name for name in self.names if name not in pieces]
+        if fallback:
+            (g,) = per_example_grads(
+                self.module, params, x, y, fallback, len(y), self.task, self.measurement
+            )
+            sizes = [params[name].numel() for name in fallback]
+            pieces.update({name: Dense(part) for name, part in zip(fallback, g.split(sizes, 1))})
+        return GradientFactors({name: pieces[name] for name in self.names}, fallback)
+
+    def _layerwise(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        known: dict[nn.Module, list[str]] | None,
+        pieces: dict[str, Piece],
+    ) -> dict[nn.Module, list[str]] | None:
+        """Fill ``pieces`` from one batched forward and backward; return the layers taken
+        layer-wise, or None where ``known`` (reused) ones no longer qualify."""
+        layers = self.candidates if known is None else known
+        watched = {
+            name: params[name].detach().requires_grad_()
+            for group in layers.values()
+            for name in group
+        }
+        recorder = _Recorder(layers, {id(tensor): name for name, tensor in watched.items()})
+        try:
+            with recorder if known is None else contextlib.nullcontext():
+                logits = functional_call(
+                    self.module, {**params, **watched}, (x,), tie_weights=bool(self.tied)
+                )
+        finally:
+            recorder.remove()
+
+        def qualifies(layer: nn.Module) -> bool:
+            return (
+                recorder.calls[layer] == 1
+                and recorder.unchanged(layer)
+                and _input_ok(layer, recorder.seen[layer][0], len(y))
+            )
+
+        if known is None:
+            fast = {
+                layer: [name for name in group if recorder.uses[name] == [layer]]
+                for layer, group in layers.items()
+                if layer in recorder.seen and qualifies(layer)
+            }
+            fast = {layer: group for layer, group in fast.items() if group}
+        elif all(layer in recorder.seen and qualifies(layer) for layer in known):
+            fast = known
+        else:
+            return None
+        if fast:
+            outputs = [recorder.seen[layer][1] for layer in fast]
+            total = self.task.measure(logits, y, self.measurement).sum()
+            deltas = torch.autograd.grad(total, outputs, allow_unused=True)
+            for (layer, group), output, delta in zip(fast.items(), outputs, deltas):
+                delta = torch.zeros_like(output) if delta is None else delta
+                local = _pieces(layer, recorder.seen[layer][0], delta.detach())
+                pieces.update({name: local[self.local[name]] for name in group})
+        return fast
+
+
 def gradient_factors(
     module: nn.Module,
     params: Params,
@@ -291,66 +417,8 @@ def gradient_factors(
     measurement: Measurement = "loss",
 ) -> GradientFactors:
     """Per-example gradients of ``m(z_i; θ)`` for one batch ``x [b, ...]``, ``y [b]``, with
-    respect to the parameters ``names``: layer-wise where a layer allows it (one batched
-    forward and backward), ``vmap(grad)`` for the rest. ``params`` holds one model's
-    parameters (no leading model dimension)."""
-    task = task or Task()
-    unknown = [name for name in names if name not in params]
-    if unknown or not names:
-        raise ConfigError(
-            f"params: expected a non-empty list of parameter names, unknown {unknown}"
-        )
-    aliases: dict[int, list[str]] = {}
-    for alias, tensor in module.named_parameters(remove_duplicate=False):
-        aliases.setdefault(id(tensor), []).append(alias)
-    tied = {alias for group in aliases.values() if len(group) > 1 for alias in group}
-    cross_example = any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules()
-    )
-    layers: dict[nn.Module, list[str]] = {}
-    for name in names:
-        layer, _ = _owner(module, name)
-        if not cross_example and name not in tied and _supported(layer):
-            layers.setdefault(layer, []).append(name)
-
-    pieces: dict[str, Piece] = {}
-    if layers:
-        watched = {
-            name: params[name].detach().requires_grad_()
-            for group in layers.values()
-            for name in group
-        }
-        recorder = _Recorder(layers, {id(tensor): name for name, tensor in watched.items()})
-        try:
-            with recorder:
-                logits = functional_call(
-                    module, {**params, **watched}, (x,), tie_weights=bool(tied)
-                )
-        finally:
-            recorder.remove()
-        fast = {
-            layer: [name for name in group if recorder.uses[name] == [layer]]
-            for layer, group in layers.items()
-            if layer in recorder.seen
-            and recorder.unchanged(layer)
-            and _input_ok(layer, recorder.seen[layer][0], len(y))
-        }
-        fast = {layer: group for layer, group in fast.items() if group}
-        if fast:
-            outputs = [recorder.seen[layer][1] for layer in fast]
-            total = task.measure(logits, y, measurement).sum()
-            deltas = torch.autograd.grad(total, outputs, allow_unused=True)
-            for (layer, group), output, delta in zip(fast.items(), outputs, deltas):
-                delta = torch.zeros_like(output) if delta is None else delta
-                local = _pieces(layer, recorder.seen[layer][0], delta.detach())
-                pieces.update({name: local[_owner(module, name)[1]] for name in group})
-
-    fallback = [name for name in names if name not in pieces]
-    if fallback:
-        (g,) = per_example_grads(module, params, x, y, fallback, len(y), task, measurement)
-        sizes = [params[name].numel() for name in fallback]
-        pieces.update({name: Dense(part) for name, part in zip(fallback, g.split(sizes, 1))})
-    return GradientFactors({name: pieces[name] for name in names}, fallback)
+    respect to the parameters ``names`` (:class:`LayerwiseGradients` for one batch)."""
+    return LayerwiseGradients(module, names, task, measurement)(params, x, y)
 
 
 def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple]:
@@ -368,13 +436,9 @@ def per_example_sq_norms(
     measurement: Measurement = "loss",
 ) -> torch.Tensor:
     """``[n]`` float64: ``‖∇_θ m(z_i; θ)‖²`` over the parameters ``names``, ``batch_size``
-    examples at a time (see :func:`gradient_factors`)."""
-    return torch.cat(
-        [
-            gradient_factors(module, params, xb, yb, names, task, measurement).sq_norms()
-            for xb, yb in _batches(x, y, batch_size)
-        ]
-    )
+    examples at a time (see :class:`LayerwiseGradients`)."""
+    factors = LayerwiseGradients(module, names, task, measurement)
+    return torch.cat([factors(params, xb, yb).sq_norms() for xb, yb in _batches(x, y, batch_size)])
 
 
 def per_example_dots(
@@ -391,11 +455,9 @@ def per_example_dots(
 ) -> Iterator[torch.Tensor]:
     """Yield ``[b, n_target]`` float64 blocks ``∇m(z_i) · ∇m(z_t)`` for consecutive batches
     of ``batch_size`` training examples; the targets' factors are held throughout."""
+    factors = LayerwiseGradients(module, names, task, measurement)
     targets = GradientFactors.cat(
-        [
-            gradient_factors(module, params, xb, yb, names, task, measurement)
-            for xb, yb in _batches(x_target, y_target, batch_size)
-        ]
+        [factors(params, xb, yb) for xb, yb in _batches(x_target, y_target, batch_size)]
     )
     for xb, yb in _batches(x, y, batch_size):
-        yield gradient_factors(module, params, xb, yb, names, task, measurement).dots(targets)
+        yield factors(params, xb, yb).dots(targets)

@@ -31,6 +31,9 @@ larger ones are drawn again, chunk by chunk, for every batch (same values either
 
 class TRAKConfig(GradDotConfig):
     method: Literal["trak"] = "trak"  # type: ignore[assignment]
+    batch_size: int = Field(256, gt=0, le=1_000_000)
+    """Examples per per-example-gradient batch: ``batch_size × P`` dense gradients are
+    held at once (bounds memory; at most 10⁶)."""
     proj_dim: int = Field(512, ge=1, le=100_000)
     """k, dimensions of the random projection of each gradient (at least 1, at most 10⁵)."""
     n_models: int = Field(10, ge=1, le=10_000)
