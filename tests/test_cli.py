@@ -196,6 +196,10 @@ def test_run_query_report_and_listings(tmp_path):
     assert report.exit_code == 0 and (out / "report.html").exists()
     listing = runner.invoke(app, ["datasets"])
     assert all(name in listing.output for name in ("digits", "mnist1d", "breast_cancer", "blobs"))
+    architectures = runner.invoke(app, ["archs"], terminal_width=200)
+    assert architectures.exit_code == 0
+    for name in ("logreg", "mlp", "cnn", "resnet", "transformer", "width", "heads"):
+        assert name in architectures.output
     methods = runner.invoke(app, ["methods"], terminal_width=200)
     assert all(name in methods.output for name in ("feldman_zhang", "tracin", "grad_dot"))
     assert "docs/methods.md" in methods.output

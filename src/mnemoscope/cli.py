@@ -137,6 +137,19 @@ def datasets() -> None:
 
 
 @app.command()
+def archs() -> None:
+    """List the built-in architectures and their `arch_options` (with defaults)."""
+    from mnemoscope.models.registry import ARCHITECTURES
+
+    table = Table("name", "description", "arch_options (default)", title="architectures")
+    for arch in ARCHITECTURES.values():
+        fields = arch.options.model_fields if arch.options else {}
+        options = ", ".join(f"{key} ({field.default})" for key, field in fields.items())
+        table.add_row(arch.name, arch.description, options or "none")
+    out_console.print(table)
+
+
+@app.command()
 @user_errors
 def methods(
     name: str = typer.Argument(None, help="One method: print its full description."),

@@ -104,7 +104,16 @@ def test_a_study_plants_marks_and_scores_canaries(tmp_path):
         ],
         "analysis": {"n_bootstrap": 20},
     }
-    run_study(parse_config(config), tmp_path)
+    parsed = parse_config(config)
+    dumped = parsed.model_dump(mode="json")["datasets"][0]["canaries"]
+    assert dumped == {"n": 3, "class": 1, "fraction": 0.1, "strength": 3.0}
+    assert (
+        parse_config(
+            {**config, "datasets": [{"name": "digits", "n_samples": 200, "canaries": dumped}]}
+        )
+        == parsed
+    )
+    run_study(parsed, tmp_path)
     examples = pd.read_parquet(tmp_path / "examples.parquet")
     canaries = examples.loc[examples["is_canary"], "example_id"]
     assert len(canaries) == 3 and (examples.loc[examples["is_canary"], "original_label"] == 1).all()

@@ -67,6 +67,15 @@ class CanariesConfig(BaseModel):
     strength: float = Field(3.0, gt=0, le=1_000)
     """Value (±) the pattern sets them to, in units of the standardised inputs."""
 
+    @model_serializer(mode="wrap")
+    def _class_as_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dump the class under ``class``, the key a config file uses (``class_`` is only
+        the Python name), so a saved config reads back as written."""
+        data = handler(self)
+        if "class_" in data:
+            data["class"] = data.pop("class_")
+        return data
+
 
 class DatasetConfig(BaseModel):
     """A built-in dataset by name, or the user's own files by ``path``.
