@@ -31,7 +31,7 @@ from mnemoscope.data import prepare  # noqa: E402
 from mnemoscope.memorization import FeldmanZhang, FeldmanZhangConfig  # noqa: E402
 from mnemoscope.task import Task  # noqa: E402
 from mnemoscope.train import TrainConfig, subset_masks, train_ensemble  # noqa: E402
-from mnemoscope.train.trained import _concatenate  # noqa: E402
+from mnemoscope.train.trained import concatenate_parts  # noqa: E402
 
 
 def worst_stderr(masks: torch.Tensor) -> float:
@@ -99,7 +99,7 @@ def main() -> None:
         train_ensemble("mlp", data, masks, config, seed=2, models=range(s, min(s + args.chunk, k)))
         for s in range(0, k, args.chunk)
     ]
-    trained = _concatenate(parts)  # as the runner joins the parts' files
+    trained = concatenate_parts(parts)  # as the runner joins the parts' files
     elapsed = time.perf_counter() - started
     estimator = FeldmanZhang(FeldmanZhangConfig(n_models=k, subset_fraction=args.fraction))
     scores = estimator.fit({"subsets": trained}, data, Task(config.weight_decay)).score()

@@ -44,7 +44,7 @@ def _validate(n_bootstrap: int, confidence: float) -> None:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
 
 
-def _rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pearson correlation of each row of ``x`` with the same row of ``y``.
 
     ``x``, ``y``: ``[rows, n]``. Returns ``[rows]``; NaN where a row is constant.
@@ -75,8 +75,8 @@ def _bootstrap(a: np.ndarray, b: np.ndarray, n_bootstrap: int, seed: int) -> dic
         stop = min(start + rows_per_block, n_bootstrap)
         idx = rng.integers(0, n, size=(stop - start, n))  # [rows, n]
         ra, rb = a[idx], b[idx]
-        out["pearson"][start:stop] = _rowwise_pearson(ra, rb)
-        out["spearman"][start:stop] = _rowwise_pearson(
+        out["pearson"][start:stop] = rowwise_pearson(ra, rb)
+        out["spearman"][start:stop] = rowwise_pearson(
             stats.rankdata(ra, axis=1), stats.rankdata(rb, axis=1)
         )
         kendall = out["kendall"]

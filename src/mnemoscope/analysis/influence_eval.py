@@ -23,10 +23,10 @@ import pandas as pd
 from scipy import stats
 
 from mnemoscope.analysis.correlations import (
-    _rowwise_pearson,
     _validate,
     correlation_with_ci,
     percentile_interval,
+    rowwise_pearson,
 )
 from mnemoscope.analysis.detection import detection_auc
 from mnemoscope.store.tables import INFLUENCE_EVAL  # noqa: F401  (re-exported)
@@ -107,7 +107,7 @@ def lds(
     predicted = (masks.astype(np.float64) @ attribution).T  # [T, J]
     observed = measured.T
     broken = ~(np.isfinite(predicted).all(1) & np.isfinite(observed).all(1))
-    rho = _rowwise_pearson(
+    rho = rowwise_pearson(
         stats.rankdata(np.nan_to_num(predicted), axis=1),
         stats.rankdata(np.nan_to_num(observed), axis=1),
     )

@@ -20,8 +20,8 @@ from mnemoscope.data import Dataset
 from mnemoscope.errors import ConfigError
 from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
-from mnemoscope.memorization.counterfactual import _group
-from mnemoscope.memorization.feldman_zhang import FeldmanZhangConfig, _agresti_caffo
+from mnemoscope.memorization.counterfactual import member_stats
+from mnemoscope.memorization.feldman_zhang import FeldmanZhangConfig, agresti_caffo
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, TrainedEnsemble, derive_seed, subset_masks
 
@@ -269,13 +269,13 @@ class Downsampling(_PartialRows):
         data = self.dataset_
         measured = self._measured(self.ensemble_.train_logits, data.y_train)  # [K, n]
         inside = self.ensemble_.masks
-        mean_in, var_in, k_in = _group(measured, inside)
-        mean_out, var_out, k_out = _group(measured, ~inside)
+        mean_in, var_in, k_in = member_stats(measured, inside)
+        mean_out, var_out, k_out = member_stats(measured, ~inside)
         with np.errstate(divide="ignore", invalid="ignore"):
             if self.config.measure == "accuracy":
                 right_in = (measured * inside).sum(0).numpy()
                 right_out = (measured * ~inside).sum(0).numpy()
-                variance = _agresti_caffo(right_in, k_in) + _agresti_caffo(right_out, k_out)
+                variance = agresti_caffo(right_in, k_in) + agresti_caffo(right_out, k_out)
             else:
                 variance = var_in / k_in + var_out / k_out
         stderr = np.sqrt(variance)

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from mnemoscope.errors import ConfigError
 from mnemoscope.estimator import Scores, register
-from mnemoscope.memorization.counterfactual import _group
+from mnemoscope.memorization.counterfactual import member_stats
 from mnemoscope.memorization.feldman_zhang import FeldmanZhang, FeldmanZhangConfig
 
 
@@ -104,8 +104,8 @@ class Canary(FeldmanZhang):
         canaries = self.dataset_.canaries
         reaction = self.reactions()
         inside = self.ensemble_.masks[:, canaries.index]
-        mean_in, var_in, k_in = _group(reaction, inside)
-        mean_out, var_out, k_out = _group(reaction, ~inside)
+        mean_in, var_in, k_in = member_stats(reaction, inside)
+        mean_out, var_out, k_out = member_stats(reaction, ~inside)
         with np.errstate(divide="ignore", invalid="ignore"):
             stderr = np.sqrt(var_in / k_in + var_out / k_out)
         ids = self.dataset_.train_ids[canaries.index].numpy()

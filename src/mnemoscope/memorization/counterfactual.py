@@ -61,14 +61,14 @@ class Counterfactual(FeldmanZhang):
         if self.config.measure == "neg_loss":
             measured = -measured
         inside = ensemble.masks
-        mean_in, var_in, k_in = _group(measured, inside)
-        mean_out, var_out, k_out = _group(measured, ~inside)
+        mean_in, var_in, k_in = member_stats(measured, inside)
+        mean_out, var_out, k_out = member_stats(measured, ~inside)
         with np.errstate(divide="ignore", invalid="ignore"):
             stderr = np.sqrt(var_in / k_in + var_out / k_out)
         return Scores(self.name, self.family, dataset.train_ids.numpy(), mean_in - mean_out, stderr)
 
 
-def _group(values: torch.Tensor, members: torch.Tensor) -> tuple[np.ndarray, ...]:
+def member_stats(values: torch.Tensor, members: torch.Tensor) -> tuple[np.ndarray, ...]:
     """Per example: mean and sample variance of ``values`` over the models in ``members``,
     and their count (NaN mean for none, NaN variance for fewer than two)."""
     count = members.sum(0).double()

@@ -103,7 +103,7 @@ class FeldmanZhang(MemorizationEstimator):
         k_in, k_out = k_in.numpy(), k_out.numpy()
         with np.errstate(divide="ignore", invalid="ignore"):
             p_in, p_out = x_in / k_in, x_out / k_out
-        stderr = np.sqrt(_agresti_caffo(x_in, k_in) + _agresti_caffo(x_out, k_out))
+        stderr = np.sqrt(agresti_caffo(x_in, k_in) + agresti_caffo(x_out, k_out))
         stderr[(k_in == 0) | (k_out == 0)] = np.nan
         return Scores(
             method=self.name,
@@ -114,7 +114,7 @@ class FeldmanZhang(MemorizationEstimator):
         )
 
 
-def _agresti_caffo(successes: np.ndarray, trials: np.ndarray) -> np.ndarray:
+def agresti_caffo(successes: np.ndarray, trials: np.ndarray) -> np.ndarray:
     """Variance term ``p̃(1−p̃)/(k+2)`` with ``p̃ = (x+1)/(k+2)`` (never 0)."""
     p = (successes + 1) / (trials + 2)
     return p * (1 - p) / (trials + 2)

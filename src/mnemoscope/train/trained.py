@@ -125,7 +125,7 @@ class TrainedEnsemble:
     @classmethod
     def load_parts(cls, paths: Sequence[Path]) -> TrainedEnsemble:
         """One ensemble from files of consecutive parts of its models, in order."""
-        return _concatenate([cls.load(path) for path in paths])
+        return concatenate_parts([cls.load(path) for path in paths])
 
     @classmethod
     def load(cls, path: Path) -> TrainedEnsemble:
@@ -197,7 +197,8 @@ def _cat_params(parts: list[Params]) -> Params:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
-def _concatenate(parts: list[TrainedEnsemble]) -> TrainedEnsemble:
+def concatenate_parts(parts: list[TrainedEnsemble]) -> TrainedEnsemble:
+    """The parts of one ensemble (trained chunk by chunk) as one ensemble, models in order."""
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
