@@ -82,6 +82,16 @@ class InfluenceEstimator(Estimator):
             matrix[block.train, block.targets] = block.values
         return matrix
 
+    def _hold_final_model(self, ensembles, dataset, task, device) -> None:
+        """Keep the data, the task and the final model of ``ensembles['model']`` (its
+        module and single-model parameters, on ``device``): the fit prologue of the
+        attributors that read one trained model."""
+        model = ensembles["model"]
+        self.device_ = torch.device(device)
+        self.task_, self.dataset_ = task, dataset
+        self.module_ = model.module().to(self.device_)
+        self.params_ = {k: v[0].to(self.device_) for k, v in model.params.items()}
+
     @property
     def n_train_(self) -> int:
         """Training examples of the fitted dataset."""

@@ -144,11 +144,7 @@ class InfluenceFunction(InfluenceEstimator):
         return {key: getattr(self, f"{key}_").cpu().contiguous() for key in self._cached}
 
     def _prepare(self, ensembles, dataset: Dataset, task: Task, device) -> None:
-        model = ensembles["model"]
-        self.device_ = torch.device(device)
-        self.task_, self.dataset_ = task, dataset
-        self.module_ = model.module().to(self.device_)
-        self.params_ = {k: v[0].to(self.device_) for k, v in model.params.items()}
+        self._hold_final_model(ensembles, dataset, task, device)
         self.names_ = select_params(self.module_, self.config.params)
         self.curvature_ = Curvature(
             self.module_,

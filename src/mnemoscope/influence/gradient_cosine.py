@@ -67,13 +67,8 @@ class GradCos(InfluenceEstimator):
         select_params(module, self.config.params)
 
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
-        model = ensembles["model"]
-        self.device_ = torch.device(device)
-        self.task_ = task
-        self.dataset_ = dataset
-        self.module_ = model.module().to(self.device_)
+        self._hold_final_model(ensembles, dataset, task, device)
         self.names_ = select_params(self.module_, self.config.params)
-        self.params_ = {k: v[0].to(self.device_) for k, v in model.params.items()}
         return self
 
     def _unit_grads(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[torch.Tensor]:

@@ -87,16 +87,12 @@ class GradientDot(InfluenceEstimator):
         """The ``(w_c, θ_c)`` pairs: weights and single-model parameters."""
 
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
-        model = ensembles["model"]
-        self.device_ = torch.device(device)
-        self.task_ = task
-        self.dataset_ = dataset
-        self.module_ = model.module().to(self.device_)
+        self._hold_final_model(ensembles, dataset, task, device)
         self.names_ = select_params(self.module_, self.config.params)
         self.layerwise_ = LayerwiseGradients(self.module_, self.names_, task)
         self.weighted_ = [
             (weight, {k: v.to(self.device_) for k, v in params.items()})
-            for weight, params in self._weighted_params(model)
+            for weight, params in self._weighted_params(ensembles["model"])
         ]
         return self
 

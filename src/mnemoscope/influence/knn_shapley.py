@@ -119,12 +119,7 @@ class KNNShapley(InfluenceEstimator):
         return {"model": EnsembleSpec.single(context.n_train)}
 
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
-        model = ensembles["model"]
-        self.device_ = torch.device(device)
-        self.dataset_ = dataset
-        self.task_ = task
-        self.module_ = model.module().to(self.device_)
-        self.params_ = {k: v[0].to(self.device_) for k, v in model.params.items()}
+        self._hold_final_model(ensembles, dataset, task, device)
         self.train_features_ = self._features(dataset.x_train)
         self.train_labels_ = dataset.y_train.to(self.device_)
         return self

@@ -82,16 +82,8 @@ class Representer(InfluenceEstimator):
     def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
         return {"model": EnsembleSpec.single(context.n_train)}
 
-    def _model(self, ensembles, dataset: Dataset, task: Task, device) -> None:
-        model = ensembles["model"]
-        self.device_ = torch.device(device)
-        self.dataset_ = dataset
-        self.task_ = task
-        self.module_ = model.module().to(self.device_)
-        self.params_ = {k: v[0].to(self.device_) for k, v in model.params.items()}
-
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
-        self._model(ensembles, dataset, task, device)
+        self._hold_final_model(ensembles, dataset, task, device)
         self.features_ = self._features(dataset.x_train)
         labels = dataset.y_train.to(self.device_)
         self.weight_ = self._refit(self.features_, labels)
@@ -104,7 +96,7 @@ class Representer(InfluenceEstimator):
         return {"alpha": self.alpha_.cpu(), "features": self.features_.cpu()}
 
     def load_fitted(self, state, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
-        self._model(ensembles, dataset, task, device)
+        self._hold_final_model(ensembles, dataset, task, device)
         self.alpha_ = state["alpha"].to(self.device_)
         self.features_ = state["features"].to(self.device_)
         self.weight_ = self.alpha_.T @ self.features_
