@@ -100,6 +100,49 @@ def test_blocks_diagonal_cache_and_ensemble(mlps, digits_small):
     assert subsets.masks.shape == (4, 100) and subsets.masks.sum(1).tolist() == [50] * 4
 
 
+def test_checkpoints_average_like_models(digits_small):
+    """C checkpoints of one model are averaged exactly as C models holding those
+    parameters would be, each drawing the projection of its index."""
+    data = digits_small
+    run = train_ensemble(
+        "mlp",
+        data,
+        full_masks(1, data.n_train),
+        TrainConfig(epochs=6, batch_size=32, lr=0.05),
+        seed=0,
+        checkpoint_epochs=[2, 4, 6],
+    )
+    config = TRAKConfig(n_models=1, checkpoints=3, proj_dim=32, params="last_layer")
+    context = PlanContext(n_train=data.n_train, epochs=6, seed=0)
+    assert TRAK(config).ensembles(context)["models"].checkpoint_epochs == (2, 4, 6)
+    assert TRAK(TRAKConfig()).ensembles(context)["models"].checkpoint_epochs == ()
+    estimator = TRAK(config).fit({"models": run}, data, Task())
+    assert estimator.preconditioned_.shape == (3, data.n_train, 32)
+    # three "models" holding the checkpoints' parameters, logits recomputed
+    stacked = {k: torch.cat([run.checkpoint(e).params[k] for e in (2, 4, 6)]) for k in run.params}
+    three = dataclasses.replace(run, params=stacked, masks=run.masks.expand(3, -1))
+    three = dataclasses.replace(three, train_logits=three.logits(data.x_train), checkpoints=[])
+    reference = TRAK(config.model_copy(update={"checkpoints": 1, "n_models": 3}))
+    reference.fit({"models": three}, data, Task())
+    np.testing.assert_allclose(
+        estimator.self_influence().score, reference.self_influence().score, rtol=1e-5
+    )
+    matrix = estimator.influence_matrix(data.x_test[:5], data.y_test[:5])
+    expected = reference.influence_matrix(data.x_test[:5], data.y_test[:5])
+    # float32 features: near-zero entries agree to 1e-5 of the largest
+    torch.testing.assert_close(matrix, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+    # the final checkpoint alone is not the whole average
+    final_only = TRAK(config.model_copy(update={"checkpoints": 1})).fit(
+        {"models": run}, data, Task()
+    )
+    assert not np.allclose(final_only.self_influence().score, estimator.self_influence().score)
+    # a model trained without those checkpoints: one line naming what it kept
+    with pytest.raises(
+        ConfigError, match=r"trak: the model kept no checkpoint at epochs \[2, 4, 6\]"
+    ):
+        TRAK(config).fit({"models": dataclasses.replace(run, checkpoints=[])}, data, Task())
+
+
 def _exact_logreg(x, y, l2, mask, start=None):
     """Minimiser of mean ℓ + (l2/2)‖θ‖² over the examples in ``mask`` (float64 L-BFGS)."""
     features = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], 1)[mask]
@@ -197,7 +240,8 @@ def test_unknown_parameter_names_are_refused_before_training(mlps):
         ({"projection": "sparse"}, "influence.0.trak.projection: Input should be"),
         ({"seed": -1}, "influence.0.trak.seed: Input should be greater than or equal to 0"),
         ({"params": []}, "influence.0.trak.params: expected 'all', 'last_layer'"),
-        ({"checkpoints": 2}, "influence.0.trak.checkpoints: unknown key"),
+        ({"checkpoints": 0}, "influence.0.trak.checkpoints: Input should be greater than or"),
+        ({"checkpoint": 2}, "influence.0.trak.checkpoint: unknown key"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_field(entry, message):

@@ -121,12 +121,22 @@ def test_estimators_asking_for_the_same_ensemble_share_one_training(tmp_path, mo
             **BASE,
             "archs": ["logreg", "mlp"],
             "memorization": [{"method": "feldman_zhang", "n_models": 3}],
-            "influence": [{"method": "tracin", "checkpoints": 2}, {"method": "grad_dot"}],
+            "influence": [
+                {"method": "tracin", "checkpoints": 2},
+                {"method": "grad_dot"},
+                {"method": "trak", "n_models": 1, "checkpoints": 2, "proj_dim": 16},
+            ],
         }
     )
     run_study(config, tmp_path)
-    # per arch: the subsets of feldman_zhang, and one full model for tracin and grad_dot
+    # per arch: the subsets of feldman_zhang, and one full model for tracin, grad_dot and
+    # trak (one model, its checkpoints)
     assert len(trained) == 4
+    scores = pd.read_parquet(tmp_path / "scores.parquet")
+    assert (
+        scores.groupby("method").size()["trak"]
+        == 2 * RunDir(tmp_path).manifest.datasets["digits"].n_train
+    )
     full = [f for f in trained if "__full-" in f]
     assert len(full) == 2
     model = TrainedEnsemble.load(tmp_path / full[0])

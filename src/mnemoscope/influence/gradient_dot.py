@@ -58,6 +58,27 @@ class TracInConfig(GradDotConfig):
     """Checkpoints, evenly spaced over training, the last one the final model (at most 1000)."""
 
 
+def evenly_spaced_epochs(count: int, epochs: int) -> list[int]:
+    """``min(count, epochs)`` epochs evenly spaced over ``epochs``, the last one ``epochs``:
+    ``round(epochs·j/C)`` for j = 1..C."""
+    count = min(count, epochs)
+    return sorted({int(round(epochs * (j + 1) / count)) for j in range(count)})
+
+
+def checkpoints_or_error(model: TrainedEnsemble, wanted: list[int], method: str) -> list:
+    """The checkpoints of ``model`` at epochs ``wanted``, or a one-line ConfigError naming
+    what it kept."""
+    kept = sorted(c.epoch for c in model.checkpoints)
+    missing = [e for e in wanted if e not in kept]
+    if missing:
+        raise ConfigError(
+            f"{method}: the model kept no checkpoint at epochs {missing} (it kept "
+            f"{kept or 'none'}); train it with checkpoint_epochs={wanted}, as "
+            f"{method}'s ensembles() declares"
+        )
+    return [model.checkpoint(e) for e in wanted]
+
+
 class GradientDot(InfluenceEstimator):
     """``τ(z_i, z) = Σ_c w_c ∇ℓ(z; θ_c) · ∇ℓ(z_i; θ_c)`` over parameter sets ``θ_c``.
 
@@ -177,21 +198,11 @@ class TracIn(GradientDot):
 
     def checkpoint_epochs(self, epochs: int) -> list[int]:
         """``checkpoints`` epochs evenly spaced over training, the last one the final model."""
-        count = min(self.config.checkpoints, epochs)
-        return sorted({int(round(epochs * (j + 1) / count)) for j in range(count)})
+        return evenly_spaced_epochs(self.config.checkpoints, epochs)
 
     def _epochs(self, epochs: int) -> list[int]:
         return self.checkpoint_epochs(epochs)
 
     def _weighted_params(self, model):
-        wanted = self.checkpoint_epochs(model.epochs)
-        kept = sorted(c.epoch for c in model.checkpoints)
-        missing = [e for e in wanted if e not in kept]
-        if missing:
-            raise ConfigError(
-                f"tracin: the model kept no checkpoint at epochs {missing} (it kept "
-                f"{kept or 'none'}); train it with checkpoint_epochs={wanted}, as "
-                "TracIn.ensembles() declares"
-            )
-        chosen = [model.checkpoint(e) for e in wanted]
+        chosen = checkpoints_or_error(model, self.checkpoint_epochs(model.epochs), "tracin")
         return [(c.lr, {k: v[0] for k, v in c.params.items()}) for c in chosen]

@@ -14,10 +14,21 @@ from torch.func import functional_call, grad, vmap
 from mnemoscope.data import Dataset
 from mnemoscope.estimator import PlanContext, Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
-from mnemoscope.influence.gradient_dot import GradDotConfig
+from mnemoscope.influence.gradient_dot import (
+    GradDotConfig,
+    checkpoints_or_error,
+    evenly_spaced_epochs,
+)
 from mnemoscope.influence.gradients import Params, select_params
 from mnemoscope.task import Task
-from mnemoscope.train import EnsembleSpec, derive_seed, full_masks, subset_masks
+from mnemoscope.train import (
+    EnsembleSpec,
+    TrainedEnsemble,
+    derive_seed,
+    full_masks,
+    subset_masks,
+)
+from mnemoscope.train.trained import _models_logits
 
 if TYPE_CHECKING:
     from typing import Self
@@ -51,6 +62,10 @@ class TRAKConfig(GradDotConfig):
     """Entries of the projection: ±1/√k with equal odds, or normal with variance 1/k."""
     seed: int = Field(0, ge=0, le=2**32 - 1)
     """Seed of the projections (model m draws its own from ``(seed, m)``)."""
+    checkpoints: int = Field(1, ge=1, le=1_000)
+    """Checkpoints per model, evenly spaced over training, the last one the final model (as
+    for ``tracin``); the M·C parameter sets are averaged over as M·C models. 1 (the
+    default): the final models only."""
 
 
 def log_odds(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -72,7 +87,10 @@ class TRAK(InfluenceEstimator):
         ``τ(z_i, z_t) = mean_m(φ_tᵀ (ΦᵀΦ + λI)⁻¹ φ_i) · mean_m(1 − p_i)``
 
     (the kernel term and the weight ``1 − p_i`` are averaged over models separately, as
-    in Alg. 1). For logistic regression this is the one-step Newton estimate of how
+    in Alg. 1). With ``checkpoints: C > 1`` the M·C parameter sets of C checkpoints per
+    model (evenly spaced, the last the final model) take the place of the M models, each
+    with its own projection: checkpoints of one run are a cheaper, less diverse stand-in
+    for independently trained models. For logistic regression this is the one-step Newton estimate of how
     much the target's margin would *drop* if i were removed (Park et al. §3, with the
     Hessian's ``p(1−p)`` weights dropped): positive = removing i hurts the target, as
     everywhere; the unit is the target's margin, not its loss (they move oppositely).
@@ -104,7 +122,40 @@ class TRAK(InfluenceEstimator):
             if fraction == 1
             else subset_masks(m, context.n_train, fraction, context.seed)
         )
-        return {"models": EnsembleSpec(masks)}
+        return {"models": EnsembleSpec(masks, tuple(self._epochs(context.epochs)))}
+
+    def _epochs(self, epochs: int) -> list[int]:
+        """Checkpoint epochs to read; none (the final models) for one checkpoint."""
+        count = self.config.checkpoints
+        return [] if count == 1 else evenly_spaced_epochs(count, epochs)
+
+    def _parameter_sets(self, models: TrainedEnsemble) -> list[Params]:
+        """The parameter sets averaged over, model-major: (model m, checkpoint c) is set
+        ``m·C + c`` and draws the projection of that index."""
+        wanted = self._epochs(models.epochs)
+        stacked = (
+            [c.params for c in checkpoints_or_error(models, wanted, self.name)]
+            if wanted
+            else [models.params]
+        )
+        return [
+            {k: v[m].to(self.device_) for k, v in params.items()}
+            for m in range(models.n_models)
+            for params in stacked
+        ]
+
+    def _train_logits(self, models: TrainedEnsemble, x: torch.Tensor) -> torch.Tensor:
+        """``[M·C, n, classes]`` logits of every parameter set on the training inputs (the
+        trainer's final logits for the final models)."""
+        wanted = self._epochs(models.epochs)
+        if not wanted:
+            return models.train_logits
+        template = models.module().to("meta")
+        per_checkpoint = [
+            _models_logits(template, c.params, x)
+            for c in checkpoints_or_error(models, wanted, self.name)
+        ]
+        return torch.stack(per_checkpoint, 1).flatten(0, 1).cpu()
 
     def check_model(self, module) -> None:
         select_params(module, self.config.params)
@@ -116,10 +167,7 @@ class TRAK(InfluenceEstimator):
         self.task_ = task
         self.module_ = models.module().to(self.device_)
         self.names_ = select_params(self.module_, self.config.params)
-        self.params_ = [
-            {k: v[m].to(self.device_) for k, v in models.params.items()}
-            for m in range(models.n_models)
-        ]
+        self.params_ = self._parameter_sets(models)
         self.n_params_ = sum(self.module_.get_parameter(k).numel() for k in self.names_)
         rows = max(1, PROJECTION_ROWS // (4 * self.config.proj_dim))
         self.chunks_ = [(s, min(s + rows, self.n_params_)) for s in range(0, self.n_params_, rows)]
@@ -128,11 +176,9 @@ class TRAK(InfluenceEstimator):
 
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
         self._models(ensembles, dataset, task, device)
-        models = ensembles["models"]
-        labels = dataset.y_train.to(models.train_logits.device)
-        probability = Task.measure(
-            models.train_logits, labels.expand(models.n_models, -1), "probability"
-        )
+        logits = self._train_logits(ensembles["models"], dataset.x_train)
+        labels = dataset.y_train.to(logits.device)
+        probability = Task.measure(logits, labels.expand(logits.shape[0], -1), "probability")
         self.keep_ = (1 - probability.double()).mean(0).to(self.device_)
         preconditioned, leverage = [], torch.zeros(dataset.n_train, dtype=torch.float64)
         for m in range(len(self.params_)):
