@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/mnemoscope demo --force
 
+# two workers (the CI machine has 2 cores; each test uses one torch thread), a test
+# module's tests on one worker so its module-scoped fixtures are built once
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 bench: $(STAMP)
 	$(BIN)/python bench/ensemble_training.py
