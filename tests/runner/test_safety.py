@@ -249,6 +249,21 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path, finished):
     _kill_and_resume([rng.uniform(0.0, 1.0)], finished, tmp_path / "killed")
 
 
+def test_a_resumed_run_removes_what_killed_writes_left(tmp_path, finished):
+    out = tmp_path / "run"
+    run_study(parse_config(TINY), out)
+    # what a SIGKILL in the middle of an atomic write leaves: its temporary file
+    partial = [out / ".scores.parquet.k1ll3d.tmp", out / "models" / ".m.safetensors.x9.tmp"]
+    for path in partial:
+        path.write_bytes(b"half a file")
+    mine = out / "notes.tmp"  # not one of ours (no leading dot): left alone
+    mine.write_text("kept")
+    run_study(parse_config(TINY), out)
+    assert not any(path.exists() for path in partial) and mine.read_text() == "kept"
+    for name, frame in _tables(out).items():
+        pd.testing.assert_frame_equal(frame, _tables(finished)[name])
+
+
 @pytest.mark.slow
 def test_sigkill_at_many_random_moments_then_resume(tmp_path, finished):
     rng = random.Random(1)

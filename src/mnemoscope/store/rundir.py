@@ -229,8 +229,20 @@ class RunDir:
                 f"('{self.manifest.name}'); use --force to replace it or choose another --out"
             )
 
+    def remove_partial_writes(self) -> list[Path]:
+        """Delete the temporary files of writes a killed process never finished (the
+        ``.NAME.*.tmp`` files of :func:`~mnemoscope.store.atomic.atomic_path`; a SIGKILL
+        skips their clean-up), so a resumed run leaves none behind. Only for the holder of
+        :meth:`lock`: no other writer can be mid-write then."""
+        partial = [p for p in self.root.rglob(".*.tmp") if p.is_file()]
+        for path in partial:
+            path.unlink(missing_ok=True)
+        return partial
+
     def start(self, name: str, config: dict[str, Any]) -> None:
-        """Record the config and versions of the run about to execute."""
+        """Record the config and versions of the run about to execute, after removing
+        what killed writes left (:meth:`remove_partial_writes`)."""
+        self.remove_partial_writes()
         self.manifest.name = name
         self.manifest.config = config
         self.manifest.versions = package_versions()
