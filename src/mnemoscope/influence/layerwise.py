@@ -294,9 +294,9 @@ class LayerwiseGradients:
     forward pass on the first batch of each input shape, and reused for later batches of
     that shape (watching costs Python work on every operation): on those, each covered
     layer must still run exactly once, with its input and output left unmodified, or the
-    batch is watched again and the new decision kept. A model that reads a layer's parameters from another
-    operation on some batches only (data-dependent control flow) is outside what the
-    reuse checks.
+    batch is watched again and the new decision kept. A model that reads a layer's
+    parameters from another operation on some batches only (data-dependent control flow)
+    is outside what the reuse checks.
     """
 
     def __init__(

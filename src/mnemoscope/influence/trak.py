@@ -28,7 +28,6 @@ from mnemoscope.train import (
     full_masks,
     subset_masks,
 )
-from mnemoscope.train.trained import _models_logits
 
 if TYPE_CHECKING:
     from typing import Self
@@ -90,10 +89,12 @@ class TRAK(InfluenceEstimator):
     in Alg. 1). With ``checkpoints: C > 1`` the M·C parameter sets of C checkpoints per
     model (evenly spaced, the last the final model) take the place of the M models, each
     with its own projection: checkpoints of one run are a cheaper, less diverse stand-in
-    for independently trained models. For logistic regression this is the one-step Newton estimate of how
-    much the target's margin would *drop* if i were removed (Park et al. §3, with the
-    Hessian's ``p(1−p)`` weights dropped): positive = removing i hurts the target, as
-    everywhere; the unit is the target's margin, not its loss (they move oppositely).
+    for independently trained models.
+
+    For logistic regression this is the one-step Newton estimate of how much the target's
+    margin would *drop* if i were removed (Park et al. §3, with the Hessian's ``p(1−p)``
+    weights dropped): positive = removing i hurts the target, as everywhere; the unit is
+    the target's margin, not its loss (they move oppositely).
 
     Self-influence: the diagonal ``mean_m(φ_iᵀ(ΦᵀΦ + λI)⁻¹φ_i) · mean_m(1 − p_i)`` ≥ 0, a
     leverage score times how badly i is fitted (high for mislabeled examples); computed
@@ -129,33 +130,21 @@ class TRAK(InfluenceEstimator):
         count = self.config.checkpoints
         return [] if count == 1 else evenly_spaced_epochs(count, epochs)
 
-    def _parameter_sets(self, models: TrainedEnsemble) -> list[Params]:
-        """The parameter sets averaged over, model-major: (model m, checkpoint c) is set
-        ``m·C + c`` and draws the projection of that index."""
-        wanted = self._epochs(models.epochs)
-        stacked = (
-            [c.params for c in checkpoints_or_error(models, wanted, self.name)]
-            if wanted
-            else [models.params]
-        )
-        return [
-            {k: v[m].to(self.device_) for k, v in params.items()}
-            for m in range(models.n_models)
-            for params in stacked
-        ]
-
-    def _train_logits(self, models: TrainedEnsemble, x: torch.Tensor) -> torch.Tensor:
-        """``[M·C, n, classes]`` logits of every parameter set on the training inputs (the
-        trainer's final logits for the final models)."""
+    def _read(self, models: TrainedEnsemble) -> list[Params]:
+        """The stacked ``[M, ...]`` parameters read: the final ones, or those of each of
+        the C checkpoints."""
         wanted = self._epochs(models.epochs)
         if not wanted:
+            return [models.params]
+        return [c.params for c in checkpoints_or_error(models, wanted, self.name)]
+
+    def _train_logits(self, models: TrainedEnsemble, x: torch.Tensor) -> torch.Tensor:
+        """``[M·C, n, classes]`` logits of every parameter set on the training inputs, in
+        the order of ``params_`` (the trainer's final logits for the final models)."""
+        if not self._epochs(models.epochs):
             return models.train_logits
-        template = models.module().to("meta")
-        per_checkpoint = [
-            _models_logits(template, c.params, x)
-            for c in checkpoints_or_error(models, wanted, self.name)
-        ]
-        return torch.stack(per_checkpoint, 1).flatten(0, 1).cpu()
+        per_checkpoint = [models.logits(x, params=stacked) for stacked in self.stacked_]
+        return torch.stack(per_checkpoint, 1).flatten(0, 1)
 
     def check_model(self, module) -> None:
         select_params(module, self.config.params)
@@ -167,7 +156,13 @@ class TRAK(InfluenceEstimator):
         self.task_ = task
         self.module_ = models.module().to(self.device_)
         self.names_ = select_params(self.module_, self.config.params)
-        self.params_ = self._parameter_sets(models)
+        self.stacked_ = self._read(models)
+        # model-major: (model m, checkpoint c) is set m·C + c and draws that projection
+        self.params_ = [
+            {k: v[m].to(self.device_) for k, v in stacked.items()}
+            for m in range(models.n_models)
+            for stacked in self.stacked_
+        ]
         self.n_params_ = sum(self.module_.get_parameter(k).numel() for k in self.names_)
         rows = max(1, PROJECTION_ROWS // (4 * self.config.proj_dim))
         self.chunks_ = [(s, min(s + rows, self.n_params_)) for s in range(0, self.n_params_, rows)]

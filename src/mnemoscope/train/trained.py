@@ -95,10 +95,13 @@ class TrainedEnsemble:
         return build_model(self.arch, self.input_shape, self.n_classes, **self.arch_options)
 
     @torch.no_grad()
-    def logits(self, x: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+    def logits(
+        self, x: torch.Tensor, device: str | torch.device = "cpu", params: Params | None = None
+    ) -> torch.Tensor:
         """``x [N, ...]`` → ``[K, N, C]`` logits of the K final models on ``device`` (one
-        vmapped forward pass per batch of inputs, as the trainer's final evaluation)."""
-        params = {k: v.to(device) for k, v in self.params.items()}
+        vmapped forward pass per batch of inputs, as the trainer's final evaluation), or of
+        other stacked parameters of the K models (a checkpoint's ``params``)."""
+        params = {k: v.to(device) for k, v in (self.params if params is None else params).items()}
         return _models_logits(self.module().to("meta"), params, x.to(device))
 
     def save(self, path: Path) -> Path:
