@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from pydantic import Field
 from torch.nn import functional as F
 
 from mnemoscope.data import Dataset
 from mnemoscope.estimator import PlanContext, Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
-from mnemoscope.influence.gradient_dot import GradDotConfig
+from mnemoscope.influence.gradient_dot import DenseGradientsConfig
 from mnemoscope.influence.gradients import per_example_grads, select_params
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec
@@ -21,11 +20,8 @@ if TYPE_CHECKING:
     from typing import Self
 
 
-class GradCosConfig(GradDotConfig):
+class GradCosConfig(DenseGradientsConfig):
     method: Literal["grad_cos"] = "grad_cos"  # type: ignore[assignment]
-    batch_size: int = Field(256, gt=0, le=1_000_000)
-    """Examples per per-example-gradient batch: ``batch_size × P`` dense gradients are
-    held at once (bounds memory; at most 10⁶)."""
 
 
 @register

@@ -52,6 +52,15 @@ class GradDotConfig(MethodConfig):
     digits (1 thread, CPU)."""
 
 
+class DenseGradientsConfig(GradDotConfig):
+    """Base of the methods that hold dense per-example gradients (``grad_cos``, ``trak``):
+    a smaller default batch."""
+
+    batch_size: int = Field(256, gt=0, le=1_000_000)
+    """Examples per per-example-gradient batch: ``batch_size × P`` dense gradients are
+    held at once (bounds memory; at most 10⁶)."""
+
+
 class TracInConfig(GradDotConfig):
     method: Literal["tracin"] = "tracin"  # type: ignore[assignment]
     checkpoints: int = Field(5, ge=1, le=1_000)

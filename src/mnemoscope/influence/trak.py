@@ -15,7 +15,7 @@ from mnemoscope.data import Dataset
 from mnemoscope.estimator import PlanContext, Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
 from mnemoscope.influence.gradient_dot import (
-    GradDotConfig,
+    DenseGradientsConfig,
     checkpoints_or_error,
     evenly_spaced_epochs,
 )
@@ -39,11 +39,8 @@ PROJECTION_CACHE = 64 * 2**20
 larger ones are drawn again, chunk by chunk, for every batch (same values either way)."""
 
 
-class TRAKConfig(GradDotConfig):
+class TRAKConfig(DenseGradientsConfig):
     method: Literal["trak"] = "trak"  # type: ignore[assignment]
-    batch_size: int = Field(256, gt=0, le=1_000_000)
-    """Examples per per-example-gradient batch: ``batch_size × P`` dense gradients are
-    held at once (bounds memory; at most 10⁶)."""
     proj_dim: int = Field(512, ge=1, le=100_000)
     """k, dimensions of the random projection of each gradient (at least 1, at most 10⁵)."""
     n_models: int = Field(10, ge=1, le=10_000)
