@@ -1,6 +1,6 @@
 """Execute a study: plan its stages, skip the finished ones, run the rest on an executor.
 
-Stages (DESIGN.md's flow): ``data/<ds>`` → ``train/<ds>/<arch>/<ensemble>`` →
+Stages: ``data/<ds>`` → ``train/<ds>/<arch>/<ensemble>`` →
 [``fit/<ds>/<arch>/<method>``] → ``scores/...`` (and ``influence/...`` when the config
 names targets) → ``tables`` → ``analysis`` → ``report``. The plan
 (:mod:`mnemoscope.runner.plan`) gives each stage a cache key hashing its config
