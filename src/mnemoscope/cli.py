@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -97,6 +98,36 @@ def demo(
 
     out = out or Path("mnemoscope-demo-quick" if quick else "mnemoscope-demo")
     _run_and_summarise(demo_config(quick), out, force, dry_run)
+
+
+@app.command()
+@user_errors
+def study(
+    config: Path = typer.Argument(
+        None, help="Study config (YAML) with a `study:` section [default: the built-in study]."
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="Run directory [default: mnemoscope-study, or -quick]."
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="Shrink the study as its `study.quick` section says."
+    ),
+    force: bool = FORCE,
+    dry_run: bool = DRY_RUN,
+    print_default: bool = typer.Option(
+        False, "--print-default", help="Print the default study's YAML (to copy and edit)."
+    ),
+) -> None:
+    """Relate influence to memorization across architectures: which scores track which,
+    how strongly, which cheap score finds the examples that leak, what removing them costs."""
+    from mnemoscope.runner.default_study import default_study_text, study_config
+
+    if print_default:
+        sys.stdout.write(default_study_text())
+        return
+    cfg = study_config(config, quick)
+    out = out or Path("mnemoscope-study-quick" if quick else "mnemoscope-study")
+    _run_and_summarise(cfg, out, force, dry_run)
 
 
 @app.command()

@@ -54,6 +54,7 @@ from mnemoscope import memorization as _memorization  # noqa: F401
 from mnemoscope.config.common import _STRICT, _field_error
 from mnemoscope.config.datasets import CanariesConfig as CanariesConfig
 from mnemoscope.config.datasets import DatasetConfig
+from mnemoscope.config.study import StudySection, study_problem
 from mnemoscope.errors import ConfigError, DataError
 from mnemoscope.estimator import MethodConfig, estimators
 from mnemoscope.models import ARCHITECTURES, ArchOptionError, arch_options
@@ -206,6 +207,13 @@ class StudyConfig(BaseModel):
     targets: TargetsConfig | None = None
     """Train×target influence of every influence method on these targets (optional)."""
     executor: ExecutorConfig = ExecutorConfig()
+    study: StudySection | None = None
+    """The study's analyses (``mnemoscope study``; see :mod:`mnemoscope.config.study`):
+    top-k overlap, cross-architecture agreement, leakage, removal and the
+    sample-information applications. None: an ordinary run."""
+
+    def train_for(self, arch: str) -> TrainConfig:
+        return self.train
 
     @field_validator("archs")
     @classmethod
@@ -261,6 +269,15 @@ class StudyConfig(BaseModel):
             raise _field_error(
                 "analysis.lds", "the LDS scores influence on targets: add 'targets: {n: 100}'"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _study_names_known(self) -> StudyConfig:
+        if self.study is not None:
+            methods = [e.method for e in [*self.memorization, *self.influence]]
+            problem = study_problem(self.study, self.archs, methods)
+            if problem is not None:
+                raise _field_error(*problem)
         return self
 
     @model_validator(mode="after")

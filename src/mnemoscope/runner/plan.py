@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -31,6 +32,7 @@ from mnemoscope.data import BUILTIN
 from mnemoscope.estimator import REGISTRY, Estimator, PlanContext
 from mnemoscope.models import arch_options, arch_source
 from mnemoscope.runner import stages as work
+from mnemoscope.runner import study_stages as study_work
 from mnemoscope.store import DatasetInfo, RunDir, code_version, content_hash
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, derive_seed, merge_specs
@@ -195,6 +197,9 @@ class Planner:
         self.plan = Plan(threads=config.executor.resolved_threads())
         self.table_parts: dict[str, list[str]] = {}
         self.lds_parts: list[dict[str, str]] = []
+        self.cells: list[dict[str, Any]] = []
+        """Per (dataset, arch): its ensembles' model files (for ``fits``) and what each
+        method's stages and training cost (for the study's ``leakage`` seconds)."""
         self.spec_files: dict[str, torch.Tensor] = {}
         """Masks of the planned ensembles by file: the runner writes them before training."""
         self.estimators: list[Estimator] = [
@@ -242,6 +247,21 @@ class Planner:
         )
         self.plan.add(
             Stage(
+                name="fits",
+                function=study_work.measure_fits,
+                args={
+                    "cells": [
+                        {"dataset": c["dataset"], "arch": c["arch"], "ensembles": c["ensembles"]}
+                        for c in self.cells
+                    ]
+                },
+                outputs=("fits.parquet",),
+                after=tuple(s.name for s in self.plan.stages if s.name.startswith("train/")),
+                code=("mnemoscope.runner.study_stages", "mnemoscope.train"),
+            )
+        )
+        self.plan.add(
+            Stage(
                 name="tables",
                 function=work.collect_tables,
                 args={
@@ -259,8 +279,8 @@ class Planner:
                     "influence.parquet",
                     *(f"{t}.parquet" for t in PART_TABLES),
                 ),
-                after=tuple(f"data/{ds.name}" for ds in self.config.datasets) + after,
-                code=("mnemoscope.store", "mnemoscope.data"),
+                after=("fits", *(f"data/{ds.name}" for ds in self.config.datasets), *after),
+                code=("mnemoscope.store", "mnemoscope.data", "mnemoscope.analysis.fits"),
             )
         )
         self.plan.add(
@@ -277,13 +297,16 @@ class Planner:
                 code=("mnemoscope.analysis",),
             )
         )
+        report_after = ["analysis"]
+        if self.config.study is not None:
+            report_after.append(self._study_stages(datasets).name)
         self.plan.add(
             Stage(
                 name="report",
                 function=work.render,
                 args={"name": self.config.name},
                 outputs=("report.html",),
-                after=("analysis",),
+                after=tuple(report_after),
                 code=("mnemoscope.report", "mnemoscope.store"),
             )
         )
@@ -310,9 +333,32 @@ class Planner:
             "device": self.device,
         }
         score_files, influence_files = [], []
+        readers = Counter(d for r in roles.values() for d in set(r.values()))
+        cell = {
+            "dataset": data,
+            "arch": arch,
+            "ensembles": [files for files, _ in trained.values()],
+            "scores": {},
+            "costs": [],
+        }
+        self.cells.append(cell)
         for estimator in self.estimators:
             name = estimator.name
             ensembles = {role: trained[d][0] for role, d in roles[name].items()}
+            cost = {
+                "dataset": dataset,
+                "arch": arch,
+                "method": name,
+                "own": [f"scores/{dataset}/{arch}/{name}"],
+                "training": [
+                    [stage, readers[d]]
+                    for d in set(roles[name].values())
+                    for stage in trained[d][1]
+                ],
+            }
+            if estimator.cache_fit:
+                cost["own"].append(f"fit/{dataset}/{arch}/{name}")
+            cell["costs"].append(cost)
             after = (f"data/{dataset}",) + tuple(
                 stage for d in set(roles[name].values()) for stage in trained[d][1]
             )
@@ -352,6 +398,7 @@ class Planner:
                 )
             )
             score_files.append(score_file)
+            cell["scores"][name] = score_file
             for table, file in extra.items():
                 self.table_parts.setdefault(table, []).append(file)
             if cfg.targets is not None and estimator.attributes_targets:
@@ -368,6 +415,104 @@ class Planner:
                 )
                 influence_files.append(file)
         return score_files, influence_files
+
+    def _study_stages(self, datasets: dict[str, DatasetInfo]) -> Stage:
+        """The retraining experiments of ``study:`` and the stage writing the study's
+        tables; returns the latter."""
+        cfg, study = self.config, self.config.study
+        assert study is not None
+        entries = {e.method: e.model_dump(mode="json") for e in [*cfg.memorization, *cfg.influence]}
+        removal, summarization = [], []
+        for cell in self.cells:
+            dataset, arch = cell["dataset"]["name"], cell["arch"]
+            common = {
+                "dataset": cell["dataset"],
+                "arch": arch,
+                "arch_options": arch_options(arch, cfg.arch_options.get(arch, {})),
+                "arch_source": arch_source(arch),
+                "train": cfg.train_for(arch).model_dump(),
+                "seed": cfg.seed,
+                "device": self.device,
+            }
+            code = ("mnemoscope.runner.retraining", "mnemoscope.train", "mnemoscope.models")
+            if study.removal is not None and arch in (study.removal.archs or cfg.archs):
+                file = self.run.part_file("removal", dataset, arch)
+                methods = study.removal.methods
+                stage = self.plan.add(
+                    Stage(
+                        name=f"removal/{dataset}/{arch}",
+                        function=study_work.removal_stage,
+                        args={
+                            **common,
+                            "scores": {m: cell["scores"][m] for m in methods},
+                            "methods": [entries[m] for m in methods],
+                            "ks": study.removal.ks,
+                            "seeds": study.removal.seeds,
+                            "conditions": study.removal.conditions,
+                            "output": file,
+                        },
+                        outputs=(file,),
+                        after=(
+                            f"data/{dataset}",
+                            *(f"scores/{dataset}/{arch}/{m}" for m in methods),
+                        ),
+                        code=(*code, *self._codes(methods)),
+                    )
+                )
+                removal.append((stage.name, file))
+            part = study.summarization
+            if part is not None and arch in (part.archs or cfg.archs):
+                file = self.run.part_file("summarization", dataset, arch)
+                stage = self.plan.add(
+                    Stage(
+                        name=f"summarization/{dataset}/{arch}",
+                        function=study_work.summarization_stage,
+                        args={
+                            **common,
+                            "summarization": {**part.model_dump(), "method": entries[part.method]},
+                            "output": file,
+                        },
+                        outputs=(file,),
+                        after=(f"data/{dataset}",),
+                        code=(*code, *self._codes([part.method])),
+                    )
+                )
+                summarization.append((stage.name, file))
+        outputs = [
+            f"{name}.parquet"
+            for name in ("overlap", "cross_arch", "leakage")
+            if getattr(study, name) is not None
+        ]
+        if study.applications is not None or summarization:
+            outputs.append("applications.parquet")
+        if removal:
+            outputs.append("removal.parquet")
+        return self.plan.add(
+            Stage(
+                name="study",
+                function=study_work.study_tables,
+                args={
+                    "study": study.model_dump(mode="json", exclude={"quick"}),
+                    "seed": cfg.seed,
+                    "bootstrap": {
+                        "n_bootstrap": cfg.analysis.n_bootstrap,
+                        "confidence": cfg.analysis.confidence,
+                    },
+                    "costs": [cost for cell in self.cells for cost in cell["costs"]],
+                    "removal": [file for _, file in removal],
+                    "summarization": [file for _, file in summarization],
+                },
+                outputs=tuple(outputs),
+                after=("tables", "fits", *(name for name, _ in removal + summarization)),
+                code=("mnemoscope.analysis", "mnemoscope.runner.study_stages"),
+            )
+        )
+
+    def _codes(self, methods: list[str]) -> tuple[str, ...]:
+        """Modules the named estimators of this plan run."""
+        return tuple(
+            sorted({m for e in self.estimators if e.name in methods for m in estimator_code(e)})
+        )
 
     def _lds_stage(self, dataset: str, info: DatasetInfo, arch: str) -> dict[str, str]:
         """Train the LDS subsets' models and measure the targets' margins under them."""

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from mnemoscope.analysis import correlation_table, detection_table
+from mnemoscope.analysis.fits import with_fit
 from mnemoscope.analysis.influence_eval import LdsData, influence_eval_table
 from mnemoscope.config import DatasetConfig
 from mnemoscope.data import Dataset, insert_canaries, prepare
@@ -38,7 +39,7 @@ from mnemoscope.store import (
     write_safetensors,
 )
 from mnemoscope.store.atomic import atomic_path
-from mnemoscope.store.tables import to_arrow
+from mnemoscope.store.tables import to_arrow, without_fit
 from mnemoscope.task import Task
 from mnemoscope.train import TrainConfig, TrainedEnsemble, derive_seed, train_ensemble
 
@@ -194,10 +195,10 @@ def score_estimator(root: Path, args: Args, reporter: Reporter) -> Args:
     # some estimators leave a few examples without a score (e.g. never held out)
     require_finite(scores.score, "scores", allowed_nan=estimator.max_nan_fraction)
     frame = scores.frame(dataset.name, args["arch"], args["seed"])
-    write_parquet(Path(root) / args["output"], frame, SCORES)
+    write_parquet(Path(root) / args["output"], frame, without_fit(SCORES))
     for table, file in args.get("tables", {}).items():
         rows = estimator.table_rows(table).assign(dataset=dataset.name, arch=args["arch"])
-        write_parquet(Path(root) / file, rows, TABLES[table])
+        write_parquet(Path(root) / file, rows, without_fit(TABLES[table]))
     return {}
 
 
@@ -274,11 +275,14 @@ def collect_tables(root: Path, args: Args, reporter: Reporter) -> Args:
         [load_dataset(root, d).examples_frame() for d in args["datasets"]], ignore_index=True
     )
     write_parquet(Path(root) / "examples.parquet", examples, EXAMPLES)
-    write_parquet(Path(root) / "scores.parquet", _concat(root, args["scores"], SCORES), SCORES)
+    fits = pd.read_parquet(Path(root) / "fits.parquet")
+    scores = with_fit(_concat(root, args["scores"], SCORES), fits)
+    write_parquet(Path(root) / "scores.parquet", scores, SCORES)
     _stream_concat(root, args["influence"], "influence.parquet", INFLUENCE)
     for table, files in args["parts"].items():
         schema = TABLES[table]
-        write_parquet(Path(root) / f"{table}.parquet", _concat(root, files, schema), schema)
+        rows = with_fit(_concat(root, files, schema), fits)
+        write_parquet(Path(root) / f"{table}.parquet", rows, schema)
     return {}
 
 
@@ -304,9 +308,10 @@ def analyse(root: Path, args: Args, reporter: Reporter) -> Args:
             **bootstrap,
             seed=args["seed"],
         )
-    write_parquet(root / "correlations.parquet", correlations, CORRELATIONS)
-    write_parquet(root / "detection.parquet", detection, DETECTION)
-    write_parquet(root / "influence_eval.parquet", evaluation, INFLUENCE_EVAL)
+    fits = pd.read_parquet(root / "fits.parquet")
+    write_parquet(root / "correlations.parquet", with_fit(correlations, fits), CORRELATIONS)
+    write_parquet(root / "detection.parquet", with_fit(detection, fits), DETECTION)
+    write_parquet(root / "influence_eval.parquet", with_fit(evaluation, fits), INFLUENCE_EVAL)
     return {}
 
 

@@ -21,7 +21,7 @@ from mnemoscope.config import StudyConfig
 from mnemoscope.errors import ConfigError
 from mnemoscope.runner.estimate import Estimate, estimate_study, expected_dataset, refuse_if_too_big
 from mnemoscope.runner.executors import LocalExecutor, RayExecutor, make_executor
-from mnemoscope.runner.plan import Plan, Planner, Stage
+from mnemoscope.runner.plan import Plan, Planner, Stage, ensemble_specs, plan_context
 from mnemoscope.runner.progress import Reporter
 from mnemoscope.store import DatasetInfo, RunDir, write_safetensors
 
@@ -93,13 +93,54 @@ class Study:
         estimate = self.estimate()
         stages = self.planned()
         lines = [f"plan: {len(stages)} stages", *(f"  {stage.name}" for stage in stages)]
-        return [*lines, "estimate:", *estimate.lines()]
+        return [*lines, *self.ensemble_lines(), "estimate:", *estimate.lines()]
+
+    def ensemble_lines(self) -> list[str]:
+        """Each dataset's ensembles with the methods that read them, and a note where two
+        subset ensembles are trained for estimators one ensemble could serve."""
+        lines = ["ensembles (trained per arch; the methods reading each):"]
+        for ds in self.config.datasets:
+            info = expected_dataset(ds)
+            context = plan_context(self.config, info.n_train)
+            specs, roles = ensemble_specs(self.planner_estimators(), context)
+            for digest, spec in specs.items():
+                readers = sorted(m for m, r in roles.items() if digest in r.values())
+                share = float(spec.masks.double().mean())
+                lines.append(
+                    f"  {ds.name}/{spec.name}: {spec.n_models} models on {share:.0%} of the "
+                    f"data, read by {', '.join(readers)}"
+                )
+        return [*lines, *self.sharing_notes()]
+
+    def planner_estimators(self) -> list:
+        return Planner(self.config, RunDir(self.root), str(self.device)).estimators
+
+    def sharing_notes(self) -> list[str]:
+        """One line when subset estimators (those with ``n_models`` and
+        ``subset_fraction``) ask for different subset ensembles."""
+        subset = [
+            e
+            for e in [*self.config.memorization, *self.config.influence]
+            if hasattr(e, "n_models") and hasattr(e, "subset_fraction") and e.subset_fraction < 1
+        ]
+        kinds = {(e.n_models, e.subset_fraction) for e in subset}
+        if len(kinds) <= 1:
+            return []
+        described = ", ".join(
+            f"{e.method} ({e.n_models} models, fraction {e.subset_fraction})" for e in subset
+        )
+        return [
+            f"note: {described} train {len(kinds)} subset ensembles; the same n_models and "
+            "subset_fraction for all of them would train one"
+        ]
 
     def execute(self, only: Collection[str] | None = None) -> StudyResult:
         """Run the study (``only``: just these stages and what they read; the datasets
         are always built)."""
         cfg = self.config
         self.estimate()  # before anything is written
+        for note in self.sharing_notes():
+            self.reporter.say(note)
         config = cfg.model_dump(mode="json")
         RunDir(self.root).claim(config, self.force)
         with RunDir(self.root).lock():

@@ -154,6 +154,10 @@ class RunDir:
         """One estimator's rows of a table other than ``scores`` (e.g. ``attacks``)."""
         return f"parts/{safe_name(table)}/{safe_name(dataset, arch, method)}.parquet"
 
+    def part_file(self, experiment: str, dataset: str, arch: str) -> str:
+        """Per-seed results of one of the study's retraining experiments (e.g. ``removal``)."""
+        return f"parts/{safe_name(experiment)}/{safe_name(dataset, arch)}.parquet"
+
     def lds_file(self, dataset: str, arch: str) -> str:
         """Subsets and measured target margins of the LDS of one (dataset, arch)."""
         return f"parts/lds/{safe_name(dataset, arch)}.safetensors"

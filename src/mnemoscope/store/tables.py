@@ -31,6 +31,7 @@ SCORES = pa.schema(
         ("example_id", pa.int64()),
         ("score", pa.float64()),
         ("stderr", pa.float64()),  # nullable
+        ("fit", pa.bool_()),  # False: the arch does not fit its data (see fits.parquet)
     ]
 )
 
@@ -45,6 +46,7 @@ CORRELATIONS = pa.schema(
         ("ci_low", pa.float64()),
         ("ci_high", pa.float64()),
         ("n", pa.int64()),
+        ("fit", pa.bool_()),  # False: the arch does not fit its data (see fits.parquet)
     ]
 )
 
@@ -57,6 +59,7 @@ DETECTION = pa.schema(
         ("auc", pa.float64()),
         ("n_positive", pa.int64()),
         ("n_dropped", pa.int64()),  # training examples left out for a non-finite score
+        ("fit", pa.bool_()),  # False: the arch does not fit its data (see fits.parquet)
     ]
 )
 
@@ -82,6 +85,7 @@ ATTACKS = pa.schema(
         ("tpr_at_0_1pct_fpr", pa.float64()),
         ("tpr_at_1pct_fpr", pa.float64()),
         ("n_models", pa.int64()),
+        ("fit", pa.bool_()),  # False: the arch does not fit its data (see fits.parquet)
     ]
 )
 
@@ -93,6 +97,7 @@ SCORE_PARTS = pa.schema(
         ("example_id", pa.int64()),
         ("part", pa.string()),  # a component of the method's score, e.g. 'indicator'
         ("value", pa.float64()),
+        ("fit", pa.bool_()),  # False: the arch does not fit its data (see fits.parquet)
     ]
 )
 
@@ -107,9 +112,24 @@ INFLUENCE_EVAL = pa.schema(
         ("value", pa.float64()),
         ("ci_low", pa.float64()),
         ("ci_high", pa.float64()),
+        ("fit", pa.bool_()),  # False: the arch does not fit its data (see fits.parquet)
     ]
 )
 """Columns of ``influence_eval.parquet``, one row per (dataset, arch, method, metric)."""
+
+FITS = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("arch", pa.string()),
+        # the worst of the cell's ensembles: accuracy of its models on their own
+        # training labels, and on the flipped ones among them (null without flips)
+        ("in_subset_accuracy", pa.float64()),
+        ("in_subset_accuracy_flipped", pa.float64()),
+        ("fit", pa.bool_()),  # False: left out of the study's headline comparison
+        ("fit_reason", pa.string()),  # why not ('' when fit)
+    ]
+)
+"""Columns of ``fits.parquet``, one row per (dataset, arch)."""
 
 TABLES: dict[str, pa.Schema] = {
     "examples": EXAMPLES,
@@ -120,7 +140,14 @@ TABLES: dict[str, pa.Schema] = {
     "attacks": ATTACKS,
     "score_parts": SCORE_PARTS,
     "influence_eval": INFLUENCE_EVAL,
+    "fits": FITS,
 }
+
+
+def without_fit(schema: pa.Schema) -> pa.Schema:
+    """``schema`` less its ``fit`` column: what one estimator's part file holds (the
+    ``tables`` and ``analysis`` stages add the column once the fits are known)."""
+    return pa.schema([f for f in schema if f.name != "fit"])
 
 
 def to_arrow(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
