@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from mnemoscope.analysis import correlation_table, correlation_with_ci
-from mnemoscope.store.tables import CORRELATIONS
+from mnemoscope.store.tables import CORRELATIONS, without_fit
 
 B = 200
 
@@ -162,7 +162,7 @@ def _scores_frame() -> pd.DataFrame:
 
 def test_correlation_table_pairs_and_columns() -> None:
     table = correlation_table(_scores_frame(), n_bootstrap=20)
-    assert list(table.columns) == CORRELATIONS.names
+    assert list(table.columns) == without_fit(CORRELATIONS).names
     assert len(table) == 2 * 2 * 3 * 3
     pairs = [("fz", "tracin"), ("fz", "graddot"), ("tracin", "graddot")]
     expected_keys = [
@@ -255,6 +255,6 @@ def test_correlation_table_orders_pairs_cross_family_first() -> None:
 
 def test_correlation_table_empty_and_bad_arguments() -> None:
     empty = correlation_table(_scores_frame().iloc[:0], n_bootstrap=20)
-    assert list(empty.columns) == CORRELATIONS.names and empty.empty
+    assert list(empty.columns) == without_fit(CORRELATIONS).names and empty.empty
     with pytest.raises(ValueError, match="n_bootstrap"):
         correlation_table(_scores_frame(), n_bootstrap=0)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from mnemoscope.analysis import detection_auc, detection_table
-from mnemoscope.store.tables import DETECTION
+from mnemoscope.store.tables import DETECTION, without_fit
 
 
 def test_detection_auc_by_hand() -> None:
@@ -80,7 +80,7 @@ def test_detection_table() -> None:
         ]
     )
     table = detection_table(scores, _examples())
-    assert list(table.columns) == DETECTION.names
+    assert list(table.columns) == without_fit(DETECTION).names
     expected = pd.DataFrame(
         {
             "dataset": ["noisy"] * 3,
@@ -97,7 +97,7 @@ def test_detection_table() -> None:
 
 def test_detection_table_skips_when_nothing_is_mislabeled() -> None:
     table = detection_table(_scores("clean", "mlp", "fz", [0.1, 0.4, 0.35, 0.8]), _examples())
-    assert table.empty and list(table.columns) == DETECTION.names
+    assert table.empty and list(table.columns) == without_fit(DETECTION).names
 
 
 def test_detection_table_averages_seeds() -> None:

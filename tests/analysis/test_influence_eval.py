@@ -18,6 +18,7 @@ from mnemoscope.analysis import (
     loo_agreement,
     mislabel_auc,
 )
+from mnemoscope.store.tables import without_fit
 from mnemoscope.train import subset_masks
 
 
@@ -181,7 +182,7 @@ def test_influence_eval_table_rows():
     table = influence_eval_table(
         scores, examples, influence, {("d", "a"): lds_data}, n_bootstrap=200, seed=0
     )
-    assert list(table.columns) == INFLUENCE_EVAL.names
+    assert list(table.columns) == without_fit(INFLUENCE_EVAL).names
     assert set(table["method"]) == {"loo", "tracin"}  # memorization methods are not evaluated
     rows = table.set_index(["method", "metric"])
     assert set(rows.loc["tracin"].index) == {
@@ -215,6 +216,6 @@ def test_influence_eval_table_without_targets_or_loo():
     table = influence_eval_table(scores[scores["method"] != "loo"], examples, n_bootstrap=50)
     assert table[["method", "metric"]].values.tolist() == [["tracin", "mislabel_auc"]]
     empty = influence_eval_table(scores.iloc[:0], examples, n_bootstrap=50)
-    assert empty.empty and list(empty.columns) == INFLUENCE_EVAL.names
+    assert empty.empty and list(empty.columns) == without_fit(INFLUENCE_EVAL).names
     with pytest.raises(ValueError, match="n_bootstrap"):
         influence_eval_table(scores, examples, n_bootstrap=0)

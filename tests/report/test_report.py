@@ -16,7 +16,14 @@ from mnemoscope.report import figures, html, most_memorized, render_report
 from mnemoscope.store.atomic import write_json, write_parquet
 from mnemoscope.store.manifest import DatasetInfo, Manifest, StageRecord
 from mnemoscope.store.rundir import safe_name
-from mnemoscope.store.tables import CORRELATIONS, DETECTION, EXAMPLES, INFLUENCE, SCORES
+from mnemoscope.store.tables import (
+    CORRELATIONS,
+    DETECTION,
+    EXAMPLES,
+    INFLUENCE,
+    SCORES,
+    without_fit,
+)
 
 RUN_NAME = "<script>alert(1)</script>"
 IMAGE = "dig<b>its"  # a user-supplied dataset name that must come out escaped
@@ -151,13 +158,15 @@ def make_run(run: Path, empty_tables: bool = False, influence: pd.DataFrame | No
     examples = pd.concat([_write_dataset(run, name, rng) for name in SHAPES], ignore_index=True)
     scores = pd.concat([_scores(name, examples, rng) for name in SHAPES], ignore_index=True)
     correlations = pd.DataFrame(
-        [] if empty_tables else CORRELATION_ROWS, columns=CORRELATIONS.names
+        [] if empty_tables else CORRELATION_ROWS, columns=without_fit(CORRELATIONS).names
     )
-    detection = pd.DataFrame([] if empty_tables else DETECTION_ROWS, columns=DETECTION.names)
+    detection = pd.DataFrame(
+        [] if empty_tables else DETECTION_ROWS, columns=without_fit(DETECTION).names
+    )
     write_parquet(run / "examples.parquet", examples, EXAMPLES)
-    write_parquet(run / "scores.parquet", scores, SCORES)
-    write_parquet(run / "correlations.parquet", correlations, CORRELATIONS)
-    write_parquet(run / "detection.parquet", detection, DETECTION)
+    write_parquet(run / "scores.parquet", scores.assign(fit=True), SCORES)
+    write_parquet(run / "correlations.parquet", correlations.assign(fit=True), CORRELATIONS)
+    write_parquet(run / "detection.parquet", detection.assign(fit=True), DETECTION)
     if influence is not None:
         write_parquet(run / "influence.parquet", influence, INFLUENCE)
     write_json(run / "manifest.json", make_manifest().model_dump(mode="json"))

@@ -36,7 +36,7 @@ def _make_run(root: Path) -> Path:
             "stderr": [None] * N_ROWS,
         }
     )
-    write_parquet(root / "scores.parquet", frame, SCORES)
+    write_parquet(root / "scores.parquet", frame.assign(fit=True), SCORES)
     return root
 
 

@@ -148,7 +148,7 @@ def test_invalid_manifest_is_a_one_line_user_error(tmp_path, text):
 
 def test_table_reads_and_checks(tmp_path):
     run = RunDir(tmp_path)
-    write_parquet(run.path("scores.parquet"), _scores(), SCORES)
+    write_parquet(run.path("scores.parquet"), _scores().assign(fit=True), SCORES)
     assert run.has_table("scores")
     assert not run.has_table("influence")
     frame = run.table("scores")
@@ -166,7 +166,7 @@ def test_table_missing_file_is_a_user_error(tmp_path):
 def test_table_missing_column_is_a_user_error(tmp_path):
     run = RunDir(tmp_path)
     _scores().drop(columns=["stderr"]).to_parquet(run.path("scores.parquet"), index=False)
-    with pytest.raises(UserError, match=r"scores\.parquet is missing columns \['stderr'\]"):
+    with pytest.raises(UserError, match=r"scores\.parquet is missing columns \['stderr'"):
         run.table("scores")
     assert run.table("scores", columns=["score"])["score"].tolist() == [0.5, 0.25]
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mnemoscope.store.tables import CORRELATIONS
+from mnemoscope.store.tables import CORRELATIONS, without_fit
 
 STATISTICS: tuple[str, ...] = ("spearman", "pearson", "kendall")
 
@@ -248,7 +248,7 @@ def correlation_table(
                         "n": n,
                     }
                 )
-    table = pd.DataFrame(rows, columns=CORRELATIONS.names)
+    table = pd.DataFrame(rows, columns=without_fit(CORRELATIONS).names)
     return table.astype(
         {"value": "float64", "ci_low": "float64", "ci_high": "float64", "n": "int64"}
     )

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from mnemoscope.store.tables import DETECTION
+from mnemoscope.store.tables import DETECTION, without_fit
 
 TARGET = "mislabeled"
 
@@ -87,5 +87,5 @@ def detection_table(scores: pd.DataFrame, examples: pd.DataFrame) -> pd.DataFram
                 "n_dropped": int((~finite).sum()),
             }
         )
-    table = pd.DataFrame(rows, columns=DETECTION.names)
+    table = pd.DataFrame(rows, columns=without_fit(DETECTION).names)
     return table.astype({"auc": "float64", "n_positive": "int64", "n_dropped": "int64"})

@@ -29,7 +29,7 @@ from mnemoscope.analysis.correlations import (
     rowwise_pearson,
 )
 from mnemoscope.analysis.detection import detection_auc
-from mnemoscope.store.tables import INFLUENCE_EVAL  # noqa: F401  (re-exported)
+from mnemoscope.store.tables import INFLUENCE_EVAL, without_fit  # noqa: F401  (re-exported)
 from mnemoscope.train import derive_seed, subset_masks
 
 _LDS_MASKS = 0x1D5
@@ -311,5 +311,5 @@ def influence_eval_table(
                     "lds",
                     *_mean_with_ci(per_target, n_bootstrap, confidence, seed),
                 )
-    table = pd.DataFrame(rows, columns=INFLUENCE_EVAL.names)
+    table = pd.DataFrame(rows, columns=without_fit(INFLUENCE_EVAL).names)
     return table.astype({"value": "float64", "ci_low": "float64", "ci_high": "float64"})
