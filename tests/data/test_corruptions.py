@@ -4,11 +4,12 @@ and their columns in examples.parquet (checked against what was planted)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from mnemoscope.config import parse_config
@@ -61,7 +62,7 @@ def test_corruptions_are_deterministic_and_seeded(clean_digits):
     assert not torch.equal(first.corruption, other.corruption)
 
 
-def test_noise_has_the_asked_standard_deviation_per_channel(tmp_path):
+def test_noise_has_the_asked_standard_deviation_per_channel():
     data = prepare("mnist1d", seed=0, n_samples=500)
     out = corrupt(data, seed=0, noise=0.45, noise_std=2.0)
     scale = input_scale(data.x_train)
@@ -190,7 +191,7 @@ def test_provenance_survives_the_round_trip_and_fills_the_examples_schema(clean_
     assert set(plain.source) == {"main", "test"} and not plain.is_undersampled.any()
 
 
-def _config(tmp_path: Path, **entry) -> dict:
+def _config(**entry) -> dict:
     return {
         "archs": ["logreg"],
         "memorization": [{"method": "feldman_zhang", "n_models": 16}],
@@ -207,7 +208,7 @@ def test_the_data_stage_plants_in_order_and_reports_counts(tmp_path):
         "corruptions": FRACTIONS,
         "canaries": {"n": 2, "class": 1},
     }
-    ds = parse_config(_config(tmp_path, **entry)).datasets[0]
+    ds = parse_config(_config(**entry)).datasets[0]
     args = {"dataset": ds.model_dump(), "seed": 0, "file": "d.safetensors"}
     record = build_data(tmp_path, args, None)["dataset"]
     data = load_dataset(tmp_path, {"name": "digits", "kind": "image", "n_classes": 10, **args})
@@ -218,7 +219,7 @@ def test_the_data_stage_plants_in_order_and_reports_counts(tmp_path):
     assert record["n_adversarial"] == round(0.05 * data.n_train) == int(data.is_adversarial.sum())
     again = build_data(tmp_path / "again", args | {"file": "e.safetensors"}, None)
     assert again["dataset"]["fingerprint"] == record["fingerprint"]
-    plain = parse_config(_config(tmp_path, name="digits")).datasets[0].model_dump()
+    plain = parse_config(_config(name="digits")).datasets[0].model_dump()
     assert not {"undersample", "sources", "corruptions"} & set(plain)  # cache keys stay
 
 
@@ -229,10 +230,8 @@ def test_plantings_work_on_a_user_file_of_two_channel_images(tmp_path):
     np.savez(tmp_path / "images.npz", x=x, y=y)
     entry = {"name": "mine", "path": "images.npz", "corruptions": {"occlusion": 0.1}}
     with pytest.raises(ConfigError, match=r"undersample\.class: 4 is not a class of 'mine'"):
-        parse_config(_config(tmp_path, **entry, undersample={"class": 4, "keep": 0.5}), tmp_path)
-    ds = parse_config(
-        _config(tmp_path, **entry, undersample={"class": 1, "keep": 0.5}), tmp_path
-    ).datasets[0]
+        parse_config(_config(**entry, undersample={"class": 4, "keep": 0.5}), tmp_path)
+    ds = parse_config(_config(**entry, undersample={"class": 1, "keep": 0.5}), tmp_path).datasets[0]
     args = {"dataset": ds.model_dump(), "seed": 0, "file": "d.safetensors"}
     record = build_data(tmp_path, args, None)["dataset"]
     data = load_dataset(tmp_path, {"name": "mine", "kind": "image", "n_classes": 4, **args})
@@ -260,7 +259,7 @@ def test_plantings_work_on_a_user_file_of_two_channel_images(tmp_path):
 )
 def test_bad_planting_keys_are_one_line_errors(tmp_path, entry, message):
     with pytest.raises(ConfigError, match=message) as error:
-        parse_config(_config(tmp_path, name="digits", **entry))
+        parse_config(_config(name="digits", **entry))
     assert "\n" not in str(error.value) and "datasets.0." in str(error.value)
 
 
@@ -272,3 +271,28 @@ def test_build_time_counts_are_checked_too(clean_digits):
         corrupt(noisy, seed=0, noise=0.2, occlusion=0.2)
     with pytest.raises(DataError, match="not a class"):
         undersample(clean_digits, 12, 0.5, seed=0)
+
+
+def test_stored_provenance_is_checked_when_read(clean_digits):
+    tensors = _planted(clean_digits).tensors()
+    bad = {**tensors, "corruption": torch.full_like(tensors["corruption"], 7)}
+    with pytest.raises(DataError, match="corruption codes must lie in"):
+        Dataset.from_tensors("digits", "image", 10, bad)
+    short = {**tensors, "train_source": tensors["train_source"][:-1]}
+    with pytest.raises(DataError, match="train_source should be int8 of shape"):
+        Dataset.from_tensors("digits", "image", 10, short)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(0, 0.6, allow_nan=False), min_size=3, max_size=3))
+def test_corruption_fractions_below_half_in_all_are_accepted_others_refused(fractions):
+    entry = {"name": "digits", "corruptions": dict(zip(FRACTIONS, fractions, strict=True))}
+    counts = [round(f * 1437) for f in fractions]  # digits: 1437 training examples
+    valid = all(f < 0.5 for f in fractions) and sum(fractions) < 0.5
+    valid = valid and all(c > 0 or f == 0 for f, c in zip(fractions, counts, strict=True))
+    if valid:
+        parse_config(_config(**entry))
+    else:
+        with pytest.raises(ConfigError, match=r"^config error: datasets\.0\.corruptions") as e:
+            parse_config(_config(**entry))
+        assert "\n" not in str(e.value)

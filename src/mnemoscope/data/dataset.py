@@ -130,10 +130,9 @@ class Dataset:
                 raise DataError(f"{where}: {key} should be int8 of shape ({self.n_train},)")
             if codes.numel() and not 0 <= int(codes.min()) <= int(codes.max()) < len(names):
                 raise DataError(f"{where}: {key} codes must lie in [0, {len(names)})")
-        if self.undersampled_class is not None and not 0 <= self.undersampled_class < (
-            self.n_classes
-        ):
-            raise DataError(f"{where}: undersampled class {self.undersampled_class} out of range")
+        rare = self.undersampled_class
+        if rare is not None and not 0 <= rare < self.n_classes:
+            raise DataError(f"{where}: undersampled class {rare} is not in [0, {self.n_classes})")
         all_ids = torch.cat([self.train_ids, self.test_ids])
         if all_ids.unique().numel() != all_ids.numel():
             raise DataError(f"{where}: example ids must be unique across train and test")
