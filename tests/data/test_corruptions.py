@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings
@@ -23,8 +24,9 @@ from mnemoscope.data import (
 )
 from mnemoscope.data.corruptions import input_scale, reference_model
 from mnemoscope.errors import ConfigError, DataError
+from mnemoscope.runner import run_study
 from mnemoscope.runner.stages import build_data, load_dataset
-from mnemoscope.store import write_safetensors
+from mnemoscope.store import RunDir, write_safetensors
 from mnemoscope.store.tables import EXAMPLES, to_arrow
 
 FRACTIONS = {"noise": 0.05, "occlusion": 0.05, "adversarial": 0.05}
@@ -296,3 +298,30 @@ def test_corruption_fractions_below_half_in_all_are_accepted_others_refused(frac
         with pytest.raises(ConfigError, match=r"^config error: datasets\.0\.corruptions") as e:
             parse_config(_config(**entry))
         assert "\n" not in str(e.value)
+
+
+def test_a_study_writes_the_planted_provenance_to_examples_and_manifest(tmp_path):
+    config = {
+        "datasets": [
+            {
+                "name": "digits",
+                "n_samples": 300,
+                "undersample": {"class": 3, "keep": 0.25},
+                "sources": {"noisy_fraction": 0.5, "label_noise": 0.2},
+                "corruptions": FRACTIONS,
+            }
+        ],
+        "archs": ["logreg"],
+        "train": {"epochs": 1, "batch_size": 64},
+        "memorization": [{"method": "feldman_zhang", "n_models": 8}],
+        "analysis": {"n_bootstrap": 10},
+    }
+    run_study(parse_config(config), tmp_path)
+    examples = pd.read_parquet(tmp_path / "examples.parquet")
+    assert list(examples.columns) == EXAMPLES.names
+    info = RunDir.existing(tmp_path).manifest.datasets["digits"]
+    train = examples[examples.split == "train"]
+    assert info.n_train == len(train) and info.n_undersampled_kept == train.is_undersampled.sum()
+    assert info.n_adversarial == train.is_adversarial.sum() == round(0.05 * info.n_train)
+    assert info.n_noisy_source == (train.source == "noisy").sum()
+    assert not train[train.source == "clean"].is_mislabeled.any()
