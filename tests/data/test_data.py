@@ -115,6 +115,11 @@ def test_examples_frame(digits_small):
         "original_label",
         "is_mislabeled",
         "is_canary",
+        "is_noisy_input",
+        "is_occluded",
+        "is_adversarial",
+        "source",
+        "is_undersampled",
     ]
     assert not frame["is_canary"].any()  # no canaries asked for
     assert len(frame) == digits_small.n_train + digits_small.n_test

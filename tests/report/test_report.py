@@ -33,6 +33,13 @@ SHAPES = {IMAGE: (1, 8, 8), SEQUENCE: (1, 40)}
 N_TRAIN = {IMAGE: 60, SEQUENCE: 48}
 ID_OFFSET = {IMAGE: 0, SEQUENCE: 1000}
 N_FLIPPED = 6
+# the provenance columns of examples.parquet: nothing planted in these runs
+_UNPLANTED = {
+    "is_noisy_input": False,
+    "is_occluded": False,
+    "is_adversarial": False,
+    "is_undersampled": False,
+}
 
 
 def _write_dataset(run: Path, name: str, rng: np.random.Generator) -> pd.DataFrame:
@@ -63,6 +70,8 @@ def _write_dataset(run: Path, name: str, rng: np.random.Generator) -> pd.DataFra
             "original_label": original,
             "is_mislabeled": labels != original,
             "is_canary": False,
+            **_UNPLANTED,
+            "source": "main",
         }
     )
     test = pd.DataFrame(
@@ -73,6 +82,8 @@ def _write_dataset(run: Path, name: str, rng: np.random.Generator) -> pd.DataFra
             "original_label": original,
             "is_mislabeled": False,
             "is_canary": False,
+            **_UNPLANTED,
+            "source": "test",
         }
     )
     return pd.concat([train, test], ignore_index=True).assign(dataset=name)

@@ -54,6 +54,9 @@ from mnemoscope import memorization as _memorization  # noqa: F401
 from mnemoscope.config.common import _STRICT, _field_error
 from mnemoscope.config.datasets import CanariesConfig as CanariesConfig
 from mnemoscope.config.datasets import DatasetConfig
+from mnemoscope.config.provenance import CorruptionsConfig as CorruptionsConfig
+from mnemoscope.config.provenance import SourcesConfig as SourcesConfig
+from mnemoscope.config.provenance import UndersampleConfig as UndersampleConfig
 from mnemoscope.config.study import StudySection, study_problem
 from mnemoscope.errors import ConfigError, DataError
 from mnemoscope.estimator import MethodConfig, estimators

@@ -1,5 +1,6 @@
 """A ``datasets:`` entry: a built-in dataset by name, or the user's files by ``path``
-(read, checked and hashed when the config is validated), and its canaries."""
+(read, checked and hashed when the config is validated), its canaries and its planted
+provenance (corruptions, an under-sampled class, two sources)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,13 @@ from pydantic import (
 )
 
 from mnemoscope.config.common import _STRICT, _field_error
-from mnemoscope.data import BUILTIN, FileSource, layout, source_digest
+from mnemoscope.config.provenance import (
+    CorruptionsConfig,
+    SourcesConfig,
+    UndersampleConfig,
+    check_planting,
+)
+from mnemoscope.data import BUILTIN, FileSource, Layout, layout, source_digest
 from mnemoscope.data.files import Format, Normalize, infer_format
 from mnemoscope.errors import ConfigError, DataError, UserError
 
@@ -112,7 +119,14 @@ class DatasetConfig(BaseModel):
         return n_samples
 
     canaries: CanariesConfig | None = None
-    """Plant canaries, e.g. ``{n: 5, class: 0}`` (inserted after label noise)."""
+    """Plant canaries, e.g. ``{n: 5, class: 0}`` (inserted last, after label noise and the
+    keys below, among examples with clean labels and inputs)."""
+    undersample: UndersampleConfig | None = None
+    """Make one class rare in the training split, e.g. ``{class: 3, keep: 0.1}``."""
+    sources: SourcesConfig | None = None
+    """Two sources, e.g. ``{noisy_fraction: 0.5, label_noise: 0.2}`` (not with ``label_noise``)."""
+    corruptions: CorruptionsConfig | None = None
+    """Corrupt training inputs, e.g. ``{noise: 0.02, occlusion: 0.02, adversarial: 0.02}``."""
 
     path: str | None = Field(None, min_length=1, max_length=4096)
     """The user's data: a file (``.csv``, ``.parquet``, ``.npz``) or a folder (format
@@ -159,6 +173,9 @@ class DatasetConfig(BaseModel):
             given = [key for key in _FILE_KEYS if getattr(self, key) is not None]
             if given:
                 raise _field_error(given[0], "only for data read from files (give path)")
+            self._check_planting(
+                layout(self.name, test_fraction=self.test_fraction, n_samples=self.n_samples)
+            )
             return self
         if self.name in BUILTIN:
             raise _field_error(
@@ -194,7 +211,7 @@ class DatasetConfig(BaseModel):
                     f"{self.path}: sha256 is {self.sha256}, the config pins {pinned} "
                     "(the data changed)"
                 )
-            layout(
+            shape = layout(
                 self.name,
                 test_fraction=self.test_fraction,
                 n_samples=self.n_samples,
@@ -202,14 +219,26 @@ class DatasetConfig(BaseModel):
             )
         except UserError as error:  # not a pydantic error: a stage re-validating sees it too
             raise type(error)(f"dataset '{self.name}': {error}") from None
+        self._check_planting(shape)
         return self
+
+    def _check_planting(self, shape: Layout) -> None:
+        check_planting(
+            self.name,
+            shape,
+            self.label_noise,
+            self.corruptions,
+            self.undersample,
+            self.sources,
+            self.canaries.n if self.canaries is not None else 0,
+        )
 
     @model_serializer(mode="wrap")
     def _without_unset_file_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """A built-in dataset dumps as before files could be read (its cache keys stay)."""
         data = handler(self)
         # keys a built-in entry leaves unset stay out, so its cache keys do not change
-        optional = (*_FILE_KEYS, "canaries")
+        optional = (*_FILE_KEYS, "canaries", "undersample", "sources", "corruptions")
         return {k: v for k, v in data.items() if k not in optional or v is not None}
 
     @property

@@ -59,8 +59,9 @@ def insert_canaries(
     Each canary's pattern sets a seeded ``fraction`` of the input coordinates (at least
     one) to ``±strength`` (the inputs are standardised, so 3 is three standard
     deviations), and its label becomes a seeded class other than ``source_class``; its
-    original label is kept in ``y_train_original``. Raises :class:`DataError` when the
-    class has fewer than ``n`` clean training examples.
+    original label is kept in ``y_train_original``. Canaries are drawn among examples with
+    a clean label and an uncorrupted input. Raises :class:`DataError` when the class has
+    fewer than ``n`` such training examples.
 
     Returns:
         A new :class:`~mnemoscope.data.Dataset` with ``canaries`` set.
@@ -70,7 +71,8 @@ def insert_canaries(
             f"canaries: class {source_class} is not a class of '{dataset.name}' "
             f"(classes 0..{dataset.n_classes - 1})"
         )
-    candidates = torch.nonzero((dataset.y_train == source_class) & ~dataset.is_mislabeled).flatten()
+    clean = ~dataset.is_mislabeled & ~dataset.is_corrupted  # canaries plant on clean data
+    candidates = torch.nonzero((dataset.y_train == source_class) & clean).flatten()
     if n > len(candidates):
         raise DataError(
             f"canaries: n = {n} is larger than class {source_class} of '{dataset.name}' "

@@ -22,7 +22,14 @@ from mnemoscope.analysis import correlation_table, detection_table
 from mnemoscope.analysis.fits import with_fit
 from mnemoscope.analysis.influence_eval import LdsData, influence_eval_table
 from mnemoscope.config import DatasetConfig
-from mnemoscope.data import Dataset, insert_canaries, prepare
+from mnemoscope.data import (
+    Dataset,
+    corrupt,
+    insert_canaries,
+    prepare,
+    split_sources,
+    undersample,
+)
 from mnemoscope.errors import ConfigError, UserError
 from mnemoscope.estimator import REGISTRY, Estimator
 from mnemoscope.report import render_report
@@ -44,7 +51,8 @@ from mnemoscope.task import Task
 from mnemoscope.train import TrainConfig, TrainedEnsemble, derive_seed, train_ensemble
 
 Args = dict[str, Any]
-_CANARIES = 5  # seed stream of the canaries (see runner.plan for the others)
+# seed streams of the data stage's plantings (see runner.plan for the others)
+_CANARIES, _UNDERSAMPLE, _SOURCES, _CORRUPTIONS = 5, 6, 7, 8
 
 
 def load_dataset(root: Path, data: Args) -> Dataset:
@@ -96,6 +104,23 @@ def build_data(root: Path, args: Args, reporter: Reporter) -> Args:
         n_samples=ds.n_samples,
         source=ds.source,
     )
+    # each planting avoids what the earlier ones planted; see mnemoscope.data.corruptions
+    if ds.undersample is not None:
+        u = ds.undersample
+        dataset = undersample(dataset, u.class_, u.keep, derive_seed(args["seed"], _UNDERSAMPLE))
+    if ds.sources is not None:
+        seed = derive_seed(args["seed"], _SOURCES)
+        dataset = split_sources(dataset, ds.sources.noisy_fraction, ds.sources.label_noise, seed)
+    if ds.corruptions is not None:
+        c = ds.corruptions
+        dataset = corrupt(
+            dataset,
+            seed=derive_seed(args["seed"], _CORRUPTIONS),
+            **c.fractions(),
+            noise_std=c.noise_std,
+            occlusion_size=c.occlusion_size,
+            epsilon=c.epsilon,
+        )
     if ds.canaries is not None:
         c = ds.canaries
         seed = derive_seed(args["seed"], _CANARIES)
@@ -111,6 +136,13 @@ def build_data(root: Path, args: Args, reporter: Reporter) -> Args:
             "n_mislabeled": int(dataset.is_mislabeled.sum()),
             "n_canaries": int(dataset.is_canary.sum()),
             "label_noise": ds.label_noise,
+            "n_noisy_input": int(dataset.is_noisy_input.sum()),
+            "n_occluded": int(dataset.is_occluded.sum()),
+            "n_adversarial": int(dataset.is_adversarial.sum()),
+            "n_undersampled_kept": (
+                int(dataset.is_undersampled.sum()) if ds.undersample is not None else None
+            ),
+            "n_noisy_source": int((dataset.source == "noisy").sum()),
             "fingerprint": dataset.fingerprint,
         }
     }

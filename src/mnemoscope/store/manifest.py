@@ -26,6 +26,14 @@ class DatasetInfo(BaseModel):
     n_mislabeled: int
     n_canaries: int = 0
     label_noise: float
+    n_noisy_input: int = 0
+    """Training inputs given Gaussian noise (``corruptions.noise``)."""
+    n_occluded: int = 0
+    n_adversarial: int = 0
+    n_undersampled_kept: int | None = None
+    """Training examples of the under-sampled class kept (None: no ``undersample``)."""
+    n_noisy_source: int = 0
+    """Training examples of source ``noisy`` (``sources``)."""
     fingerprint: str
     """SHA-256 of the dataset's tensors."""
 

@@ -18,6 +18,12 @@ EXAMPLES = pa.schema(
         ("original_label", pa.int64()),
         ("is_mislabeled", pa.bool_()),
         ("is_canary", pa.bool_()),  # a planted canary (a unique feature and label)
+        # planted input corruptions (training examples only; labels untouched)
+        ("is_noisy_input", pa.bool_()),  # Gaussian noise added to the input
+        ("is_occluded", pa.bool_()),  # a patch / segment / half of the features blanked
+        ("is_adversarial", pa.bool_()),  # FGSM against the data stage's reference model
+        ("source", pa.string()),  # 'main' (no sources) | 'clean' | 'noisy' | 'test'
+        ("is_undersampled", pa.bool_()),  # its class was under-sampled (both splits)
     ]
 )
 
