@@ -19,6 +19,7 @@ _API = (
     "register_arch",
     "register_dataset",
     "run",
+    "study",
 )
 __all__ = ["__version__", *_API]
 

@@ -45,6 +45,7 @@ __all__ = [
     "register_arch",
     "register_dataset",
     "run",
+    "study",
 ]
 
 
@@ -123,6 +124,31 @@ def run(
     tables = found.tables if found is not None else {}
     ran = [o.name for o in result.outcomes if o.ran]
     return Results(Path(out), tables, ran, list(study.warnings))
+
+
+def study(
+    config: StudyConfig | Mapping[str, Any] | str | Path | None = None,
+    out: str | Path | None = None,
+    *,
+    quick: bool = False,
+    force: bool = False,
+    progress: bool = False,
+) -> Results:
+    """Run (or resume) a study — by default the built-in one, as ``mnemoscope study`` —
+    and return its tables (``results.overlap``, ``results.leakage``, ...).
+
+    Args:
+        config: a YAML path, a mapping or a :class:`StudyConfig` (a config without a
+            ``study:`` section gets the analyses that read the score tables); None: the
+            default study shipped with the package.
+        out: the run directory (default ``mnemoscope-study`` or ``mnemoscope-study-quick``).
+        quick: shrink the study as its ``study.quick`` section says.
+    """
+    from mnemoscope.runner.default_study import as_study, study_config
+
+    cfg = study_config(quick=quick) if config is None else as_study(_config(config), quick)
+    out = out or ("mnemoscope-study-quick" if quick else "mnemoscope-study")
+    return run(cfg, out, force=force, progress=progress)
 
 
 def plan(config: StudyConfig | Mapping[str, Any] | str | Path, out: str | Path) -> list[Stage]:

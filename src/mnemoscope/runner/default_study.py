@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from mnemoscope.config import StudyConfig, load_config, parse_config
-from mnemoscope.config.study import StudySection, quick_config
+from mnemoscope.config.study import quick_config
 
 DEFAULT_STUDY = "default_study.yaml"
 
@@ -36,8 +36,14 @@ def study_config(path: Path | None = None, quick: bool = False) -> StudyConfig:
         config = parse_config(yaml.safe_load(default_study_text()))
     else:
         config = load_config(Path(path))
-    if config.study is None:
-        config = config.model_copy(update={"study": StudySection()})
+    return as_study(config, quick)
+
+
+def as_study(config: StudyConfig, quick: bool = False) -> StudyConfig:
+    """``config`` as a study: with the default ``study:`` section where it has none, and
+    shrunk by its ``study.quick`` settings with ``quick``."""
+    if config.study is None:  # validated again: defaults whose references are absent go
+        config = parse_config({**config.model_dump(mode="json"), "study": {}})
     if not quick:
         return config
     data = quick_config(config.model_dump(mode="json"), config.study.quick)
