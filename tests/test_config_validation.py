@@ -479,3 +479,36 @@ def test_generated_configs_parse_or_raise_one_line_config_errors(data):
     assert isinstance(config, StudyConfig)
     assert math.isfinite(config.train.lr) and 1 <= config.train.epochs <= 10_000
     assert StudyConfig.model_validate(json.loads(json.dumps(config.model_dump(mode="json"))))
+
+
+@pytest.mark.parametrize(
+    ("arch_train", "where"),
+    [
+        ({"cnn": {"lr": 0.01}}, "arch_train.cnn: 'cnn' is not in archs"),
+        ({"mlp": {"lrr": 0.01}}, "arch_train.mlp.lrr: unknown key; known: epochs"),
+        ({"mlp": {"lr": -1.0}}, "arch_train.mlp.lr: Input should be greater than 0"),
+        ({"mlp": {"lr": "0.1"}}, "arch_train.mlp.lr: Input should be a valid number"),
+        ({"mlp": {"epochs": 2.5}}, "arch_train.mlp.epochs: Input should be a valid integer"),
+        ({"mlp": {"schedule": "linear"}}, "arch_train.mlp.schedule: Input should be"),
+        ({"mlp": {"betas": [0.9, 1.5]}}, "arch_train.mlp.betas.1: Input should be less than 1"),
+        ({"mlp": [1]}, "arch_train.mlp: Input should be a valid dictionary"),
+        ({"mlp": {"optimizer": "lion"}}, "arch_train.mlp.optimizer: Input should be"),
+    ],
+)
+def test_bad_arch_train_is_one_line_naming_it(arch_train, where):
+    with pytest.raises(ConfigError) as error:
+        parse_config({**BASE, "arch_train": arch_train})
+    message = str(error.value)
+    assert message.startswith(f"config error: {where}") and "\n" not in message
+
+
+def test_arch_train_merges_over_train_and_reads_back_equal():
+    config = parse_config(
+        {**BASE, "arch_train": {"mlp": {"optimizer": "adamw", "lr": 0.001, "schedule": "cosine"}}}
+    )
+    mlp = config.train_for("mlp")
+    assert (mlp.optimizer, mlp.lr, mlp.schedule) == ("adamw", 0.001, "cosine")
+    assert (mlp.epochs, mlp.batch_size) == (3, 64)  # from the train block
+    assert config.train_for("logreg") == config.train
+    assert parse_config(config.model_dump(mode="json")) == config
+    assert StudyConfig.model_validate(config.model_dump()) == config

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -149,3 +151,34 @@ def test_tracin_on_a_model_without_its_checkpoints_is_one_line(digits_small):
     with pytest.raises(ConfigError, match=r"no checkpoint at epochs \[1, 2\].*kept none") as error:
         TracIn(TracInConfig(checkpoints=2)).fit({"model": model}, digits_small, Task())
     assert "\n" not in str(error.value)
+
+
+def test_tracin_weighs_each_checkpoint_by_its_scheduled_lr(digits_small):
+    """Under a cosine schedule each checkpoint's η_c is the lr of the last update before
+    it (the closed form, recomputed here), not the peak lr."""
+    config = TrainConfig(epochs=6, batch_size=64, lr=0.05, schedule="cosine")
+    model = train_ensemble(
+        "mlp",
+        digits_small,
+        full_masks(1, digits_small.n_train),
+        config,
+        seed=0,
+        checkpoint_epochs=[2, 4, 6],
+    )
+    steps = math.ceil(digits_small.n_train / 64)
+    etas = [0.025 * (1 + math.cos(math.pi * (e * steps - 1) / (6 * steps))) for e in (2, 4, 6)]
+    assert [c.lr for c in model.checkpoints] == pytest.approx(etas, rel=1e-12)
+    scores = TracIn(TracInConfig(checkpoints=3)).fit({"model": model}, digits_small, Task())
+    module = model.module()
+    names = [n for n, _ in module.named_parameters()]
+    rows = range(0, digits_small.n_train, 8)
+    squared = np.zeros((3, len(rows)))
+    for c, ckpt in enumerate(model.checkpoints):
+        params = {k: v[0] for k, v in ckpt.params.items()}
+        for j, i in enumerate(rows):
+            g = _loop_grad(module, params, digits_small.x_train[i], digits_small.y_train[i], names)
+            squared[c, j] = float(g.double() @ g.double())
+    got = scores.self_influence().score[list(rows)]
+    np.testing.assert_allclose(got, np.asarray(etas) @ squared, rtol=1e-4, atol=1e-9)
+    unweighted = config.lr * squared.sum(0)  # what a constant-lr reading would give
+    assert not np.allclose(got, unweighted, rtol=0.05)

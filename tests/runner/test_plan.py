@@ -254,4 +254,19 @@ def test_training_stages_record_how_well_models_fit_and_warn_when_they_cannot(tm
     )
     study = Study(starved, tmp_path / "starved")
     study.execute()
-    assert len(study.warnings) == 1 and "fit only" in study.warnings[0]
+    assert len(study.warnings) == 1 and "fits only" in study.warnings[0]
+
+
+def test_a_run_warns_when_models_fit_too_few_flipped_labels(tmp_path):
+    from mnemoscope.runner import Study
+
+    study = Study(parse_config(BASE), tmp_path / "run")
+    study._warn_if_unfit("train/x", {"fit": {"in_subset_accuracy": 0.97}})
+    fine = {"in_subset_accuracy": 0.97, "in_subset_accuracy_flipped": 0.8}
+    study._warn_if_unfit("train/y", {"fit": fine})
+    assert study.warnings == []
+    unfit = {"in_subset_accuracy": 0.91, "in_subset_accuracy_flipped": 0.27}
+    study._warn_if_unfit("train/z", {"fit": unfit})
+    (warning,) = study.warnings
+    assert warning.startswith("train/z: the ensemble fits 91% of its own training labels")
+    assert "only 27% of the flipped ones (< 50%)" in warning

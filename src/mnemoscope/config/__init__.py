@@ -10,7 +10,8 @@ Shape (a contract; later work adds methods to the lists, never changes the shape
     archs: [logreg, mlp, cnn]
     arch_options: {mlp: {width: 64}}        # optional: per-arch options
     train: {epochs: 20, batch_size: 128, optimizer: sgd, lr: 0.1, momentum: 0.9,
-            weight_decay: 0.0005}
+            weight_decay: 0.0005, schedule: constant}
+    arch_train: {transformer: {optimizer: adamw, lr: 0.001}}  # optional: per-arch train
     memorization:
       - {method: feldman_zhang, n_models: 64, subset_fraction: 0.7}
     influence:
@@ -42,9 +43,11 @@ from pydantic import (
     BaseModel,
     Field,
     SerializeAsAny,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -204,6 +207,12 @@ class StudyConfig(BaseModel):
     arch's options are checked by its own strict model (the README lists them).
     They reach every model built and enter the training cache key."""
     train: TrainConfig = TrainConfig()
+    arch_train: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Training settings of listed archs by name, each any subset of ``train``'s keys
+    merged over the ``train`` block, e.g. ``{transformer: {optimizer: adamw, lr: 0.001}}``;
+    the merged settings are checked by the same strict rules. Read them with
+    :meth:`train_for`: they reach that arch's training stages (and cache keys: changing
+    one arch's settings retrains only that arch), its task and its estimators."""
     memorization: list[SerializeAsAny[MethodConfig]] = Field(default_factory=list)
     influence: list[SerializeAsAny[MethodConfig]] = Field(default_factory=list)
     analysis: AnalysisConfig = AnalysisConfig()
@@ -214,9 +223,6 @@ class StudyConfig(BaseModel):
     """The study's analyses (``mnemoscope study``; see :mod:`mnemoscope.config.study`):
     top-k overlap, cross-architecture agreement, leakage, removal and the
     sample-information applications. None: an ordinary run."""
-
-    def train_for(self, arch: str) -> TrainConfig:
-        return self.train
 
     @field_validator("archs")
     @classmethod
@@ -247,6 +253,55 @@ class StudyConfig(BaseModel):
                     "method_entry", "{loc}: {message}", {"loc": error.loc, "message": error.problem}
                 ) from None
         return validated
+
+    @field_validator("arch_train")
+    @classmethod
+    def _arch_train(
+        cls, overrides: dict[str, dict[str, Any]], info: ValidationInfo
+    ) -> dict[str, dict[str, Any]]:
+        archs, train = info.data.get("archs"), info.data.get("train")
+        if archs is None or train is None:  # refused themselves
+            return overrides
+        for arch, given in overrides.items():
+            problem, where = None, arch
+            if arch not in archs:
+                problem = f"'{arch}' is not in archs {archs}"
+            elif not isinstance(given, dict):
+                problem = "expected a mapping of train keys to values"
+            else:
+                try:
+                    TrainConfig.model_validate({**train.model_dump(), **given})
+                except ValidationError as error:
+                    first = error.errors(include_url=False, include_input=False)[0]
+                    where = ".".join(str(part) for part in (arch, *first["loc"]))
+                    problem = (
+                        f"unknown key; known: {', '.join(TrainConfig.model_fields)}"
+                        if first["type"] == "extra_forbidden"
+                        else first["msg"].removeprefix("Value error, ")
+                    )
+            if problem is not None:  # one line, as a method entry's error
+                raise PydanticCustomError(
+                    "method_entry", "{loc}: {message}", {"loc": where, "message": problem}
+                )
+        return overrides
+
+    def train_for(self, arch: str) -> TrainConfig:
+        """How models of ``arch`` are trained: ``train`` with ``arch_train[arch]`` over it."""
+        given = self.arch_train.get(arch)
+        if not given:
+            return self.train
+        return TrainConfig.model_validate({**self.train.model_dump(), **given})
+
+    @model_serializer(mode="wrap")
+    def _without_empty_arch_train(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A config without ``arch_train`` or ``study`` dumps as before they existed: a
+        finished run of it is still recognised as the same config."""
+        data = handler(self)
+        if not data.get("arch_train"):
+            data.pop("arch_train", None)
+        if data.get("study", False) is None:
+            data.pop("study")
+        return data
 
     @field_validator("datasets")
     @classmethod

@@ -253,7 +253,7 @@ def part_bytes(
 def estimate_study(config: StudyConfig) -> Estimate:
     """The estimate of ``config``; raises :class:`UserError` for a parameter name an
     estimator cannot use on an architecture (checked here, before any training)."""
-    from mnemoscope.runner.plan import ensemble_specs, plan_context
+    from mnemoscope.runner.plan import declared_ensembles
 
     cfg = config
     items: list[Item] = []
@@ -267,8 +267,10 @@ def estimate_study(config: StudyConfig) -> Estimate:
         inputs = FLOATS * n_train * math.prod(shape)
         base = RUNTIME + data_bytes(shape, n_train, n_test)
         items.append(Item(f"load {ds.name}", base + int(VALIDATE_COPIES * inputs)))
-        specs, roles = ensemble_specs(estimators, plan_context(cfg, n_train))
+        declared = declared_ensembles(estimators, cfg, n_train)
         for arch in cfg.archs:
+            specs, roles = declared[arch]
+            train = cfg.train_for(arch)
             module = build_model(arch, shape, n_classes, **cfg.arch_options.get(arch, {}))
             for estimator in estimators:
                 estimator.check_model(module)
@@ -277,12 +279,12 @@ def estimate_study(config: StudyConfig) -> Estimate:
             for digest, ensemble in specs.items():
                 kept = len(ensemble.checkpoint_epochs) + int(ensemble.keep_initial)
                 per_model = model_bytes(
-                    prof.n_params, cfg.train.epochs, n_train, n_test, n_classes, kept
+                    prof.n_params, train.epochs, n_train, n_test, n_classes, kept
                 )
-                k = min(ensemble.n_models, cfg.train.chunk_size or DEFAULT_CHUNK)
-                part = part_bytes(prof, cfg.train, k, n_train, n_test, n_classes, kept)
+                k = min(ensemble.n_models, train.chunk_size or DEFAULT_CHUNK)
+                part = part_bytes(prof, train, k, n_train, n_test, n_classes, kept)
                 name = f"{ds.name}/{arch}/{ensemble.name} ({ensemble.n_models} models)"
-                presented = float(ensemble.masks.sum()) * cfg.train.epochs
+                presented = float(ensemble.masks.sum()) * train.epochs
                 flop = prof.forward_flop * (3 * presented + ensemble.n_models * (n_train + n_test))
                 items.append(Item(f"train {name}", base + part, flop))
                 joined = 1 if ensemble.n_models <= k else 2  # parts are concatenated

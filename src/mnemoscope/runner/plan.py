@@ -108,9 +108,28 @@ class Plan:
         return keyed
 
 
-def plan_context(config: StudyConfig, n_train: int) -> PlanContext:
-    """What every estimator of ``config`` is told about a dataset of ``n_train`` examples."""
-    return PlanContext(n_train, config.train.epochs, derive_seed(config.seed, _MASKS))
+def plan_context(config: StudyConfig, n_train: int, arch: str | None = None) -> PlanContext:
+    """What every estimator of ``config`` is told about a dataset of ``n_train`` examples
+    trained on by ``arch`` (whose epochs ``arch_train`` may set; None: the ``train``
+    block's)."""
+    epochs = (config.train if arch is None else config.train_for(arch)).epochs
+    return PlanContext(n_train, epochs, derive_seed(config.seed, _MASKS))
+
+
+def declared_ensembles(
+    estimators: list[Estimator], config: StudyConfig, n_train: int
+) -> dict[str, tuple[dict[str, EnsembleSpec], dict[str, dict[str, str]]]]:
+    """:func:`ensemble_specs` of each arch of ``config`` on a dataset of ``n_train``
+    examples. The ensembles depend on the dataset and the arch's epochs only: archs
+    trained for as many epochs share one declaration (equal specs stay merged)."""
+    by_epochs: dict[int, tuple[dict[str, EnsembleSpec], dict[str, dict[str, str]]]] = {}
+    declared = {}
+    for arch in config.archs:
+        context = plan_context(config, n_train, arch)
+        if context.epochs not in by_epochs:
+            by_epochs[context.epochs] = ensemble_specs(estimators, context)
+        declared[arch] = by_epochs[context.epochs]
+    return declared
 
 
 def estimator_code(estimator: Estimator) -> tuple[str, ...]:
@@ -234,10 +253,9 @@ class Planner:
         influence_files: list[str] = []
         for ds in self.config.datasets:
             info = datasets[ds.name]
-            # the ensembles depend on the dataset, not the architecture: declared once
-            declared = ensemble_specs(self.estimators, plan_context(self.config, info.n_train))
+            declared = declared_ensembles(self.estimators, self.config, info.n_train)
             for arch in self.config.archs:
-                scores, influence = self._arch_stages(ds.name, info, arch, declared)
+                scores, influence = self._arch_stages(ds.name, info, arch, declared[arch])
                 score_files += scores
                 influence_files += influence
                 if self.config.analysis.lds is not None:
@@ -329,7 +347,7 @@ class Planner:
             "dataset": data,
             "arch": arch,
             "seed": cfg.seed,
-            "task": Task.from_train(cfg.train).__dict__,
+            "task": Task.from_train(cfg.train_for(arch)).__dict__,
             "device": self.device,
         }
         score_files, influence_files = [], []
@@ -546,11 +564,11 @@ class Planner:
         self, data: dict[str, Any], arch: str, spec: EnsembleSpec
     ) -> tuple[list[str], tuple[str, ...]]:
         """Stages training ``spec`` in parts of ``chunk_size`` models: (files, stage names)."""
-        cfg = self.config
+        cfg, train = self.config, self.config.train_for(arch)
         dataset = data["name"]
         spec_file = self.run.spec_file(dataset, spec.trajectory[:16])
         self.spec_files[spec_file] = spec.masks
-        size = cfg.train.chunk_size or min(spec.n_models, DEFAULT_CHUNK)
+        size = train.chunk_size or min(spec.n_models, DEFAULT_CHUNK)
         starts = list(range(0, spec.n_models, size))
         files, names = [], []
         for part, start in enumerate(starts):
@@ -573,7 +591,7 @@ class Planner:
                         "checkpoint_epochs": list(spec.checkpoint_epochs),
                         "keep_initial": spec.keep_initial,
                         "models": [start, min(start + size, spec.n_models)],
-                        "train": cfg.train.model_dump(),
+                        "train": train.model_dump(),
                         "seed": derive_seed(cfg.seed, _TRAIN, int(spec.trajectory[:15], 16)),
                         "device": self.device,
                         "output": file,

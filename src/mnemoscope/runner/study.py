@@ -24,9 +24,8 @@ from mnemoscope.runner.executors import LocalExecutor, RayExecutor, make_executo
 from mnemoscope.runner.plan import Plan, Planner, Stage, ensemble_specs, plan_context
 from mnemoscope.runner.progress import Reporter
 from mnemoscope.store import DatasetInfo, RunDir, write_safetensors
-
-FIT_WARNING = 0.9
-"""Below this final accuracy of models on their own training labels, the run warns."""
+from mnemoscope.train.fit import FIT_WARNING as FIT_WARNING
+from mnemoscope.train.fit import fit_problem
 
 
 @dataclass
@@ -185,16 +184,15 @@ class Study:
             self._warn_if_unfit(stage.name, record)
 
     def _warn_if_unfit(self, name: str, record: dict) -> None:
-        """Say so when models fit less than ``FIT_WARNING`` of their own training labels."""
+        """Say so when models fit less than ``FIT_WARNING`` of their own training labels,
+        or less than ``FLIPPED_FIT_WARNING`` of the flipped ones (:func:`fit_problem`)."""
         fit = record.get("fit")
-        if not fit or fit["in_subset_accuracy"] >= FIT_WARNING:
+        problem = fit_problem(fit) if fit else None
+        if problem is None:
             return
-        flipped = fit.get("in_subset_accuracy_flipped")
-        on_flipped = "" if flipped is None else f" ({flipped:.0%} of the flipped ones)"
         message = (
-            f"{name}: the models fit only {fit['in_subset_accuracy']:.0%} of their own "
-            f"training labels{on_flipped}; memorization scores mean little when models "
-            "cannot fit their data (train longer or with a higher lr)"
+            f"{name}: the ensemble {problem}; memorization cannot be seen when models do "
+            "not fit their data (train longer or with a higher lr: arch_train)"
         )
         self.warnings.append(message)
         self.reporter.say(f"[yellow]warning[/yellow] {message}")

@@ -242,7 +242,12 @@ def train_ensemble(
         train_logits=records.train_logits,
         test_logits=records.test_logits,
         checkpoints=[
-            Checkpoint(c.epoch, c.lr, _cat_params([saved[i].params for _, saved in parts]))
+            Checkpoint(
+                c.epoch,
+                c.lr,
+                _cat_params([saved[i].params for _, saved in parts]),
+                tuple(lr for _, saved in parts for lr in saved[i].lrs),
+            )
             for i, c in enumerate(parts[0][1])
         ],
         arch_options=dict(arch_options or {}),
@@ -299,12 +304,22 @@ def _train_chunk(
         for k in ks
     ]
     stack = _Stack(modules, device, x_train)
-    optimizer = StackedOptimizer(stack.params, config)
+    # a model's steps per epoch: its subset's batches, whatever the order sharing
+    epoch_steps = [math.ceil(int(masks[k].sum()) / config.batch_size) for k in ks]
+    total = [config.epochs * s for s in epoch_steps]
+    optimizer = StackedOptimizer(stack.params, config, torch.tensor(total))
     names = list(stack.params)
     orders = [_order_stream(masks[k], seed, k, order) for k in ks]
     checkpoints = []
+
+    def keep(epoch: int) -> None:
+        """Checkpoint after ``epoch`` epochs, with the lr of each model's last update
+        before it (of its first update for epoch 0)."""
+        lrs = tuple(config.lr_at(max(epoch * s - 1, 0), t) for s, t in zip(epoch_steps, total))
+        checkpoints.append(Checkpoint(epoch, lrs[0], _snapshot(stack.params), lrs))
+
     if 0 in checkpoint_epochs:
-        checkpoints.append(Checkpoint(0, config.lr, _snapshot(stack.params)))
+        keep(0)
     for epoch in range(config.epochs):
         epoch_order = [next(o) for o in orders]
         index, weight = _batched_schedule(epoch_order, config.batch_size)
@@ -327,7 +342,7 @@ def _train_chunk(
             records.loss[row, epoch, presented] = step_loss[row].flatten()[: len(presented)]
             records.correct[row, epoch, presented] = step_correct[row].flatten()[: len(presented)]
         if epoch + 1 in checkpoint_epochs:
-            checkpoints.append(Checkpoint(epoch + 1, config.lr, _snapshot(stack.params)))
+            keep(epoch + 1)
         if progress is not None:
             progress(len(ks))
     stack.evaluate(x_train, out=records.train_logits)

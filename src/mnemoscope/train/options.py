@@ -1,10 +1,18 @@
-"""Training hyperparameters shared by every model of a study (the config's ``train:`` block)."""
+"""Training hyperparameters: the config's ``train:`` block (per arch: ``arch_train:``)."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 
 def _list_as_tuple(value: Any) -> Any:
@@ -30,8 +38,13 @@ class TrainConfig(BaseModel):
     """Examples per step per model; a subset's last batch may be smaller (at most 10⁶)."""
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0, le=1e3)
-    """Learning rate, constant over training (recorded with each checkpoint for TracIn);
-    at most 1000."""
+    """Learning rate (the peak one under ``schedule: cosine``), recorded with each
+    checkpoint for TracIn; at most 1000."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """``constant``: ``lr`` at every step. ``cosine``: per-step cosine annealing from
+    ``lr`` to 0 (Loshchilov & Hutter 2017, SGDR eq. 5 without restarts):
+    ``lr_t = lr · ½(1 + cos(π t / T))`` for update t = 0 … T − 1, T each model's own
+    total steps (``epochs · ⌈|subset| / batch_size⌉``), for every optimizer."""
     momentum: float = Field(0.9, ge=0, lt=1)
     """SGD momentum (PyTorch semantics, no dampening); ignored by Adam."""
     betas: Annotated[tuple[Beta, Beta], BeforeValidator(_list_as_tuple)] = (0.9, 0.999)
@@ -40,3 +53,18 @@ class TrainConfig(BaseModel):
     """L2 penalty added to the gradient (sgd, adam) or decoupled decay (adamw); at most 1000."""
     chunk_size: int | None = Field(None, gt=0, le=100_000)
     """Models trained at once; bounds memory. None: all of them (at most 64). At most 100 000."""
+
+    @model_serializer(mode="wrap")
+    def _without_default_schedule(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A constant schedule dumps as before schedules existed: training cache keys of
+        existing configs stay as they were."""
+        data = handler(self)
+        if data.get("schedule") == "constant":
+            del data["schedule"]
+        return data
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """The learning rate of update ``step`` (0-based) of a run of ``total_steps``."""
+        if self.schedule == "constant":
+            return self.lr
+        return self.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))

@@ -27,11 +27,16 @@ MIN_EVAL_BATCH = 16
 @dataclass
 class Checkpoint:
     """Parameters ``[K, ...]`` after ``epoch`` epochs (0: before training) and the
-    learning rate then in force."""
+    learning rate then in force: that of the last update before the checkpoint (of the
+    first update for epoch 0), the ``η_c`` by which TracIn-CP weighs it (Pruthi et al.
+    2020, eq. 3). Under a schedule, models whose subsets differ in size take different
+    numbers of steps and reach epoch e at different learning rates: ``lr`` is model 0's,
+    ``lrs`` every model's (empty in files written before schedules: all equal ``lr``)."""
 
     epoch: int
     lr: float
     params: Params
+    lrs: tuple[float, ...] = ()
 
 
 @dataclass
@@ -121,7 +126,9 @@ class TrainedEnsemble:
             "arch_options": self.arch_options,
             "input_shape": list(self.input_shape),
             "n_classes": self.n_classes,
-            "checkpoints": [{"epoch": c.epoch, "lr": c.lr} for c in self.checkpoints],
+            "checkpoints": [
+                {"epoch": c.epoch, "lr": c.lr, "lrs": list(c.lrs)} for c in self.checkpoints
+            ],
         }
         return write_safetensors(path, tensors, {"mnemoscope": json.dumps(meta)})
 
@@ -142,7 +149,7 @@ class TrainedEnsemble:
             return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
         checkpoints = [
-            Checkpoint(c["epoch"], c["lr"], group(f"checkpoint.{i}."))
+            Checkpoint(c["epoch"], c["lr"], group(f"checkpoint.{i}."), tuple(c.get("lrs", ())))
             for i, c in enumerate(meta["checkpoints"])
         ]
         return cls(
@@ -216,7 +223,12 @@ def concatenate_parts(parts: list[TrainedEnsemble]) -> TrainedEnsemble:
         train_logits=torch.cat([p.train_logits for p in parts]),
         test_logits=torch.cat([p.test_logits for p in parts]),
         checkpoints=[
-            Checkpoint(c.epoch, c.lr, _cat_params([p.checkpoints[i].params for p in parts]))
+            Checkpoint(
+                c.epoch,
+                c.lr,
+                _cat_params([p.checkpoints[i].params for p in parts]),
+                tuple(lr for p in parts for lr in p.checkpoints[i].lrs),
+            )
             for i, c in enumerate(first.checkpoints)
         ],
         arch_options=first.arch_options,
