@@ -28,13 +28,14 @@ import pandas as pd
 from mnemoscope.analysis.correlations import _validate, percentile_interval
 from mnemoscope.analysis.overlap import _intersections
 from mnemoscope.analysis.resampling import (
+    Resamples,
     auc_resampled,
     best_first,
-    count_blocks,
     draws_before,
     fit_lookup,
     kept_in_top,
     mean_scores,
+    method_families,
     n_top_of,
     resample_midranks,
     validate_ks,
@@ -50,8 +51,7 @@ def leakage_resampled(
     reference: np.ndarray,
     values: dict[str, np.ndarray],
     ks: Sequence[float],
-    n_bootstrap: int,
-    seed: int,
+    resamples: Resamples,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Precision@k and AUC of each score for the reference's top-k, on all examples and resamples.
 
@@ -59,7 +59,7 @@ def leakage_resampled(
         example_ids: ``[n]`` ids (the tie-break).
         reference: ``[n]`` finite reference scores.
         values: ``{method: [n] finite scores}``.
-        ks, n_bootstrap, seed: as in :func:`~mnemoscope.analysis.overlap.top_overlap_resampled`.
+        ks, resamples: as in :func:`~mnemoscope.analysis.overlap.top_overlap_resampled`.
 
     Returns:
         ``{'precision' | 'auc': (point [methods, ks], boot [methods, ks, n_bootstrap])}``,
@@ -84,7 +84,7 @@ def leakage_resampled(
         return precision, auc
 
     point = block(np.ones((1, n), dtype=np.int32))
-    blocks = [block(counts) for counts in count_blocks(n, n_bootstrap, seed)]
+    blocks = [block(counts) for counts in resamples.blocks(n)]
     return {
         name: (point[i][..., 0], np.concatenate([b[i] for b in blocks], axis=2))
         for i, name in enumerate(("precision", "auc"))
@@ -138,7 +138,8 @@ def leakage_table(
     fit = fit_lookup(fits)
     seconds = _costs(costs)
     per_example = mean_scores(scores)
-    family = dict(zip(per_example["method"], per_example["family"], strict=True))
+    resamples = Resamples(n_bootstrap, seed)
+    family = method_families(per_example)
     rows: list[dict[str, object]] = []
     for dataset, arch, wide in wide_cells(per_example):
         if reference not in wide.columns:
@@ -158,8 +159,7 @@ def leakage_table(
                 wide[reference].to_numpy(dtype=np.float64)[kept],
                 {m: wide[m].to_numpy(dtype=np.float64)[kept] for m in group},
                 ks,
-                n_bootstrap,
-                seed,
+                resamples,
             )
             for p, m in enumerate(group):
                 results[m] = (out, p, int(kept.sum()))

@@ -23,12 +23,13 @@ import pandas as pd
 
 from mnemoscope.analysis.correlations import _validate, percentile_interval
 from mnemoscope.analysis.resampling import (
+    Resamples,
     best_first,
-    count_blocks,
     draws_before,
     fit_lookup,
     kept_in_top,
     mean_scores,
+    method_families,
     n_top_of,
     validate_ks,
     wide_cells,
@@ -41,8 +42,7 @@ def top_overlap_resampled(
     values: dict[str, np.ndarray],
     pairs: Sequence[tuple[str, str]],
     ks: Sequence[float],
-    n_bootstrap: int,
-    seed: int,
+    resamples: Resamples,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``|A ∩ B|`` of every pair's top sets, on all examples and on each resample.
 
@@ -51,7 +51,7 @@ def top_overlap_resampled(
         values: ``{method: [n] finite scores}``.
         pairs: ``(a, b)`` method names.
         ks: fractions; ``n_top = max(1, round(k · n))``.
-        n_bootstrap, seed: the resamples (:func:`~mnemoscope.analysis.resampling.count_blocks`).
+        resamples: the bootstrap resamples (:class:`~mnemoscope.analysis.resampling.Resamples`).
 
     Returns:
         ``(point, boot)``: ``point`` ``[pairs, ks]`` and ``boot`` ``[pairs, ks, n_bootstrap]``
@@ -64,10 +64,7 @@ def top_overlap_resampled(
     orders = {m: best_first(values[m], example_ids) for m in methods}
     point = _intersections(np.ones((1, n), dtype=np.int32), orders, pairs, tops, limit)[..., 0]
     boot = np.concatenate(
-        [
-            _intersections(counts, orders, pairs, tops, limit)
-            for counts in count_blocks(n, n_bootstrap, seed)
-        ],
+        [_intersections(counts, orders, pairs, tops, limit) for counts in resamples.blocks(n)],
         axis=2,
     )
     return point, boot
@@ -132,7 +129,8 @@ def overlap_table(
     ks = validate_ks(ks)
     fit = fit_lookup(fits)
     per_example = mean_scores(scores)
-    family = dict(zip(per_example["method"], per_example["family"], strict=True))
+    resamples = Resamples(n_bootstrap, seed)
+    family = method_families(per_example)
     rows: list[dict[str, object]] = []
     for dataset, arch, wide in wide_cells(per_example):
         influence = [m for m in wide.columns if family[m] == "influence"]
@@ -150,7 +148,7 @@ def overlap_table(
             kept = np.frombuffer(key, dtype=bool)
             ids = wide.index.to_numpy()[kept]
             values = {m: wide[m].to_numpy(dtype=np.float64)[kept] for p in pairs for m in p}
-            point, boot = top_overlap_resampled(ids, values, pairs, ks, n_bootstrap, seed)
+            point, boot = top_overlap_resampled(ids, values, pairs, ks, resamples)
             for p, pair in enumerate(pairs):
                 results[pair] = (point[p], boot[p], int(kept.sum()))
         for i in influence:

@@ -14,16 +14,19 @@ the counts, so a resample is never materialised as an ``n``-long list of draws a
 * ranks with ties (:func:`resample_midranks`): an example's midrank in a resample is the
   number of drawn items below its value plus ``(copies of its value + 1) / 2``, exactly what
   ``scipy.stats.rankdata`` gives on the resampled list;
-* Pearson on a resample (:func:`weighted_pearson`): Pearson of the values weighted by counts.
+* Spearman on a resample (:func:`spearman_sides`): Pearson of the midranks weighted by the
+  counts. The weighted sum of the midranks is always ``n(n+1)/2``, so each side's ranks and
+  sums are computed once (:class:`RankSide`) and a comparison costs one dot product per
+  resample.
 
-The resamples are drawn as in :func:`mnemoscope.analysis.correlations.correlation_with_ci`
+The resamples (:class:`Resamples`) are drawn as in :func:`mnemoscope.analysis.correlations.correlation_with_ci`
 (``numpy.random.default_rng(seed).integers(0, n, (n_bootstrap, n))``), so a result is a
 deterministic function of the inputs and the seed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -82,7 +85,7 @@ def draws_before(
     length = min(n, limit + int(8 * np.sqrt(limit)) + 16)
     while True:
         head = counts[:, order[:length]]
-        cum = np.cumsum(head, axis=1)
+        cum = np.cumsum(head, axis=1, dtype=np.int32)
         if length == n or cum[:, -1].min() >= limit:
             return order[:length], cum - head
         length = min(n, 2 * length)
@@ -111,54 +114,106 @@ def resample_midranks(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarra
     sorted_counts = counts[:, order]
     if new_value.all():
         group_counts = sorted_counts
-        group_of = None
     else:
         group_counts = np.add.reduceat(sorted_counts, np.flatnonzero(new_value), axis=1)
-        group_of = np.cumsum(new_value) - 1
-    below = np.cumsum(group_counts, axis=1) - group_counts
-    mid = below + (group_counts + 1) / 2.0
-    ranks = np.empty(counts.shape, dtype=np.float64)
-    ranks[:, order] = mid if group_of is None else mid[:, group_of]
+    # Twice the midrank, in integers: 2·(items below) + copies + 1 = 2·cumsum − copies + 1.
+    doubled = np.cumsum(group_counts, axis=1, dtype=np.int32)
+    doubled *= 2
+    doubled -= group_counts
+    doubled += 1
+    group_of = np.empty(order.size, dtype=np.intp)
+    group_of[order] = np.cumsum(new_value) - 1
+    ranks = doubled[:, group_of] * 0.5
     constant = (group_counts > 0).sum(axis=1) < 2
     return ranks, constant
 
 
-def weighted_pearson(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of ``x`` with the same row of ``y``, weights ``w``.
+class Resamples:
+    """The ``n_bootstrap`` seeded resamples of any number of examples, drawn once per ``n``.
 
-    All ``[rows, n]``; with ``w`` resample counts this is Pearson over the resampled list.
-    NaN where a row has no spread.
+    Keeps the count blocks, and what :meth:`memo` is asked to keep, while they fit in a
+    budget of elements (the study's n ≈ 1,500 fits many times over); beyond it they are
+    recomputed on each use, so memory stays bounded for any ``n``.
     """
-    total = w.sum(axis=1, keepdims=True)
-    xc = x - (w * x).sum(axis=1, keepdims=True) / total
-    yc = y - (w * y).sum(axis=1, keepdims=True) / total
-    num = np.einsum("ij,ij->i", w * xc, yc)
-    den = np.sqrt(np.einsum("ij,ij->i", w * xc, xc) * np.einsum("ij,ij->i", w * yc, yc))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.clip(num / den, -1.0, 1.0)
+
+    def __init__(self, n_bootstrap: int, seed: int, budget: int = 1 << 25) -> None:
+        self.n_bootstrap = n_bootstrap
+        self.seed = seed
+        self._budget = budget
+        self._cache: dict[Hashable, list] = {}
+        self._sizes: dict[Hashable, int] = {}
+
+    def blocks(self, n: int) -> list[np.ndarray] | Iterator[np.ndarray]:
+        """The resamples of ``n`` examples as count blocks (:func:`count_blocks`)."""
+        return self.memo(("counts", n), n, lambda: count_blocks(n, self.n_bootstrap, self.seed))
+
+    def memo(self, key: Hashable, n: int, make: Callable[[], Iterator]) -> list | Iterator:
+        """``make()`` (items per block of resamples, ``n`` elements per resample), kept
+        under ``key`` while the budget lasts."""
+        if key in self._cache:
+            return self._cache[key]
+        size = n * self.n_bootstrap
+        if size > self._budget:
+            return make()
+        self._budget -= size
+        self._sizes[key] = size
+        self._cache[key] = list(make())
+        return self._cache[key]
+
+    def forget(self, keep: Callable[[Hashable], bool]) -> None:
+        """Drop the kept items whose key ``keep`` rejects (their budget is returned)."""
+        for key in [k for k in self._cache if not keep(k)]:
+            del self._cache[key]
+            self._budget += self._sizes.pop(key)
 
 
-def spearman_resampled(
-    a: np.ndarray, b: np.ndarray, n_bootstrap: int, seed: int
-) -> tuple[float, np.ndarray]:
-    """Spearman's rho of finite ``a`` vs ``b`` (``[n]``) and on each of ``n_bootstrap`` resamples.
+class RankSide:
+    """One side of a bootstrap Spearman: a score's midranks in every resample, with the sums
+    that do not depend on the other side (Σ w·r over a resample is always n(n+1)/2)."""
 
-    Returns ``(value, boot)``; NaN where either input (or resample) is constant.
+    def __init__(self, values: np.ndarray, resamples: Resamples, key: Hashable) -> None:
+        self.values = values
+        self.n = values.size
+        self._resamples = resamples
+        self._key = key
+
+    def point(self) -> tuple[np.ndarray, ...]:
+        return self._side(np.ones((1, self.n), dtype=np.int32))
+
+    def blocks(self) -> list | Iterator:
+        return self._resamples.memo(
+            ("ranks", self._key),
+            2 * self.n,
+            lambda: (self._side(c) for c in self._resamples.blocks(self.n)),
+        )
+
+    def _side(self, counts: np.ndarray) -> tuple[np.ndarray, ...]:
+        ranks, constant = resample_midranks(self.values, counts)
+        weighted = counts * ranks
+        return ranks, weighted, np.einsum("ij,ij->i", weighted, ranks), constant
+
+
+def spearman_sides(a: RankSide, b: RankSide) -> tuple[float, np.ndarray]:
+    """Spearman's rho of two sides over the same examples, on all of them and per resample.
+
+    Returns ``(value, boot [n_bootstrap])``; NaN where either side is constant.
     """
-    ones = np.ones((1, a.size), dtype=np.int32)
-    value = _spearman_rows(a, b, ones)[0]
-    boot = np.concatenate(
-        [_spearman_rows(a, b, counts) for counts in count_blocks(a.size, n_bootstrap, seed)]
-    )
-    return float(value), boot
+    n = a.n
+    mean_square = ((n + 1) / 2.0) ** 2
 
+    def rho(side_a: tuple, side_b: tuple) -> np.ndarray:
+        _, weighted_a, square_a, constant_a = side_a
+        ranks_b, _, square_b, constant_b = side_b
+        cov = np.einsum("ij,ij->i", weighted_a, ranks_b) / n - mean_square
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = cov / np.sqrt((square_a / n - mean_square) * (square_b / n - mean_square))
+        out = np.clip(out, -1.0, 1.0)
+        out[constant_a | constant_b] = np.nan
+        return out
 
-def _spearman_rows(a: np.ndarray, b: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    ranks_a, constant_a = resample_midranks(a, counts)
-    ranks_b, constant_b = resample_midranks(b, counts)
-    rho = weighted_pearson(ranks_a, ranks_b, counts.astype(np.float64))
-    rho[constant_a | constant_b] = np.nan
-    return rho
+    value = float(rho(a.point(), b.point())[0])
+    boot = np.concatenate([rho(x, y) for x, y in zip(a.blocks(), b.blocks(), strict=True)])
+    return value, boot
 
 
 def auc_resampled(ranks: np.ndarray, positive: np.ndarray, n: int) -> np.ndarray:
@@ -213,11 +268,17 @@ def mean_scores(scores: pd.DataFrame) -> pd.DataFrame:
     return frame.groupby(keys, sort=False, as_index=False)["score"].mean()
 
 
+def method_families(per_example: pd.DataFrame) -> dict[str, str]:
+    """``{method: family}`` of a frame from :func:`mean_scores`."""
+    first = per_example.drop_duplicates("method")
+    return dict(zip(first["method"].tolist(), first["family"].tolist(), strict=True))
+
+
 def wide_cells(per_example: pd.DataFrame) -> Iterator[tuple[str, str, pd.DataFrame]]:
     """``(dataset, arch, wide)`` per cell, ``wide`` indexed by sorted example_id with one
     column per method in order of first appearance (NaN where a method has no score)."""
     for (dataset, arch), group in per_example.groupby(["dataset", "arch"], sort=False):
-        methods = list(dict.fromkeys(group["method"]))
+        methods = group["method"].unique().tolist()
         wide = group.pivot(index="example_id", columns="method", values="score")
         yield dataset, arch, wide.sort_index()[methods]
 
