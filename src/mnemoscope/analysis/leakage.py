@@ -10,7 +10,8 @@ score (influence methods, memorization methods and proxies) is judged by
   score unrelated to the reference, 1 for one that orders the top like it);
 * **ROC AUC** of the score for the positives: the probability that a random positive
   scores higher than a random other example, ties counting one half (0.5: chance, 1: all
-  positives first, 0: all positives last);
+  positives first, 0: all positives last); in a resample, copies of the one example a
+  top-k cut may split between the classes are not compared with each other;
 
 and by what it cost (``seconds``) against the reference (``reference_seconds``). Ranks put
 the highest score first, ties by ascending example id. CIs are percentile bootstrap
@@ -75,12 +76,13 @@ def leakage_resampled(
         inter = _intersections(counts, orders, pairs, tops, max(tops))
         precision = inter / np.asarray(tops, dtype=np.float64)[None, :, None]
         columns, ahead = draws_before(counts, reference_order, max(tops))
-        positives = [kept_in_top(counts[:, columns], ahead, t) for t in tops]
+        drawn = counts[:, columns]
+        positives = [kept_in_top(drawn, ahead, t) for t in tops]
         auc = np.empty_like(precision)
         for p, v in enumerate(values.values()):
             ranks = resample_midranks(v, counts)[0][:, columns]
             for j, positive in enumerate(positives):
-                auc[p, j] = auc_resampled(ranks, positive, n)
+                auc[p, j] = auc_resampled(ranks, positive, n, drawn)
         return precision, auc
 
     point = block(np.ones((1, n), dtype=np.int32))

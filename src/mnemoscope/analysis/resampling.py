@@ -216,18 +216,27 @@ def spearman_sides(a: RankSide, b: RankSide) -> tuple[float, np.ndarray]:
     return value, boot
 
 
-def auc_resampled(ranks: np.ndarray, positive: np.ndarray, n: int) -> np.ndarray:
+def auc_resampled(
+    ranks: np.ndarray, positive: np.ndarray, n: int, drawn: np.ndarray | None = None
+) -> np.ndarray:
     """ROC AUC per resample from midranks (Mann–Whitney; ties count one half).
 
     ``ranks`` ``[rows, m]`` midranks over the whole resample of ``n`` items, ``positive``
     ``[rows, m]`` the positive copies of each of those ``m`` examples (examples not listed
     have none). AUC = (rank sum of positives − n₊(n₊+1)/2) / (n₊·n₋); NaN if a class is empty.
+    ``drawn`` (``[rows, m]`` counts), when a top-k cut can split an example's copies between
+    the classes: pairs of copies of one example are then not compared (they are one example,
+    not a tie), so a score that orders like the reference has AUC 1 in every resample.
     """
     n_pos = positive.sum(axis=1).astype(np.float64)
-    n_neg = n - n_pos
-    rank_sum = np.einsum("ij,ij->i", ranks, positive)
+    pairs = n_pos * (n - n_pos)
+    u = np.einsum("ij,ij->i", ranks, positive) - n_pos * (n_pos + 1) / 2
+    if drawn is not None:
+        self_pairs = np.einsum("ij,ij->i", positive, drawn - positive).astype(np.float64)
+        u -= self_pairs / 2
+        pairs -= self_pairs
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        return u / pairs
 
 
 def t_interval(values: np.ndarray, confidence: float) -> tuple[float, float, float]:
