@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
 from mnemoscope.analysis import leakage_table, overlap_table
@@ -137,3 +139,43 @@ def test_leakage_auc_is_sklearns_and_nan_is_dropped_pairwise() -> None:
     positive[np.argsort(-lira, kind="stable")[:98]] = True
     assert row["auc"] == pytest.approx(roc_auc_score(positive, other))
     assert row["precision"] == positive[np.argsort(-other, kind="stable")[:98]].mean()
+
+
+_VALUE = st.one_of(
+    st.sampled_from([0.0, 1.0, 2.0, np.nan, np.inf]), st.floats(-5, 5, allow_nan=False)
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(st.tuples(_VALUE, _VALUE), min_size=1, max_size=30),
+    st.sampled_from([0.05, 0.2, 0.5, 0.9]),
+)
+def test_point_values_equal_brute_force_sets(pairs: list, k: float) -> None:
+    a = np.array([p[0] for p in pairs])
+    b = np.array([p[1] for p in pairs])
+    cells = {("d", "mlp"): {"lira": (MEMORIZATION, a), "tracin": (INFLUENCE, b)}}
+    kept = np.isfinite(a) & np.isfinite(b)
+    ids = np.flatnonzero(kept)
+    overlap = overlap_table(scores_frame(cells), None, ks=(k,), n_bootstrap=5)
+    leakage = leakage_table(scores_frame(cells), None, None, ks=(k,), n_bootstrap=5)
+    if ids.size == 0:
+        assert overlap.empty and leakage.empty
+        return
+    n_top = max(1, round(k * ids.size))
+    # highest first, ties by smaller example id (ids are ascending already)
+    top_a = set(ids[np.argsort(-a[kept], kind="stable")[:n_top]])
+    top_b = set(ids[np.argsort(-b[kept], kind="stable")[:n_top]])
+    row = overlap.iloc[0]
+    assert (row["n"], row["n_dropped"], row["n_top"]) == (ids.size, len(pairs) - ids.size, n_top)
+    assert row["precision"] == len(top_a & top_b) / n_top
+    assert row["jaccard"] == pytest.approx(len(top_a & top_b) / len(top_a | top_b))
+    for name in ("jaccard", "precision"):
+        assert 0 <= row[f"{name}_low"] <= row[f"{name}_high"] <= 1
+    leak = leakage.iloc[0]
+    assert leak["precision"] == row["precision"]
+    positive = np.isin(ids, list(top_a))
+    if 0 < positive.sum() < ids.size:
+        assert leak["auc"] == pytest.approx(roc_auc_score(positive, b[kept]))
+    else:
+        assert np.isnan(leak["auc"])
