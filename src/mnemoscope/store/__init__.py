@@ -12,25 +12,35 @@ from mnemoscope.store.cache import code_version, content_hash
 from mnemoscope.store.manifest import DatasetInfo, Manifest, StageRecord
 from mnemoscope.store.rundir import RunDir, safe_name
 from mnemoscope.store.tables import (
+    APPLICATIONS,
     ATTACKS,
     CORRELATIONS,
+    CROSS_ARCH,
     DETECTION,
     EXAMPLES,
     FITS,
     INFLUENCE,
     INFLUENCE_EVAL,
+    LEAKAGE,
+    OVERLAP,
+    REMOVAL,
     SCORES,
     TABLES,
 )
 
 __all__ = [
+    "APPLICATIONS",
     "ATTACKS",
     "CORRELATIONS",
+    "CROSS_ARCH",
     "DETECTION",
     "EXAMPLES",
     "FITS",
     "INFLUENCE",
     "INFLUENCE_EVAL",
+    "LEAKAGE",
+    "OVERLAP",
+    "REMOVAL",
     "SCORES",
     "TABLES",
     "DatasetInfo",

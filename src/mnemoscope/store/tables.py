@@ -136,6 +136,110 @@ FITS = pa.schema(
     ]
 )
 """Columns of ``fits.parquet``, one row per (dataset, arch)."""
+OVERLAP = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("arch", pa.string()),
+        ("influence", pa.string()),  # the influence method (its top-k is A)
+        ("memorization", pa.string()),  # the memorization method (its top-k is B)
+        ("k", pa.float64()),  # fraction of the training set
+        ("n_top", pa.int64()),  # max(1, round(k * n))
+        ("jaccard", pa.float64()),  # |A ∩ B| / |A ∪ B|
+        ("jaccard_low", pa.float64()),
+        ("jaccard_high", pa.float64()),
+        ("precision", pa.float64()),  # |A ∩ B| / |A|
+        ("precision_low", pa.float64()),
+        ("precision_high", pa.float64()),
+        ("n", pa.int64()),  # examples both methods scored
+        ("fit", pa.bool_()),  # the cell's models fit their data
+        ("n_dropped", pa.int64()),  # examples of the cell left out for a non-finite score
+    ]
+)
+"""Columns of ``overlap.parquet``: top-k agreement of influence and memorization methods."""
+
+CROSS_ARCH = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("comparison", pa.string()),  # 'architectures' | 'proxy'
+        ("method", pa.string()),
+        ("reference", pa.string()),  # the proxy's reference method; null for 'architectures'
+        ("arch_a", pa.string()),
+        ("arch_b", pa.string()),  # == arch_a for 'proxy'
+        ("statistic", pa.string()),  # 'spearman'
+        ("value", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("n", pa.int64()),
+        ("best", pa.bool_()),  # the proxy closest to the reference in its (dataset, arch)
+        ("fit", pa.bool_()),  # both architectures fit
+        ("n_dropped", pa.int64()),
+    ]
+)
+"""Columns of ``cross_arch.parquet``: agreement across architectures and of cheap proxies."""
+
+LEAKAGE = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("arch", pa.string()),
+        ("method", pa.string()),
+        ("family", pa.string()),
+        ("reference", pa.string()),  # whose top-k are the positives, e.g. 'lira'
+        ("k", pa.float64()),
+        ("n_positive", pa.int64()),  # max(1, round(k * n))
+        ("precision", pa.float64()),  # fraction of the method's top-k that are positives
+        ("precision_low", pa.float64()),
+        ("precision_high", pa.float64()),
+        ("auc", pa.float64()),  # ROC AUC of the method's score for the positives
+        ("auc_low", pa.float64()),
+        ("auc_high", pa.float64()),
+        ("seconds", pa.float64()),  # what the method's score cost; NaN if unknown
+        ("reference_seconds", pa.float64()),
+        ("fit", pa.bool_()),
+        ("n", pa.int64()),  # examples both the method and the reference scored
+        ("n_dropped", pa.int64()),
+    ]
+)
+"""Columns of ``leakage.parquet``: which score finds the examples the reference says leak."""
+
+APPLICATIONS = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("arch", pa.string()),
+        ("application", pa.string()),  # 'detection' | 'summarization' | a grouping's name
+        ("method", pa.string()),
+        ("group", pa.string()),  # a provenance kind, a group value, 'difference', 'top@0.1'
+        ("metric", pa.string()),  # 'auc' | 'mean' | 'accuracy'
+        ("value", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("n", pa.int64()),  # examples (or seeds, for accuracy) behind the value
+        ("fit", pa.bool_()),
+    ]
+)
+"""Columns of ``applications.parquet`` (Harutyunyan et al. 2021, §5), long format."""
+
+REMOVAL = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("arch", pa.string()),
+        ("method", pa.string()),
+        ("direction", pa.string()),  # 'top' | 'random' | 'bottom'
+        ("k", pa.float64()),
+        ("n_removed", pa.int64()),
+        ("accuracy", pa.float64()),  # test accuracy, mean over seeds
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("n_seeds", pa.int64()),
+        ("delta_vs_random", pa.float64()),  # accuracy minus the random direction's, same k
+        ("delta_low", pa.float64()),
+        ("delta_high", pa.float64()),
+        ("fit", pa.bool_()),
+        # 'as_configured' (the data as built, flipped labels included) | 'clean' (original
+        # labels, the ranking score recomputed on them)
+        ("condition", pa.string()),
+    ]
+)
+"""Columns of ``removal.parquet`` (Feldman & Zhang 2020): retraining without top-k examples."""
 
 TABLES: dict[str, pa.Schema] = {
     "examples": EXAMPLES,
@@ -147,6 +251,11 @@ TABLES: dict[str, pa.Schema] = {
     "score_parts": SCORE_PARTS,
     "influence_eval": INFLUENCE_EVAL,
     "fits": FITS,
+    "overlap": OVERLAP,
+    "cross_arch": CROSS_ARCH,
+    "leakage": LEAKAGE,
+    "applications": APPLICATIONS,
+    "removal": REMOVAL,
 }
 
 
