@@ -13,7 +13,7 @@ import mnemoscope as ms
 from mnemoscope.data import BUILTIN
 from mnemoscope.errors import ConfigError, DataError
 from mnemoscope.models import ARCHITECTURES
-from mnemoscope.store import TABLES
+from mnemoscope.store import RUN_TABLES
 
 
 class TinyNet(nn.Module):
@@ -71,7 +71,7 @@ CONFIG = {
 def test_a_user_module_and_dataset_run_end_to_end(registered, tmp_path):
     results = ms.run(CONFIG, tmp_path / "run")
     assert isinstance(results.scores, pd.DataFrame)
-    assert set(results.tables) == set(TABLES)
+    assert set(results.tables) == set(RUN_TABLES)
     assert set(results.scores["method"]) == {"feldman_zhang", "tracin"}
     assert (results.scores["arch"] == "tinynet").all()
     n_train = int((results.examples["split"] == "train").sum())

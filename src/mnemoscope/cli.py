@@ -74,6 +74,12 @@ def _run_and_summarise(config: Any, out: Path, force: bool, dry_run: bool) -> No
             "(same config, data and code)"
         )
     out_console.print(summary_table(out))
+    if config.study is not None:
+        from mnemoscope.report.answer import answer
+
+        out_console.print("The answer:", highlight=False)
+        for sentence in answer(out):
+            out_console.print(f"  {sentence}", highlight=False, markup=False, soft_wrap=True)
     out_console.print(f"report: {result.report.resolve()}")
 
 
@@ -89,11 +95,12 @@ def demo(
     out: Path = typer.Option(
         None, "--out", help="Run directory [default: mnemoscope-demo, or -quick]."
     ),
-    quick: bool = typer.Option(False, "--quick", help="A smaller study, about a minute."),
+    quick: bool = typer.Option(False, "--quick", help="The study's --quick size, a few minutes."),
     force: bool = FORCE,
     dry_run: bool = DRY_RUN,
 ) -> None:
-    """Run the built-in study: digits and MNIST-1D, logreg/mlp/cnn, 10% label noise."""
+    """Run the default study at demo size: digits and MNIST-1D with flipped labels,
+    canaries and corrupted inputs, five architectures; prints the answer."""
     from mnemoscope.runner import demo_config
 
     out = out or Path("mnemoscope-demo-quick" if quick else "mnemoscope-demo")

@@ -13,7 +13,7 @@ import pytest
 
 from mnemoscope.config import parse_config
 from mnemoscope.runner import run_study
-from mnemoscope.store import TABLES
+from mnemoscope.store import RUN_TABLES
 
 pytest.importorskip("ray")
 
@@ -35,7 +35,7 @@ RAY = {"executor": {"kind": "ray", "num_cpus": 2, "threads": 1}}
 
 
 def _tables(run_dir) -> dict[str, pd.DataFrame]:
-    return {name: pd.read_parquet(run_dir / f"{name}.parquet") for name in TABLES}
+    return {name: pd.read_parquet(run_dir / f"{name}.parquet") for name in RUN_TABLES}
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from mnemoscope.cli import app
 from mnemoscope.config import parse_config
 from mnemoscope.errors import UserError
 from mnemoscope.runner import run_study
-from mnemoscope.store import TABLES
+from mnemoscope.store import RUN_TABLES
 from mnemoscope.store.rundir import LOCK
 
 TINY = {
@@ -37,7 +37,7 @@ TINY = {
 
 
 def _tables(run_dir: Path) -> dict[str, pd.DataFrame]:
-    return {name: pd.read_parquet(run_dir / f"{name}.parquet") for name in TABLES}
+    return {name: pd.read_parquet(run_dir / f"{name}.parquet") for name in RUN_TABLES}
 
 
 def _files(root: Path) -> dict[str, bytes]:

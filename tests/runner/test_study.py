@@ -11,7 +11,7 @@ from mnemoscope.config import parse_config
 from mnemoscope.errors import UserError
 from mnemoscope.runner import run_study
 from mnemoscope.runner import stages as stages_module
-from mnemoscope.store import TABLES
+from mnemoscope.store import RUN_TABLES, TABLES
 
 TINY = {
     "name": "tiny",
@@ -26,7 +26,7 @@ TINY = {
 
 
 def _tables(run_dir) -> dict[str, pd.DataFrame]:
-    return {name: pd.read_parquet(run_dir / f"{name}.parquet") for name in TABLES}
+    return {name: pd.read_parquet(run_dir / f"{name}.parquet") for name in RUN_TABLES}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,8 @@ def test_tables_have_exact_columns_and_content(finished):
     out, result = finished
     assert all(o.ran for o in result.outcomes)
     tables = _tables(out)
-    for name, schema in TABLES.items():
-        assert list(tables[name].columns) == schema.names, name
+    for name in RUN_TABLES:
+        assert list(tables[name].columns) == TABLES[name].names, name
     assert tables["influence"].empty  # no targets in the config
     scores = tables["scores"]
     assert set(scores["method"]) == {"feldman_zhang", "tracin", "grad_dot"}

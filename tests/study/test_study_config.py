@@ -72,7 +72,8 @@ def test_the_default_study_is_valid_and_has_every_analysis():
     cfg = study_config()
     assert set(cfg.archs) == {"logreg", "mlp", "cnn", "resnet", "transformer"}
     assert {d.name for d in cfg.datasets} == {"digits", "mnist1d"}
-    assert all(d.label_noise == 0.1 and d.canaries is not None for d in cfg.datasets)
+    assert all(d.sources.label_noise * d.sources.noisy_fraction == 0.1 for d in cfg.datasets)
+    assert all(d.canaries is not None and d.corruptions is not None for d in cfg.datasets)
     methods = {e.method for e in [*cfg.memorization, *cfg.influence]}
     assert {"feldman_zhang", "counterfactual", "lira", "sample_info_function"} <= methods
     assert {

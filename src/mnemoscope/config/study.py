@@ -144,7 +144,7 @@ class QuickConfig(BaseModel):
     """What ``--quick`` shrinks a study to: at most ``n_samples`` examples per dataset,
     ``n_models`` models per ensemble, ``n_examples`` left out by ``loo``, ``epochs`` per model (None: unchanged),
     ``archs`` (None: all), ``n_bootstrap`` resamples; removal and summarization keep
-    their first ``ks`` / steps and retrain 2 seeds."""
+    their first two ``ks``, their first condition, one step, and retrain 2 seeds."""
 
     model_config = _STRICT
 
@@ -250,7 +250,9 @@ def quick_config(data: dict, quick: QuickConfig) -> dict:
         if "ks" in part:
             part["ks"] = part["ks"][:2]
         if "steps" in part:
-            part["steps"] = min(part["steps"], 2)
+            part["steps"] = 1
+        if "conditions" in part:
+            part["conditions"] = part["conditions"][:1]
         if part.get("archs") is not None and quick.archs is not None:
             part["archs"] = [a for a in part["archs"] if a in quick.archs]
         study[name] = part if part.get("archs", None) != [] else None

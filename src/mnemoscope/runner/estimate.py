@@ -290,6 +290,16 @@ def estimate_study(config: StudyConfig) -> Estimate:
                 joined = 1 if ensemble.n_models <= k else 2  # parts are concatenated
                 stored[digest] = ensemble.n_models * per_model
                 items.append(Item(f"read {name} to score it", base + joined * stored[digest]))
+            items += _experiment_items(
+                cfg,
+                f"{ds.name}/{arch}",
+                arch,
+                prof,
+                base,
+                (n_train, n_test, n_classes),
+                specs,
+                roles,
+            )
             for estimator in estimators:
                 fitted = _fitted_bytes(estimator, module, n_train, n_classes)
                 if fitted:
@@ -307,6 +317,52 @@ def estimate_study(config: StudyConfig) -> Estimate:
         )
     )
     return Estimate(items)
+
+
+def _experiment_items(
+    cfg: StudyConfig,
+    where: str,
+    arch: str,
+    prof: Profile,
+    base: int,
+    sizes: tuple[int, int, int],
+    specs: dict,
+    roles: dict[str, dict[str, str]],
+) -> list[Item]:
+    """The study's retraining experiments on one (dataset, arch): their models, trained
+    seed by seed, and the ensembles they train again for recomputed scores."""
+    study, train = cfg.study, cfg.train_for(arch)
+    n_train, n_test, n_classes = sizes
+    if study is None:
+        return []
+
+    def trained(n_models: int, presented: float, what: str) -> Item:
+        k = min(n_models, train.chunk_size or DEFAULT_CHUNK)
+        flop = prof.forward_flop * (3 * presented * train.epochs + n_models * (n_train + n_test))
+        memory = base + part_bytes(prof, train, k, n_train, n_test, n_classes)
+        return Item(f"{what} {where} ({n_models} models)", memory, flop)
+
+    def rescored(methods: list[str], times: int) -> float:
+        digests = {d for m in methods for d in roles.get(m, {}).values()}
+        return times * sum(float(specs[d].masks.sum()) for d in digests)
+
+    items = []
+    removal = study.removal
+    if removal is not None and arch in (removal.archs or cfg.archs):
+        per_seed = len(removal.ks) * (1 + 2 * len(removal.methods))
+        kept = sum(1 - k for k in removal.ks) / len(removal.ks)
+        n_models = per_seed * removal.seeds * len(removal.conditions)
+        presented = n_models * kept * n_train
+        if "clean" in removal.conditions:
+            presented += rescored(removal.methods, 1)
+        items.append(trained(n_models, presented, "removal"))
+    part = study.summarization
+    if part is not None and arch in (part.archs or cfg.archs):
+        n_models = 2 * (part.steps + 1) * part.seeds
+        presented = n_models * (1 - part.fraction * part.steps / 2) * n_train
+        presented += rescored([part.method], part.steps)
+        items.append(trained(n_models, presented, "summarization"))
+    return items
 
 
 def _fitted_bytes(estimator: Estimator, module: nn.Module, n_train: int, n_classes: int) -> int:

@@ -21,7 +21,7 @@ from mnemoscope.config import StudyConfig
 from mnemoscope.errors import ConfigError
 from mnemoscope.runner.estimate import Estimate, estimate_study, expected_dataset, refuse_if_too_big
 from mnemoscope.runner.executors import LocalExecutor, RayExecutor, make_executor
-from mnemoscope.runner.plan import Plan, Planner, Stage, ensemble_specs, plan_context
+from mnemoscope.runner.plan import Plan, Planner, Stage, declared_ensembles
 from mnemoscope.runner.progress import Reporter
 from mnemoscope.store import DatasetInfo, RunDir, write_safetensors
 from mnemoscope.train.fit import FIT_WARNING as FIT_WARNING
@@ -95,20 +95,26 @@ class Study:
         return [*lines, *self.ensemble_lines(), "estimate:", *estimate.lines()]
 
     def ensemble_lines(self) -> list[str]:
-        """Each dataset's ensembles with the methods that read them, and a note where two
-        subset ensembles are trained for estimators one ensemble could serve."""
-        lines = ["ensembles (trained per arch; the methods reading each):"]
+        """Each dataset's ensembles (per group of archs trained alike) with the methods
+        that read them, and a note where two subset ensembles are trained for
+        estimators one ensemble could serve."""
+        lines = ["ensembles (each trained once per arch; the methods that read it):"]
+        estimators = self.planner_estimators()
         for ds in self.config.datasets:
-            info = expected_dataset(ds)
-            context = plan_context(self.config, info.n_train)
-            specs, roles = ensemble_specs(self.planner_estimators(), context)
-            for digest, spec in specs.items():
-                readers = sorted(m for m, r in roles.items() if digest in r.values())
-                share = float(spec.masks.double().mean())
-                lines.append(
-                    f"  {ds.name}/{spec.name}: {spec.n_models} models on {share:.0%} of the "
-                    f"data, read by {', '.join(readers)}"
-                )
+            n_train = expected_dataset(ds).n_train
+            declared = declared_ensembles(estimators, self.config, n_train)
+            groups: dict[int, list[str]] = {}
+            for arch, specs in declared.items():
+                groups.setdefault(id(specs), []).append(arch)
+            for archs in groups.values():
+                specs, roles = declared[archs[0]]
+                for digest, spec in specs.items():
+                    readers = sorted(m for m, r in roles.items() if digest in r.values())
+                    share = float(spec.masks.double().mean())
+                    lines.append(
+                        f"  {ds.name}/{spec.name} ({', '.join(archs)}): {spec.n_models} "
+                        f"models on {share:.0%} of the data, read by {', '.join(readers)}"
+                    )
         return [*lines, *self.sharing_notes()]
 
     def planner_estimators(self) -> list:

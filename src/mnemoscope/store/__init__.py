@@ -25,6 +25,8 @@ from mnemoscope.store.tables import (
     OVERLAP,
     REMOVAL,
     SCORES,
+    RUN_TABLES,
+    STUDY_TABLES,
     TABLES,
 )
 
@@ -42,6 +44,8 @@ __all__ = [
     "OVERLAP",
     "REMOVAL",
     "SCORES",
+    "RUN_TABLES",
+    "STUDY_TABLES",
     "TABLES",
     "DatasetInfo",
     "Manifest",

@@ -258,6 +258,11 @@ TABLES: dict[str, pa.Schema] = {
     "removal": REMOVAL,
 }
 
+STUDY_TABLES = ("overlap", "cross_arch", "leakage", "applications", "removal")
+"""Tables only a study (a config with ``study:``) writes, each where its analysis is on."""
+RUN_TABLES = tuple(name for name in TABLES if name not in STUDY_TABLES)
+"""Tables every run writes."""
+
 
 def without_fit(schema: pa.Schema) -> pa.Schema:
     """``schema`` less its ``fit`` column: what one estimator's part file holds (the
