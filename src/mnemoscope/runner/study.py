@@ -98,23 +98,23 @@ class Study:
         """Each dataset's ensembles (per group of archs trained alike) with the methods
         that read them, and a note where two subset ensembles are trained for
         estimators one ensemble could serve."""
-        lines = ["ensembles (each trained once per arch; the methods that read it):"]
+        lines = ["ensembles (trained for each arch named; the methods that read them):"]
         estimators = self.planner_estimators()
         for ds in self.config.datasets:
             n_train = expected_dataset(ds).n_train
-            declared = declared_ensembles(estimators, self.config, n_train)
-            groups: dict[int, list[str]] = {}
-            for arch, specs in declared.items():
-                groups.setdefault(id(specs), []).append(arch)
-            for archs in groups.values():
-                specs, roles = declared[archs[0]]
+            found: dict[str, tuple[object, list[str], list[str]]] = {}
+            for arch, (specs, roles) in declared_ensembles(
+                estimators, self.config, n_train
+            ).items():
                 for digest, spec in specs.items():
                     readers = sorted(m for m, r in roles.items() if digest in r.values())
-                    share = float(spec.masks.double().mean())
-                    lines.append(
-                        f"  {ds.name}/{spec.name} ({', '.join(archs)}): {spec.n_models} "
-                        f"models on {share:.0%} of the data, read by {', '.join(readers)}"
-                    )
+                    found.setdefault(digest, (spec, [], readers))[1].append(arch)
+            for spec, archs, readers in found.values():
+                share = float(spec.masks.double().mean())
+                lines.append(
+                    f"  {ds.name}/{spec.name}: {spec.n_models} models on {share:.0%} of the "
+                    f"data ({', '.join(archs)}), read by {', '.join(readers)}"
+                )
         return [*lines, *self.sharing_notes()]
 
     def planner_estimators(self) -> list:
