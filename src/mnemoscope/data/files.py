@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -33,6 +34,8 @@ FOLDER_FORMATS = ("idx", "cifar10", "cifar100", "hf")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
 MAX_HF_FILES = 10_000
 """A ``datasets`` folder with more files than this is refused (each one is hashed)."""
+MAX_CLASSES = 100_000
+"""A label of this or more is refused: ``K`` classes make ``K`` logits per example."""
 
 
 @dataclass(frozen=True)
@@ -115,9 +118,10 @@ def source_files(source: FileSource) -> list[Path]:
         found = formats.cifar_files(path, source.format)
         return [*found["train"], *found["test"], *extra]
     if source.format == "hf":
-        files = sorted(p for p in path.rglob("*") if p.is_file())
+        files = sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink())
         if len(files) > MAX_HF_FILES:
             raise ConfigError(f"{path}: more than {MAX_HF_FILES} files")
+        formats.check_confined(path, files)
         return [*files, *extra]
     return [path, *extra]
 
@@ -132,9 +136,9 @@ def source_digest(source: FileSource) -> str:
         except ValueError:  # test_path outside a folder source
             name = file.name
         try:
-            size = file.stat().st_size
-            digest.update(f"|{name}|{size}|".encode())
-            with file.open("rb") as handle:
+            with formats.open_regular(file) as handle:
+                size = os.fstat(handle.fileno()).st_size
+                digest.update(f"|{name}|{size}|".encode())
                 for block in iter(functools.partial(handle.read, 1 << 20), b""):
                     digest.update(block)
         except OSError as error:
@@ -168,10 +172,8 @@ def _load_checked(source: FileSource) -> FilePool:
                 f"{where}: test inputs have shape {x_test.shape[1:]}, training inputs {x.shape[1:]}"
             )
     fixed = {"cifar10": 10, "cifar100": 100 if source.label == "fine" else 20}
-    n_classes = fixed.get(source.format) or int(
-        max(y.max(), -1 if y_test is None else y_test.max()) + 1
-    )
-    _check_classes(source.path, y, n_classes)
+    n_classes = fixed.get(source.format) or class_count(source.path, y)
+    check_classes(source.path, y, n_classes)
     if y_test is not None and y_test.max() >= n_classes:
         raise DataError(f"{where}: test label {y_test.max()} outside [0, {n_classes})")
     for array in (x, y, x_test, y_test):
@@ -234,14 +236,28 @@ def _checked_arrays(where: str, x: np.ndarray, y: np.ndarray) -> formats.Arrays:
     return x, y
 
 
-def _check_classes(where: str, y: np.ndarray, n_classes: int) -> None:
+def class_count(where: str, y: np.ndarray) -> int:
+    """``K``: the number of classes the labels present make (the largest + 1), at most
+    :data:`MAX_CLASSES`; found from the labels, never by allocating ``K`` of anything."""
+    largest = int(y.max())
+    if largest >= MAX_CLASSES:
+        row = int(np.argmax(y == largest))
+        raise DataError(
+            f"{where}: label {largest} at row {row}: at most {MAX_CLASSES} classes "
+            f"(labels 0..{MAX_CLASSES - 1})"
+        )
+    return largest + 1
+
+
+def check_classes(where: str, y: np.ndarray, n_classes: int) -> None:
     """Every class ``0..n_classes-1`` has a training example; at least two classes."""
     if y.max() >= n_classes:
         row = int(np.argmax(y >= n_classes))
         raise DataError(f"{where}: label {y[row]} at row {row} outside [0, {n_classes})")
-    present = np.unique(y)
+    present = np.unique(y)  # sorted: class i is missing where present[i] != i
     if len(present) < n_classes:
-        missing = int(np.setdiff1d(np.arange(n_classes), present)[0])
+        gaps = np.flatnonzero(present != np.arange(len(present)))
+        missing = int(gaps[0]) if len(gaps) else len(present)
         raise DataError(
             f"{where}: class {missing} has no training examples (labels 0..{n_classes - 1}); "
             "labels must be 0..K-1 with every class present"
