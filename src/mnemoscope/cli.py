@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mnemoscope.errors import UserError
 
@@ -28,7 +29,10 @@ _DISK_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQU
 
 
 def _one_line(message: str) -> None:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    # the message holds user text (paths, SQL): Text, so nothing in it is read as markup
+    err_console.print(
+        Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True
+    )
 
 
 def user_errors(command: F) -> F:
@@ -64,16 +68,18 @@ def _run_and_summarise(config: Any, out: Path, force: bool, dry_run: bool) -> No
         raise UserError(f"--out {out}: exists and is not a directory")
     study = Study(config, out, Reporter(err_console), force=force)
     if dry_run:
-        out_console.print("\n".join(study.dry_run()), highlight=False, soft_wrap=True)
+        plan = "\n".join(study.dry_run())
+        out_console.print(plan, highlight=False, soft_wrap=True, markup=False)
         return
     result = study.execute()
     if result.all_cached:
         err_console.print(
             f"nothing to do: all {len(result.outcomes)} stages already finished in {out} "
-            "(same config, data and code)"
+            "(same config, data and code)",
+            markup=False,
         )
     out_console.print(summary_table(out))
-    out_console.print(f"report: {result.report.resolve()}")
+    out_console.print(f"report: {result.report.resolve()}", highlight=False, markup=False)
 
 
 FORCE = typer.Option(False, "--force", help="Replace a run of a different config in --out.")
@@ -122,7 +128,7 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run directory.")
     from mnemoscope.store import RunDir
 
     RunDir.existing(run_dir)
-    out_console.print(f"report: {render_report(run_dir).resolve()}")
+    out_console.print(f"report: {render_report(run_dir).resolve()}", markup=False)
 
 
 @app.command()
@@ -193,8 +199,6 @@ def query(
     ),
 ) -> None:
     """Query a run's Parquet tables with one read-only DuckDB SELECT (no file access)."""
-    from rich.text import Text
-
     from mnemoscope.store.query import query as run_query
 
     result = run_query(run_dir, sql, limit)
