@@ -25,7 +25,15 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-_DISK_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+_DISK_ERRORS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,  # the file-size limit (ulimit -f)
+    errno.EIO,
+}
 
 
 def _one_line(message: str) -> None:
@@ -37,7 +45,8 @@ def _one_line(message: str) -> None:
 
 def user_errors(command: F) -> F:
     """Turn a :class:`UserError` (or a file system that refuses a write: read-only,
-    full, no permission) into one line on stderr and exit code 2, no traceback; Ctrl-C
+    full, no permission, over the file-size limit; or memory running out) into one line
+    on stderr and exit code 2, no traceback; Ctrl-C
     into one line and exit code 130. Everything written so far is whole (atomic
     writes), so the same command resumes."""
 
@@ -52,6 +61,10 @@ def user_errors(command: F) -> F:
             if error.errno not in _DISK_ERRORS:
                 raise
             _one_line(f"cannot write {error.filename or 'the run directory'}: {error.strerror}")
+            raise typer.Exit(2) from None
+        except MemoryError as error:
+            detail = f" ({str(error).splitlines()[0]})" if str(error).strip() else ""
+            _one_line(f"out of memory{detail}; reduce the run's sizes (see --dry-run)")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; run the same command to resume", highlight=False)
