@@ -207,6 +207,14 @@ def hostile_cases(tmp: Path) -> list[Case]:
     np.savez(tmp / "scalar.npz", x=np.float64(3.0), y=np.arange(4) % 2)
     add("npz 0-d inputs", {"path": str(tmp / "scalar.npz")}, "a single value")
 
+    # 8. one validation for every door: float32's range, before anything is written
+    big = pd.DataFrame({"a": [1e39 if i == 7 else float(i) for i in range(20)], "label": labels})
+    big.to_csv(tmp / "f32.csv", index=False)
+    add("csv value beyond float32", {"path": str(tmp / "f32.csv")}, "row 7 has an input beyond")
+    big.assign(a=[(-1) ** i * 1e31 for i in range(20)]).to_csv(tmp / "span.csv", index=False)
+    add("csv feature spanning 2e31", {"path": str(tmp / "span.csv")}, "feature 0 spans 2e+31")
+    add("the same, not scaled", {"path": str(tmp / "span.csv"), "normalize": "none"}, None)
+
     # 2. special files
     add("/dev/zero as a csv", {"path": "/dev/zero", "format": "csv"}, "not a regular file")
     fifo = tmp / "fifo.csv"
@@ -268,3 +276,16 @@ def _check_all(tmp_path: Path, make: Callable[[Path], list[Case]], timeout: floa
 def test_hostile_files_exit_2_in_one_line_under_an_address_space_limit(tmp_path):
     pytest.importorskip("datasets")
     _check_all(tmp_path, hostile_cases, timeout=240)
+
+
+def test_standardising_values_whose_squares_overflow_float32_is_exact():
+    """float32 sums of squares overflow past 1.8e19 (the spread once came out as inf and
+    every value as 0): the statistics are then taken in float64."""
+    from mnemoscope.data.files import normalise
+
+    x = np.array([[1e25, 1.0], [-1e25, 2.0], [3e25, 3.0], [0.0, 4.0]])
+    train, test = normalise(x, x[:2], "standard", pixels=False)
+    expected = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    np.testing.assert_allclose(train, expected, rtol=1e-6)
+    np.testing.assert_allclose(test, expected[:2], rtol=1e-6)
+    assert train.dtype == np.float32

@@ -180,7 +180,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
 
 def _idx_pair(images: Path, labels: Path) -> Arrays:
     x = read_idx(images, 3)
-    y = _labels(labels, read_idx(labels, 1), "labels")
+    y = integer_labels(labels, read_idx(labels, 1), "labels")
     if len(x) != len(y):
         raise DataError(f"{images}: {len(x)} images but {labels.name} has {len(y)} labels")
     return x[:, None, :, :], y
@@ -296,7 +296,7 @@ def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _labels(path: Path, values: np.ndarray, what: str) -> np.ndarray:
+def integer_labels(path: Path | str, values: np.ndarray, what: str) -> np.ndarray:
     """``values`` as int64 labels, or :class:`DataError` for a missing or non-integer one."""
     if values.dtype == bool:
         return values.astype(np.int64)
@@ -351,7 +351,7 @@ def read_table(
                 f"{path}: column '{column}' is not numeric (e.g. {sample!r}); list the numeric "
                 "columns in feature_columns"
             )
-    y = _labels(path, frame[label_column].to_numpy(), f"column '{label_column}'")
+    y = integer_labels(path, frame[label_column].to_numpy(), f"column '{label_column}'")
     return frame[features].to_numpy(dtype=np.float64), y
 
 
@@ -459,7 +459,7 @@ def read_npz(path: Path, x_key: str, y_key: str) -> Arrays:
         raise DataError(f"{path}: array '{x_key}' is a single value; expected [N, ...] inputs")
     if y.ndim != 1:
         raise DataError(f"{path}: labels '{y_key}' have shape {y.shape}; expected [N]")
-    return x, _labels(path, y, f"array '{y_key}'")
+    return x, integer_labels(path, y, f"array '{y_key}'")
 
 
 def check_confined(folder: Path, files: list[Path]) -> None:
@@ -571,7 +571,7 @@ def _hf_arrays(
     ]:
         if column not in columns:
             raise DataError(f"{folder}: no column '{column}' (columns: {', '.join(columns)})")
-    y = _labels(folder, np.asarray(part[label_column]), f"column '{label_column}'")  # type: ignore[index]
+    y = integer_labels(folder, np.asarray(part[label_column]), f"column '{label_column}'")  # type: ignore[index]
     if image_column:
         try:
             images = [np.asarray(image) for image in _hf_images(folder, part, image_column)]
