@@ -210,11 +210,14 @@ def query(
     limit: int = typer.Option(
         50, "--limit", min=1, max=1_000_000, help="Print at most this many rows."
     ),
+    timeout: float = typer.Option(
+        120.0, "--timeout", min=0.1, max=86_400, help="Stop the query after this many seconds."
+    ),
 ) -> None:
     """Query a run's Parquet tables with one read-only DuckDB SELECT (no file access)."""
     from mnemoscope.store.query import query as run_query
 
-    result = run_query(run_dir, sql, limit)
+    result = run_query(run_dir, sql, limit, timeout)
     table = Table()  # cells as Text: a value like '[/x]' is data, not Rich markup
     for column in result.frame.columns:
         table.add_column(Text(str(column)))

@@ -90,7 +90,9 @@ def test_memory_running_out_in_a_stage_is_one_line_naming_it(tmp_path, monkeypat
         raise MemoryError("cannot allocate 8 GiB")
 
     monkeypatch.setattr(stages, "train_part", exhausted)
-    result = CliRunner().invoke(app, ["run", str(_config(tmp_path, TINY)), "--out", "o"])
+    result = CliRunner().invoke(
+        app, ["run", str(_config(tmp_path, TINY)), "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2
     _one_line_error(result.output, "train/digits/logreg", "out of memory", "8 GiB")
 
