@@ -18,6 +18,7 @@ try:
 except ImportError:  # not on POSIX: no address-space limit to read
     resource = None  # type: ignore[assignment]
 
+PHYSICAL = "this machine's memory"
 _CGROUP = Path("/sys/fs/cgroup")
 _UNLIMITED = 1 << 62  # cgroup v1 writes "no limit" as a number near 2⁶³
 
@@ -114,7 +115,7 @@ def memory_limit() -> MemoryLimit:
     """The memory a run's process may hold at its peak: the least of physical memory, the
     cgroup limit and the address-space limit less the address space this process maps
     without holding it (libraries and reservations: ``VmSize − VmRSS`` now)."""
-    limits = [MemoryLimit(physical_memory(), "this machine's memory")]
+    limits = [MemoryLimit(physical_memory(), PHYSICAL)]
     cgroup = cgroup_memory()
     if cgroup is not None:
         limits.append(MemoryLimit(cgroup[0], "the cgroup's memory limit"))

@@ -155,3 +155,32 @@ def test_crafted_model_files_are_refused_naming_the_file_whatever_their_digest(t
         message = str(caught.value)
         assert str(path) in message and "not a model file" in message, (name, message)
         assert "\n" not in message, name
+
+
+# 1,000 logreg models × 300 epochs on digits: 4.7 GiB to read the ensemble and score it
+NEEDS_5_GIB = {
+    "datasets": [{"name": "digits"}],
+    "archs": ["logreg"],
+    "train": {"epochs": 300, "batch_size": 32, "lr": 0.05},
+    "memorization": [{"method": "feldman_zhang", "n_models": 1000}],
+}
+
+
+def test_the_memory_estimate_is_held_against_the_address_space_limit(tmp_path):
+    """Under ``ulimit -v 4G`` a run the machine could hold is refused before anything is
+    written, naming the limit; without the limit the same dry run passes."""
+    from mnemoscope.resources import physical_memory
+    from tests.data.test_hostile_files import check, run_cases
+
+    if physical_memory() < 8 * 2**30:
+        pytest.skip("the machine itself has less memory than the run needs")
+    config, out = _config(tmp_path, NEEDS_5_GIB), tmp_path / "out"
+    runs = [
+        {"name": "dry run", "argv": ["run", str(config), "--out", str(out), "--dry-run"]},
+        {"name": "run", "argv": ["run", str(config), "--out", str(out)]},
+    ]
+    for result in run_cases(runs, tmp_path, timeout=120).values():
+        check(result, "the address-space limit (ulimit -v) leaves this process", out)
+    unlimited = CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--dry-run"])
+    assert unlimited.exit_code == 0, unlimited.output
+    assert "largest stage" in unlimited.output and not out.exists()
