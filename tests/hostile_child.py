@@ -38,7 +38,7 @@ def _run(case: dict) -> dict:
 
         arrays = np.load(case["register"])
         try:
-            register_dataset(case["name"], (arrays["x"], arrays["y"]))
+            register_dataset("hostile", (arrays["x"], arrays["y"]))
         except UserError as error:
             return {"code": 2, "output": f"error: {error}\n"}
         return {"code": 0, "output": ""}

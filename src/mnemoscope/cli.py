@@ -151,7 +151,7 @@ def datasets() -> None:
 
     table = Table("name", "kind", "classes", "description", title="built-in datasets")
     for spec in BUILTIN.values():
-        table.add_row(spec.name, spec.kind, str(spec.n_classes), spec.description)
+        table.add_row(spec.name, spec.kind, str(spec.n_classes), Text(spec.description))
     out_console.print(table)
 
 
@@ -164,7 +164,7 @@ def archs() -> None:
     for arch in ARCHITECTURES.values():
         fields = arch.options.model_fields if arch.options else {}
         options = ", ".join(f"{key} ({field.default})" for key, field in fields.items())
-        table.add_row(arch.name, arch.description, options or "none")
+        table.add_row(arch.name, Text(arch.description), Text(options or "none"))
     out_console.print(table)
 
 

@@ -231,6 +231,11 @@ def hostile_cases(tmp: Path) -> list[Case]:
         "not a regular file",
     )
 
+    hf_fifo = _hf_folder(tmp / "hf-fifo")
+    (hf_fifo / "dataset_info.json").unlink()
+    os.mkfifo(hf_fifo / "dataset_info.json")  # which load_from_disk would open and wait on
+    add("a fifo in an hf folder", {"path": str(hf_fifo), "format": "hf"}, "not a regular file")
+
     # 3. data outside the data
     outside = tmp / "other"
     outside.mkdir()
@@ -258,9 +263,41 @@ def _argv(tmp: Path, index: int, entry: dict, dry_run: bool) -> tuple[list[str],
     return ["run", str(config), "--out", str(out), *(["--dry-run"] if dry_run else [])], out
 
 
+def other_doors(tmp: Path) -> list[tuple[dict, str | None]]:
+    """The Python API's ``register_dataset`` and ``query``, hostile, as child cases."""
+    from tests.store.test_query import _make_run
+
+    x = np.zeros((6, 4))
+    arrays = {
+        "one class": (x, np.zeros(6, int), "a single class"),
+        "complex inputs": (x + 1j, np.arange(6) % 2, "expected real numbers"),
+        "a label of 2^40": (x, np.array([0, 0, 1, 1, 2**40, 2**40]), "at most 100000"),
+        "inputs beyond float32": (x + 1e39, np.arange(6) % 2, "beyond float32"),
+        "valid": (x + np.arange(6)[:, None], np.arange(6) % 2, None),
+    }
+    doors: list[tuple[dict, str | None]] = []
+    for name, (inputs, labels, fragment) in arrays.items():
+        path = tmp / f"register-{len(doors)}.npz"
+        np.savez(path, x=inputs, y=labels)
+        doors.append(({"name": f"register_dataset: {name}", "register": str(path)}, fragment))
+    run_dir = _make_run(tmp / "query-run")
+    endless = "SELECT * FROM range(1000000000000) ORDER BY random()"
+    for name, sql, fragment in [
+        ("query: an endless sort", endless, "time limit of 1 s"),
+        ("query: markup in the SQL", 'SELECT "[/bold]" FROM scores', '"[/bold]" not found'),
+        ("query: a valid select", "SELECT * FROM scores", None),
+    ]:
+        argv = ["query", str(run_dir), sql, "--limit", "1", "--timeout", "1"]
+        doors.append(({"name": name, "argv": argv}, fragment))
+    return doors
+
+
 def _check_all(tmp_path: Path, make: Callable[[Path], list[Case]], timeout: float) -> None:
     cases = make(tmp_path)
     runs, outs, expected = [], {}, {}
+    for run, fragment in other_doors(tmp_path):
+        runs.append(run)
+        outs[run["name"]], expected[run["name"]] = None, fragment
     for index, (name, entry, fragment) in enumerate(cases):
         # every case as a dry run; the refused ones also as a real run, which writes nothing
         for dry in (True,) if fragment is None else (True, False):

@@ -122,11 +122,13 @@ def source_files(source: FileSource) -> list[Path]:
         found = formats.cifar_files(path, source.format)
         return [*found["train"], *found["test"], *extra]
     if source.format == "hf":
-        files = sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink())
+        # everything but folders, so a FIFO or a device among the files is refused when
+        # hashed rather than opened (and waited on) by the loader
+        files = sorted(p for p in path.rglob("*") if p.is_symlink() or not p.is_dir())
         if len(files) > MAX_HF_FILES:
             raise ConfigError(f"{path}: more than {MAX_HF_FILES} files")
         formats.check_confined(path, files)
-        return [*files, *extra]
+        return [*(p for p in files if not p.is_dir()), *extra]  # a link to a folder inside
     return [path, *extra]
 
 

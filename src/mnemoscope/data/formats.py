@@ -538,7 +538,8 @@ def read_hf(
     _check_hf_references(folder)
     try:
         loaded = datasets.load_from_disk(str(folder))
-    except (FileNotFoundError, ValueError, OSError) as error:
+    except (ValueError, OSError, KeyError, TypeError, AttributeError) as error:
+        # a crafted state.json or Arrow file fails inside datasets or pyarrow in many ways
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"{folder}: not a datasets save_to_disk folder ({first})") from None
     if isinstance(loaded, datasets.DatasetDict):
@@ -564,6 +565,8 @@ def _hf_arrays(
     feature_columns: list[str] | None,
 ) -> Arrays:
     columns = list(part.column_names)  # type: ignore[attr-defined]
+    n_rows = int(part.num_rows)  # type: ignore[attr-defined]
+    fits_in_memory(folder, 8 * n_rows * len(columns), f"{n_rows} rows of {len(columns)} columns")
     for column in [
         label_column,
         *([image_column] if image_column else []),
