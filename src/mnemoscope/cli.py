@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mnemoscope.errors import UserError
 
@@ -25,16 +26,28 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-_DISK_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+_DISK_ERRORS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,  # the file-size limit (ulimit -f)
+    errno.EIO,
+}
 
 
 def _one_line(message: str) -> None:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    # the message holds user text (paths, SQL): Text, so nothing in it is read as markup
+    err_console.print(
+        Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True
+    )
 
 
 def user_errors(command: F) -> F:
     """Turn a :class:`UserError` (or a file system that refuses a write: read-only,
-    full, no permission) into one line on stderr and exit code 2, no traceback; Ctrl-C
+    full, no permission, over the file-size limit; or memory running out) into one line
+    on stderr and exit code 2, no traceback; Ctrl-C
     into one line and exit code 130. Everything written so far is whole (atomic
     writes), so the same command resumes."""
 
@@ -49,6 +62,10 @@ def user_errors(command: F) -> F:
             if error.errno not in _DISK_ERRORS:
                 raise
             _one_line(f"cannot write {error.filename or 'the run directory'}: {error.strerror}")
+            raise typer.Exit(2) from None
+        except MemoryError as error:
+            detail = f" ({str(error).splitlines()[0]})" if str(error).strip() else ""
+            _one_line(f"out of memory{detail}; reduce the run's sizes (see --dry-run)")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; run the same command to resume", highlight=False)
@@ -65,13 +82,15 @@ def _run_and_summarise(config: Any, out: Path, force: bool, dry_run: bool) -> No
         raise UserError(f"--out {out}: exists and is not a directory")
     study = Study(config, out, Reporter(err_console), force=force)
     if dry_run:
-        out_console.print("\n".join(study.dry_run()), highlight=False, soft_wrap=True)
+        plan = "\n".join(study.dry_run())
+        out_console.print(plan, highlight=False, soft_wrap=True, markup=False)
         return
     result = study.execute()
     if result.all_cached:
         err_console.print(
             f"nothing to do: all {len(result.outcomes)} stages already finished in {out} "
-            "(same config, data and code)"
+            "(same config, data and code)",
+            markup=False,
         )
     out_console.print(summary_table(out))
     if config.study is not None:
@@ -80,7 +99,7 @@ def _run_and_summarise(config: Any, out: Path, force: bool, dry_run: bool) -> No
         out_console.print("The answer:", highlight=False)
         for sentence in answer(out):
             out_console.print(f"  {sentence}", highlight=False, markup=False, soft_wrap=True)
-    out_console.print(f"report: {result.report.resolve()}")
+    out_console.print(f"report: {result.report.resolve()}", highlight=False, markup=False)
 
 
 FORCE = typer.Option(False, "--force", help="Replace a run of a different config in --out.")
@@ -160,7 +179,7 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run directory.")
     from mnemoscope.store import RunDir
 
     RunDir.existing(run_dir)
-    out_console.print(f"report: {render_report(run_dir).resolve()}")
+    out_console.print(f"report: {render_report(run_dir).resolve()}", markup=False)
 
 
 @app.command()
@@ -170,7 +189,7 @@ def datasets() -> None:
 
     table = Table("name", "kind", "classes", "description", title="built-in datasets")
     for spec in BUILTIN.values():
-        table.add_row(spec.name, spec.kind, str(spec.n_classes), spec.description)
+        table.add_row(spec.name, spec.kind, str(spec.n_classes), Text(spec.description))
     out_console.print(table)
 
 
@@ -183,7 +202,7 @@ def archs() -> None:
     for arch in ARCHITECTURES.values():
         fields = arch.options.model_fields if arch.options else {}
         options = ", ".join(f"{key} ({field.default})" for key, field in fields.items())
-        table.add_row(arch.name, arch.description, options or "none")
+        table.add_row(arch.name, Text(arch.description), Text(options or "none"))
     out_console.print(table)
 
 
@@ -229,13 +248,14 @@ def query(
     limit: int = typer.Option(
         50, "--limit", min=1, max=1_000_000, help="Print at most this many rows."
     ),
+    timeout: float = typer.Option(
+        120.0, "--timeout", min=0.1, max=86_400, help="Stop the query after this many seconds."
+    ),
 ) -> None:
     """Query a run's Parquet tables with one read-only DuckDB SELECT (no file access)."""
-    from rich.text import Text
-
     from mnemoscope.store.query import query as run_query
 
-    result = run_query(run_dir, sql, limit)
+    result = run_query(run_dir, sql, limit, timeout)
     table = Table()  # cells as Text: a value like '[/x]' is data, not Rich markup
     for column in result.frame.columns:
         table.add_column(Text(str(column)))

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
+from mnemoscope.errors import ConfigError
 from mnemoscope.train import derive_seed
 
 Params = dict[str, torch.Tensor]
@@ -87,7 +88,12 @@ def ridge_inverse(kernel: torch.Tensor, l2: float) -> torch.Tensor:
     """``(Θ + λI)⁻¹`` of a PSD ``[N, N]`` float64 kernel by Cholesky; ``kernel`` is
     overwritten (its diagonal raised by ``λ``) to spare an ``N × N`` copy."""
     kernel.diagonal().add_(l2)
-    factor = torch.linalg.cholesky(kernel)
+    factor, info = torch.linalg.cholesky_ex(kernel)
+    if info.item() != 0 or not torch.isfinite(factor).all():
+        raise ConfigError(
+            f"l2 {l2:g}: the kernel + l2·I is not positive definite in float64 (Cholesky "
+            f"failed at order {info.item()}); raise l2 (default 1e-3)"
+        )
     return torch.cholesky_inverse(factor)
 
 

@@ -232,6 +232,10 @@ def build_model(
     if not isinstance(module, nn.Module):
         raise ConfigError(f"arch '{arch}': the factory returned {type(module)}, not an nn.Module")
     _refuse_batchnorm(arch, module)
+    if not any(p.requires_grad for p in module.parameters()):
+        raise ConfigError(
+            f"arch '{arch}': the model has no trainable parameters; there is nothing to train"
+        )
     key = (arch, architecture.build, shape, n_classes, repr(sorted(settings.items())))
     if key not in _CHECKED:
         _check_vmap(arch, module, shape, n_classes)
