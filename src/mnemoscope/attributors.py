@@ -103,7 +103,7 @@ class Scorer:
         self.device = device
         self.progress = progress
         self.settings = dict(settings)
-        if isinstance(checkpoints, int) and not isinstance(checkpoints, bool):
+        if not isinstance(checkpoints, list | tuple):  # the method's own setting: a count
             self.settings["checkpoints"], checkpoints = checkpoints, ()
         self.checkpoints = list(checkpoints)
         method_config(self.method, self.settings)  # a bad setting fails here, not in fit
