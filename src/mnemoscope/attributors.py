@@ -170,6 +170,7 @@ class Scorer:
         self.dataset_ = as_dataset(train, classes)
         self.estimator_ = REGISTRY[self.method](method_config(self.method, self.settings))
         context = PlanContext(self.dataset_.n_train, config.epochs, derive_seed(seed, _MASKS))
+        task = task or Task.from_train(config)
         roles: dict[str, TrainedEnsemble] = {}
         for role, spec in self.estimator_.ensembles(context).items():
             with reporter.task(
@@ -187,8 +188,9 @@ class Scorer:
                     keep_initial=spec.keep_initial,
                     device=self.device,
                     progress=advance,
+                    task=task,
                 )
-        self._fit_estimator(roles, task or Task.from_train(config), reporter)
+        self._fit_estimator(roles, task, reporter)
 
     def _fit_estimator(self, roles, task: Task, reporter: Reporter) -> None:
         self.ensembles_ = roles
