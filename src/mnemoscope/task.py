@@ -50,7 +50,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from mnemoscope.models import last_layer_module
+from mnemoscope.layers import last_layer_module
 
 Measurement = Literal["loss", "margin", "log_odds", "probability"]
 Params = dict[str, torch.Tensor]

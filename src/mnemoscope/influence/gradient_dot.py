@@ -14,6 +14,7 @@ from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
 from mnemoscope.influence.gradients import Params, ParamSelection, select_params
 from mnemoscope.influence.layerwise import GradientFactors, LayerwiseGradients
+from mnemoscope.params import check_selection
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, TrainedEnsemble
 
@@ -33,17 +34,7 @@ class GradDotConfig(MethodConfig):
     @field_validator("params", mode="before")
     @classmethod
     def _some_params(cls, params: Any) -> Any:
-        if isinstance(params, str) and params in ("all", "last_layer"):
-            return params
-        if isinstance(params, tuple):  # a list from Python code may come as a tuple
-            params = list(params)
-        if (
-            isinstance(params, list)
-            and params
-            and all(isinstance(name, str) and name for name in params)
-        ):
-            return params
-        raise ValueError("expected 'all', 'last_layer' or a non-empty list of parameter names")
+        return check_selection(params)
 
     batch_size: int = Field(512, gt=0, le=1_000_000)
     """Examples per batched forward and backward pass (bounds memory; at most 10⁶). The

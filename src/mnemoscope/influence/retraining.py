@@ -20,8 +20,7 @@ from mnemoscope.data import Dataset
 from mnemoscope.errors import ConfigError
 from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
-from mnemoscope.memorization.counterfactual import member_stats
-from mnemoscope.memorization.feldman_zhang import FeldmanZhangConfig, agresti_caffo
+from mnemoscope.subsets import FeldmanZhangConfig, agresti_caffo, member_stats
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, TrainedEnsemble, derive_seed, subset_masks
 

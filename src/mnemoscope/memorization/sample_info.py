@@ -15,8 +15,6 @@ from torch.nn import functional as F
 from mnemoscope.data import Dataset
 from mnemoscope.errors import ConfigError
 from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
-from mnemoscope.influence.gradient_dot import GradDotConfig
-from mnemoscope.influence.gradients import ParamSelection, select_params
 from mnemoscope.memorization.base import MemorizationEstimator
 from mnemoscope.memorization.ntk import (
     GaussianProjection,
@@ -25,6 +23,7 @@ from mnemoscope.memorization.ntk import (
     output_jacobian,
     ridge_inverse,
 )
+from mnemoscope.params import ParamSelection, check_selection, select_params
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, derive_seed, full_masks
 
@@ -65,7 +64,7 @@ class SampleInfoConfig(MethodConfig):
     @field_validator("params", mode="before")
     @classmethod
     def _some_params(cls, params: Any) -> Any:
-        return GradDotConfig._some_params(params)
+        return check_selection(params)
 
 
 class SampleInfoFunctionConfig(SampleInfoConfig):

@@ -31,6 +31,7 @@ from mnemoscope.data import BUILTIN
 from mnemoscope.estimator import REGISTRY, Estimator, PlanContext
 from mnemoscope.models import arch_options, arch_source
 from mnemoscope.runner import stages as work
+from mnemoscope.runner.dependencies import code_units
 from mnemoscope.store import DatasetInfo, RunDir, code_version, content_hash
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, derive_seed, merge_specs
@@ -112,9 +113,11 @@ def plan_context(config: StudyConfig, n_train: int) -> PlanContext:
 
 
 def estimator_code(estimator: Estimator) -> tuple[str, ...]:
-    """Modules an estimator's stages run: its class's modules and family package, the
-    estimator contract and the task. A class defined outside a file (a notebook cell)
-    is keyed by its source instead (:func:`estimator_source`)."""
+    """Modules an estimator's stages run: its class's modules, the estimator contract and
+    the task, and every module of the package these import, directly or not
+    (:func:`~mnemoscope.runner.dependencies.code_units`), so no edit of a helper they use
+    leaves a stale score. A class defined outside a file (a notebook cell) is keyed by its
+    source instead (:func:`estimator_source`)."""
     modules = {"mnemoscope.estimator", "mnemoscope.task", "mnemoscope.train"}
     for base in type(estimator).__mro__:
         module = sys.modules.get(base.__module__)
@@ -122,12 +125,10 @@ def estimator_code(estimator: Estimator) -> tuple[str, ...]:
             continue
         if base.__module__.startswith("mnemoscope.") or base is type(estimator):
             modules.add(base.__module__)
-            if base.__module__.startswith("mnemoscope."):
-                modules.add(".".join(base.__module__.split(".")[:2]))
     for part in vars(estimator).values():  # an estimator built on another (an attributor)
         if isinstance(part, Estimator):
             modules.update(estimator_code(part))
-    return tuple(sorted(modules))
+    return code_units(modules)
 
 
 def estimator_source(estimator: Estimator) -> str:
