@@ -46,8 +46,9 @@ class SampleInfoConfig(MethodConfig):
 
     method: Literal["sample_info_weights"] = "sample_info_weights"
     l2: float = Field(1e-3, gt=0, le=1e6)
-    """λ of the ridge ``(λ/2)‖θ − θ0‖²`` added to the *summed* squared error of the
-    linearized network (in (0, 10⁶]); it makes ``Θ + λI`` invertible."""
+    """λ of the ridge ``(λ/2)‖θ − θ0‖²`` added to half the summed squared error
+    ``½‖f_lin − Y‖²`` of the linearized network (in (0, 10⁶]); it makes ``Θ + λI``
+    invertible."""
     sigma2: float = Field(1.0, gt=0, le=1e12)
     """σ², variance of the isotropic Gaussian smoothing of the weights (SI) or of the
     outputs (F-SI); the scores scale as 1/σ² (in (0, 10¹²])."""
@@ -173,8 +174,8 @@ class SampleInfo(MemorizationEstimator):
     """Smooth unique information of a training example, from the linearized network.
 
     The network linearized at its initial weights ``w0``, ``f_lin(x; w) = f(x; w0) +
-    J(x)(w − w0)``, trained to convergence on the *summed* squared error to the one-hot
-    labels plus ``(λ/2)‖w − w0‖²``, has the closed form ``w − w0 = Jᵀ α``,
+    J(x)(w − w0)``, trained to convergence on half the summed squared error to the one-hot
+    labels plus the ridge, ``½‖f_lin(X; w) − Y‖² + (λ/2)‖w − w0‖²``, has the closed form ``w − w0 = Jᵀ α``,
     ``α = (Θ + λI)⁻¹ (Y − f0)``, with ``Θ = J Jᵀ`` the ``[n·k, n·k]`` neural tangent kernel
     (Harutyunyan et al. 2021, §4, eqs. 10–11 at t → ∞). ``w_{−i}``, the solution without
     example i, comes from a block (Schur complement) update of ``(Θ + λI)⁻¹``, no re-solve.
