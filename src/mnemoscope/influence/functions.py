@@ -27,7 +27,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from mnemoscope.data import Dataset
 from mnemoscope.errors import ConfigError
-from mnemoscope.estimator import PlanContext, Scores, register
+from mnemoscope.estimator import Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
 from mnemoscope.influence.curvature import (
     Curvature,
@@ -42,7 +42,6 @@ from mnemoscope.influence.curvature import (
 from mnemoscope.influence.gradient_dot import GradDotConfig
 from mnemoscope.influence.gradients import per_example_grads, select_params
 from mnemoscope.task import Measurement, Task
-from mnemoscope.train import EnsembleSpec
 
 if TYPE_CHECKING:
     from typing import Self
@@ -118,9 +117,6 @@ class InfluenceFunction(InfluenceEstimator):
     sign: ClassVar[float] = 1.0
     _cached: ClassVar[tuple[str, ...]] = ()
     """Fitted tensors (attributes ``<name>_``) that :meth:`fitted_state` keeps."""
-
-    def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
-        return {"model": EnsembleSpec.single(context.n_train, [])}
 
     def check_model(self, module) -> None:
         names = select_params(module, self.config.params)
@@ -205,7 +201,7 @@ class InfluenceFunction(InfluenceEstimator):
         normaliser = self._normaliser()
         if normaliser is not None:
             score = score / normaliser.cpu()
-        return Scores(self.name, self.family, data.train_ids.numpy(), score.numpy())
+        return self._scores(score)
 
     def influence(
         self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET
@@ -215,10 +211,8 @@ class InfluenceFunction(InfluenceEstimator):
         training gradients one batch at a time."""
         n_train = self.n_train_
         per_target = BYTES_PER_TARGET_PARAM * self.curvature_.n_params
-        width = max(1, min(len(y_target), memory_budget // 2 // per_target))
         normaliser = self._normaliser()
-        for start in range(0, len(y_target), width):
-            targets = slice(start, min(start + width, len(y_target)))
+        for targets in self.target_slices(len(y_target), 2 * per_target, memory_budget):
             g_target = torch.cat(
                 list(self._grads(x_target[targets], y_target[targets], self.measurement))
             )

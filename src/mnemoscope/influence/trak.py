@@ -137,9 +137,6 @@ class TRAK(InfluenceEstimator):
         per_checkpoint = [models.logits(x, params=stacked) for stacked in self.stacked_]
         return torch.stack(per_checkpoint, 1).flatten(0, 1)
 
-    def check_model(self, module) -> None:
-        select_params(module, self.config.params)
-
     def _models(self, ensembles, dataset: Dataset, task: Task, device) -> None:
         models = ensembles["models"]
         self.device_ = torch.device(device)
@@ -250,10 +247,8 @@ class TRAK(InfluenceEstimator):
         values and the targets' features of every model, 8 bytes each)."""
         n_models = len(self.params_)
         per_target = 8 * (self.n_train_ + n_models * self.config.proj_dim)
-        width = max(1, min(len(y_target), memory_budget // per_target))
-        for start in range(0, len(y_target), width):
-            targets = slice(start, min(start + width, len(y_target)))
-            values = torch.zeros(self.n_train_, targets.stop - start, dtype=torch.float64)
+        for targets in self.target_slices(len(y_target), per_target, memory_budget):
+            values = torch.zeros(self.n_train_, targets.stop - targets.start, dtype=torch.float64)
             values = values.to(self.device_)
             for m in range(n_models):
                 phi = torch.cat(list(self._features(m, x_target[targets], y_target[targets])))
@@ -262,9 +257,4 @@ class TRAK(InfluenceEstimator):
             yield InfluenceBlock(slice(0, self.n_train_), targets, values.cpu())
 
     def self_influence(self) -> Scores:
-        return Scores(
-            self.name,
-            self.family,
-            self.dataset_.train_ids.numpy(),
-            self.self_influence_.cpu().numpy(),
-        )
+        return self._scores(self.self_influence_)
