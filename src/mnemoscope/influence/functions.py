@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 MAX_EXACT_PARAMS = 10_000
 """Most selected parameters ``if_exact`` accepts: its dense matrix is P² float64 (800 MB
 at 10⁴) and its eigendecomposition O(P³)."""
+FIT_WORKSPACE = 3
+"""Dense float64 matrices an exact influence function's fit holds at once: the
+Hessian, its eigenvectors and the solver's workspace."""
 BYTES_PER_TARGET_PARAM = 8 * 6
 """float64 copies of a target's P-vector held while its block is solved (gradient,
 solution and the solvers' work vectors)."""
@@ -274,6 +277,12 @@ class IFExact(_SpectralInfluence):
     )
     summary = "influence function with the exact (dense, damped) inverse Hessian"
     cache_fit = True
+
+    def fit_bytes(self, module, n_train: int, n_classes: int) -> int:
+        """The dense ``[P, P]`` float64 curvature, its eigenvectors and the solver's
+        workspace (``FIT_WORKSPACE`` such matrices)."""
+        names = select_params(module, self.config.params)
+        return FIT_WORKSPACE * 8 * sum(module.get_parameter(k).numel() for k in names) ** 2
 
     def _check_size(self, n_params: int) -> None:
         if n_params > MAX_EXACT_PARAMS:

@@ -157,6 +157,12 @@ class TRAK(InfluenceEstimator):
         keep = 4 * self.n_params_ * self.config.proj_dim * len(self.params_) <= PROJECTION_CACHE
         self.projections_: dict[tuple[int, int], torch.Tensor] | None = {} if keep else None
 
+    def fit_bytes(self, module, n_train: int, n_classes: int) -> int:
+        """The ``[M, n, k]`` float32 features kept, and one model's features and their
+        preconditioned version in float64 while it is computed."""
+        k = self.config.proj_dim
+        return 4 * self.config.n_models * n_train * k + 2 * 8 * n_train * k
+
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
         self._models(ensembles, dataset, task, device)
         logits = self._train_logits(ensembles["models"], dataset.x_train)

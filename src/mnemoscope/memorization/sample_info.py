@@ -206,6 +206,11 @@ class SampleInfo(MemorizationEstimator):
     config: SampleInfoConfig
     on_function: ClassVar[bool]
 
+    def fit_bytes(self, module, n_train: int, n_classes: int) -> int:
+        """The kernel and its inverse, float64 (a larger one is refused by the fit)."""
+        outputs = min(n_train * n_classes, MAX_OUTPUTS)
+        return 2 * 8 * outputs**2
+
     def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
         check_size(context.n_train, 2, self.name)  # every task has k ≥ 2 classes
         return {"model": EnsembleSpec(full_masks(1, context.n_train), keep_initial=True)}
