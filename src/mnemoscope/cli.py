@@ -224,6 +224,13 @@ def methods(
         out_console.print(f"{name} ({cls.family})\n", highlight=False)
         out_console.print(inspect.getdoc(cls) or "", highlight=False, markup=False)
         out_console.print(f"\ncost: {cls.cost}\nreference: {cls.reference}", highlight=False)
+        try:  # one hop to the code: the file and line of the class
+            lines, first = inspect.getsourcelines(cls)  # from its decorators on
+            offset = next(i for i, text in enumerate(lines) if text.startswith("class "))
+            where = f"{inspect.getsourcefile(cls)}:{first + offset}"
+        except (OSError, TypeError, StopIteration):
+            where = f"{cls.__module__}.{cls.__qualname__} (no source file)"
+        out_console.print(f"source: {where}", highlight=False, markup=False, soft_wrap=True)
         return
     table = Table("method", "family", "what it measures", "cost", "reference", title="estimators")
     for method, cls in sorted(REGISTRY.items(), key=lambda item: (item[1].family, item[0])):

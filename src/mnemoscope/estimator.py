@@ -168,6 +168,12 @@ class Estimator(ABC):
         be used on ``module`` (e.g. unknown parameter names); called before training."""
         return None
 
+    def fit_bytes(self, module: nn.Module, n_train: int, n_classes: int) -> int:
+        """Bytes of the largest matrices the fit builds, known from the config before any
+        training (the run's memory estimate reads it); 0 for a fit that holds gradients a
+        batch at a time."""
+        return 0
+
     def fitted_state(self) -> dict[str, torch.Tensor]:
         """Tensors that restore the fit with :meth:`load_fitted` (``cache_fit`` classes)."""
         raise NotImplementedError(f"{self.name} does not cache its fit")

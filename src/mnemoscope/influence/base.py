@@ -25,9 +25,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
+from torch import nn
 
-from mnemoscope.estimator import Estimator, Family, Scores
+from mnemoscope.estimator import Estimator, Family, PlanContext, Scores
+from mnemoscope.params import select_params
+from mnemoscope.train import EnsembleSpec
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 """Bytes an attributor may hold for one block of train×target influence and its inputs."""
@@ -55,6 +59,28 @@ class InfluenceEstimator(Estimator):
     def score(self) -> Scores:
         """The per-example score of an attributor is its self-influence."""
         return self.self_influence()
+
+    def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
+        """One model trained on the whole set (what most attributors read)."""
+        return {"model": EnsembleSpec.single(context.n_train)}
+
+    def check_model(self, module: nn.Module) -> None:
+        """Unknown names in a ``params`` setting: a ConfigError, before training."""
+        if "params" in type(self.config).model_fields:
+            select_params(module, self.config.params)  # type: ignore[attr-defined]
+
+    def _scores(self, values: np.ndarray | torch.Tensor, stderr=None) -> Scores:
+        """``values`` in the order of the fitted dataset's training examples as Scores."""
+        if isinstance(values, torch.Tensor):
+            values = values.cpu().numpy()
+        return Scores(self.name, self.family, self.dataset_.train_ids.numpy(), values, stderr)
+
+    @staticmethod
+    def target_slices(n_targets: int, bytes_per_target: int, memory_budget: int) -> list[slice]:
+        """Consecutive slices of the targets, each of as many as ``memory_budget`` holds at
+        ``bytes_per_target`` each (at least one): the column blocks of :meth:`influence`."""
+        width = max(1, min(n_targets, memory_budget // max(bytes_per_target, 1)))
+        return [slice(s, min(s + width, n_targets)) for s in range(0, n_targets, width)]
 
     @abstractmethod
     def self_influence(self) -> Scores:

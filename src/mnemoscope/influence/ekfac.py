@@ -13,12 +13,11 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from mnemoscope.data import Dataset
-from mnemoscope.estimator import PlanContext, Scores, register
+from mnemoscope.estimator import Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
 from mnemoscope.influence.gradient_dot import GradDotConfig
 from mnemoscope.influence.gradients import per_example_grads, select_params
 from mnemoscope.task import Task
-from mnemoscope.train import EnsembleSpec
 
 if TYPE_CHECKING:
     from typing import Self
@@ -200,12 +199,6 @@ class EKFAC(InfluenceEstimator):
     cache_fit = True
     config: EKFACConfig
 
-    def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
-        return {"model": EnsembleSpec.single(context.n_train, [])}
-
-    def check_model(self, module: nn.Module) -> None:
-        select_params(module, self.config.params)
-
     def _setup(self, ensembles, dataset: Dataset, task: Task, device) -> None:
         self.device_ = torch.device(device)
         self.task_, self.dataset_ = task, dataset
@@ -382,7 +375,7 @@ class EKFAC(InfluenceEstimator):
             for g in self._gradients(data.x_train, data.y_train)
         ]
         score = torch.cat(values) / data.n_train
-        return Scores(self.name, self.family, data.train_ids.numpy(), score.numpy())
+        return self._scores(score)
 
     def influence(
         self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET
@@ -392,9 +385,7 @@ class EKFAC(InfluenceEstimator):
         ``memory_budget`` (at least one), against training gradients a batch at a time."""
         data, inverse = self.dataset_, self._inverse_curvature()
         per_target = 20 * len(inverse)
-        width = max(1, min(len(y_target), memory_budget // 2 // per_target))
-        for start in range(0, len(y_target), width):
-            targets = slice(start, min(start + width, len(y_target)))
+        for targets in self.target_slices(len(y_target), 2 * per_target, memory_budget):
             grads = self._gradients(x_target[targets], y_target[targets])
             preconditioned = torch.cat([self._coordinates(g) for g in grads]) * inverse
             row = 0

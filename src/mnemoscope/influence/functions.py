@@ -27,7 +27,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from mnemoscope.data import Dataset
 from mnemoscope.errors import ConfigError
-from mnemoscope.estimator import PlanContext, Scores, register
+from mnemoscope.estimator import Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
 from mnemoscope.influence.curvature import (
     Curvature,
@@ -42,7 +42,6 @@ from mnemoscope.influence.curvature import (
 from mnemoscope.influence.gradient_dot import GradDotConfig
 from mnemoscope.influence.gradients import per_example_grads, select_params
 from mnemoscope.task import Measurement, Task
-from mnemoscope.train import EnsembleSpec
 
 if TYPE_CHECKING:
     from typing import Self
@@ -50,6 +49,9 @@ if TYPE_CHECKING:
 MAX_EXACT_PARAMS = 10_000
 """Most selected parameters ``if_exact`` accepts: its dense matrix is P² float64 (800 MB
 at 10⁴) and its eigendecomposition O(P³)."""
+FIT_WORKSPACE = 3
+"""Dense float64 matrices an exact influence function's fit holds at once: the
+Hessian, its eigenvectors and the solver's workspace."""
 BYTES_PER_TARGET_PARAM = 8 * 6
 """float64 copies of a target's P-vector held while its block is solved (gradient,
 solution and the solvers' work vectors)."""
@@ -118,9 +120,6 @@ class InfluenceFunction(InfluenceEstimator):
     sign: ClassVar[float] = 1.0
     _cached: ClassVar[tuple[str, ...]] = ()
     """Fitted tensors (attributes ``<name>_``) that :meth:`fitted_state` keeps."""
-
-    def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
-        return {"model": EnsembleSpec.single(context.n_train, [])}
 
     def check_model(self, module) -> None:
         names = select_params(module, self.config.params)
@@ -205,7 +204,7 @@ class InfluenceFunction(InfluenceEstimator):
         normaliser = self._normaliser()
         if normaliser is not None:
             score = score / normaliser.cpu()
-        return Scores(self.name, self.family, data.train_ids.numpy(), score.numpy())
+        return self._scores(score)
 
     def influence(
         self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET
@@ -215,10 +214,8 @@ class InfluenceFunction(InfluenceEstimator):
         training gradients one batch at a time."""
         n_train = self.n_train_
         per_target = BYTES_PER_TARGET_PARAM * self.curvature_.n_params
-        width = max(1, min(len(y_target), memory_budget // 2 // per_target))
         normaliser = self._normaliser()
-        for start in range(0, len(y_target), width):
-            targets = slice(start, min(start + width, len(y_target)))
+        for targets in self.target_slices(len(y_target), 2 * per_target, memory_budget):
             g_target = torch.cat(
                 list(self._grads(x_target[targets], y_target[targets], self.measurement))
             )
@@ -280,6 +277,12 @@ class IFExact(_SpectralInfluence):
     )
     summary = "influence function with the exact (dense, damped) inverse Hessian"
     cache_fit = True
+
+    def fit_bytes(self, module, n_train: int, n_classes: int) -> int:
+        """The dense ``[P, P]`` float64 curvature, its eigenvectors and the solver's
+        workspace (``FIT_WORKSPACE`` such matrices)."""
+        names = select_params(module, self.config.params)
+        return FIT_WORKSPACE * 8 * sum(module.get_parameter(k).numel() for k in names) ** 2
 
     def _check_size(self, n_params: int) -> None:
         if n_params > MAX_EXACT_PARAMS:

@@ -8,12 +8,11 @@ import torch
 from torch.nn import functional as F
 
 from mnemoscope.data import Dataset
-from mnemoscope.estimator import PlanContext, Scores, register
+from mnemoscope.estimator import Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
 from mnemoscope.influence.gradient_dot import DenseGradientsConfig
 from mnemoscope.influence.gradients import per_example_grads, select_params
 from mnemoscope.task import Task
-from mnemoscope.train import EnsembleSpec
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -56,12 +55,6 @@ class GradCos(InfluenceEstimator):
     summary = "gradient cosine at the final model; per example: 1 − mean cosine with its class"
     config: GradCosConfig
 
-    def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
-        return {"model": EnsembleSpec.single(context.n_train)}
-
-    def check_model(self, module) -> None:
-        select_params(module, self.config.params)
-
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
         self._hold_final_model(ensembles, dataset, task, device)
         self.names_ = select_params(self.module_, self.config.params)
@@ -85,9 +78,7 @@ class GradCos(InfluenceEstimator):
         most half of ``memory_budget`` (at least one target)."""
         data = self.dataset_
         n_params = sum(self.module_.get_parameter(k).numel() for k in self.names_)
-        width = max(1, min(len(y_target), memory_budget // 2 // (8 * n_params)))
-        for start in range(0, len(y_target), width):
-            targets = slice(start, min(start + width, len(y_target)))
+        for targets in self.target_slices(len(y_target), 2 * 8 * n_params, memory_budget):
             g_target = torch.cat(list(self._unit_grads(x_target[targets], y_target[targets])))
             row = 0
             for g in self._unit_grads(data.x_train, data.y_train):
@@ -108,4 +99,4 @@ class GradCos(InfluenceEstimator):
             # ĝ_i · Σ_j ĝ_j − ĝ_i · ĝ_i: the cosines with the others only
             own = torch.cat([g @ total - (g * g).sum(1) for g in self._unit_grads(x, y)])
             score[members] = 1 - own.cpu() / (len(members) - 1)
-        return Scores(self.name, self.family, data.train_ids.numpy(), score.numpy())
+        return self._scores(score)

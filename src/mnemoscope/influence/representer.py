@@ -9,10 +9,9 @@ import torch
 from pydantic import ConfigDict, Field
 
 from mnemoscope.data import Dataset
-from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
+from mnemoscope.estimator import MethodConfig, Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
 from mnemoscope.task import Task
-from mnemoscope.train import EnsembleSpec
 
 if TYPE_CHECKING:
     from typing import Self
@@ -79,9 +78,6 @@ class Representer(InfluenceEstimator):
     cache_fit = True
     config: RepresenterConfig
 
-    def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
-        return {"model": EnsembleSpec.single(context.n_train)}
-
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
         self._hold_final_model(ensembles, dataset, task, device)
         self.features_ = self._features(dataset.x_train)
@@ -143,9 +139,7 @@ class Representer(InfluenceEstimator):
     def influence(self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET):
         """Blocks of all training rows × as many targets as fit ``memory_budget``
         (kernel and values, 8 bytes each per training example and target)."""
-        width = max(1, min(len(y_target), memory_budget // (2 * 8 * self.n_train_)))
-        for start in range(0, len(y_target), width):
-            targets = slice(start, min(start + width, len(y_target)))
+        for targets in self.target_slices(len(y_target), 2 * 8 * self.n_train_, memory_budget):
             kernel = self.features_ @ self._features(x_target[targets]).T  # [n, b]
             alpha = self.alpha_[:, y_target[targets].to(self.device_)]  # [n, b]
             yield InfluenceBlock(slice(0, self.n_train_), targets, (alpha * kernel).cpu())
@@ -153,4 +147,4 @@ class Representer(InfluenceEstimator):
     def self_influence(self) -> Scores:
         own = self.alpha_.gather(1, self.dataset_.y_train.to(self.device_)[:, None])[:, 0]
         score = own * (self.features_**2).sum(1)
-        return Scores(self.name, self.family, self.dataset_.train_ids.numpy(), score.cpu().numpy())
+        return self._scores(score)

@@ -4,8 +4,8 @@ leave-one-out update of a kernel ridge solution.
 The network linearized at ``θ0`` is ``f_lin(x; θ) = f(x; θ0) + J(x)(θ − θ0)``, with ``J(x)``
 the ``[k, P]`` Jacobian of the k logits. Stacking the training examples gives ``J``
 ``[n·k, P]`` (row ``i·k + c`` is output c of example i) and the neural tangent kernel
-``Θ = J Jᵀ``. Trained with a summed squared error and a ridge ``(λ/2)‖θ − θ0‖²`` to
-convergence, ``θ − θ0 = Jᵀ α`` with ``α = (Θ + λI)⁻¹ (Y − f0)``.
+``Θ = J Jᵀ``. Trained to convergence on ``½‖f_lin − Y‖² + (λ/2)‖θ − θ0‖²`` (half the summed
+squared error and a ridge), ``θ − θ0 = Jᵀ α`` with ``α = (Θ + λI)⁻¹ (Y − f0)``.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mnemoscope.config import DatasetConfig, StudyConfig
 from mnemoscope.data import layout
 from mnemoscope.errors import UserError
-from mnemoscope.estimator import REGISTRY, Estimator
+from mnemoscope.estimator import REGISTRY
 from mnemoscope.models import build_model
 from mnemoscope.resources import PHYSICAL, MemoryLimit, memory_limit
 from mnemoscope.store import DatasetInfo
@@ -76,9 +76,6 @@ losses and correctness in schedule order, the schedule's indices and weights."""
 VALIDATE_COPIES = 1.5
 """Extra bytes, per byte of training inputs, while a loaded dataset is checked to be
 finite (``torch.isfinite`` makes a float copy and byte masks)."""
-FIT_WORKSPACE = 3
-"""Dense float64 matrices an exact influence function's fit holds at once: the
-Hessian, its eigenvectors and the solver's workspace."""
 
 
 @dataclass(frozen=True)
@@ -303,7 +300,7 @@ def estimate_study(config: StudyConfig) -> Estimate:
                 roles,
             )
             for estimator in estimators:
-                fitted = _fitted_bytes(estimator, module, n_train, n_classes)
+                fitted = estimator.fit_bytes(module, n_train, n_classes)
                 if fitted:
                     held = sum(stored[digest] for digest in roles[estimator.name].values())
                     items.append(
@@ -365,30 +362,6 @@ def _experiment_items(
         presented += rescored([part.method], part.steps)
         items.append(trained(n_models, presented, "summarization"))
     return items
-
-
-def _fitted_bytes(estimator: Estimator, module: nn.Module, n_train: int, n_classes: int) -> int:
-    """The largest matrices ``estimator`` builds when fitted, where they are known from
-    its config (0 for the others: their fits hold gradients a batch at a time)."""
-    from mnemoscope.influence.functions import IFExact
-    from mnemoscope.influence.gradients import select_params
-    from mnemoscope.influence.trak import TRAK
-    from mnemoscope.memorization.sample_info import MAX_OUTPUTS, SampleInfo
-
-    if isinstance(estimator, IFExact):
-        names = select_params(module, estimator.config.params)
-        n_params = sum(module.get_parameter(name).numel() for name in names)
-        return FIT_WORKSPACE * 8 * n_params**2
-    if isinstance(estimator, TRAK):
-        k = estimator.config.proj_dim
-        # [M, n, k] float32 kept, and one model's features and their preconditioned
-        # version in float64 while it is computed
-        return FLOATS * estimator.config.n_models * n_train * k + 2 * 8 * n_train * k
-    if isinstance(estimator, SampleInfo):
-        # the kernel and its inverse, float64; a larger one is refused by the estimator
-        outputs = min(n_train * n_classes, MAX_OUTPUTS)
-        return 2 * 8 * outputs**2
-    return 0
 
 
 def refuse_if_too_big(estimate: Estimate, memory: int | None = None) -> None:
