@@ -85,7 +85,8 @@ class PlanContext:
 
     Attributes:
         n_train: training examples of the dataset.
-        epochs: epochs each model is trained for (the config's ``train.epochs``).
+        epochs: epochs each model of the arch is trained for (``train.epochs``, or the
+            arch's ``arch_train`` epochs).
         seed: a seed for the estimator's masks, the same for every estimator of the
             study, so estimators asking for the same kind of masks get identical ones.
     """
