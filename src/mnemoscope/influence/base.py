@@ -21,9 +21,9 @@ the training example would raise the target's loss (hurt it).
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -74,6 +74,30 @@ class InfluenceEstimator(Estimator):
         if isinstance(values, torch.Tensor):
             values = values.cpu().numpy()
         return Scores(self.name, self.family, self.dataset_.train_ids.numpy(), values, stderr)
+
+    def streamed_blocks(
+        self,
+        x_target: torch.Tensor,
+        y_target: torch.Tensor,
+        memory_budget: int,
+        bytes_per_target: int,
+        held: Callable[[torch.Tensor, torch.Tensor], Any],
+        train: Callable[[], Iterable[Any]],
+        pair: Callable[[Any, Any, int], torch.Tensor],
+    ) -> Iterator[InfluenceBlock]:
+        """The train×target loop of the attributors that stream the training set: for each
+        block of targets (:meth:`target_slices`), ``held(x, y)`` is their representation
+        after the method's transform (e.g. ``A⁻¹∇ℓ``), kept while ``train()`` yields the
+        training representation batch after batch, and ``pair(batch, held, first_row)``
+        gives the ``[len(batch), len(block)]`` values."""
+        for targets in self.target_slices(len(y_target), bytes_per_target, memory_budget):
+            kept = held(x_target[targets], y_target[targets])
+            row = 0
+            for batch in train():
+                values = pair(batch, kept, row)
+                rows = slice(row, row + values.shape[0])
+                row = rows.stop
+                yield InfluenceBlock(rows, targets, values.cpu())
 
     @staticmethod
     def target_slices(n_targets: int, bytes_per_target: int, memory_budget: int) -> list[slice]:

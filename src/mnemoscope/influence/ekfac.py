@@ -385,12 +385,16 @@ class EKFAC(InfluenceEstimator):
         ``memory_budget`` (at least one), against training gradients a batch at a time."""
         data, inverse = self.dataset_, self._inverse_curvature()
         per_target = 20 * len(inverse)
-        for targets in self.target_slices(len(y_target), 2 * per_target, memory_budget):
-            grads = self._gradients(x_target[targets], y_target[targets])
-            preconditioned = torch.cat([self._coordinates(g) for g in grads]) * inverse
-            row = 0
-            for g in self._gradients(data.x_train, data.y_train):
-                values = self._coordinates(g) @ preconditioned.T / data.n_train
-                rows = slice(row, row + values.shape[0])
-                row = rows.stop
-                yield InfluenceBlock(rows, targets, values.cpu())
+        return self.streamed_blocks(
+            x_target,
+            y_target,
+            memory_budget,
+            2 * per_target,
+            held=lambda x, y: (
+                torch.cat([self._coordinates(g) for g in self._gradients(x, y)]) * inverse
+            ),
+            train=lambda: self._gradients(data.x_train, data.y_train),
+            pair=lambda g, preconditioned, _: (
+                self._coordinates(g) @ preconditioned.T / data.n_train
+            ),
+        )

@@ -215,19 +215,22 @@ class InfluenceFunction(InfluenceEstimator):
         n_train = self.n_train_
         per_target = BYTES_PER_TARGET_PARAM * self.curvature_.n_params
         normaliser = self._normaliser()
-        for targets in self.target_slices(len(y_target), 2 * per_target, memory_budget):
-            g_target = torch.cat(
-                list(self._grads(x_target[targets], y_target[targets], self.measurement))
-            )
-            solved = self.solve(g_target)
-            row = 0
-            for g, _ in self._train_grads():
-                values = self.sign / n_train * (g @ solved.T)
-                rows = slice(row, row + values.shape[0])
-                row = rows.stop
-                if normaliser is not None:
-                    values = values / normaliser[rows, None]
-                yield InfluenceBlock(rows, targets, values.cpu())
+
+        def pair(grads: tuple[torch.Tensor, torch.Tensor], solved, row: int) -> torch.Tensor:
+            values = self.sign / n_train * (grads[0] @ solved.T)
+            if normaliser is None:
+                return values
+            return values / normaliser[row : row + values.shape[0], None]
+
+        return self.streamed_blocks(
+            x_target,
+            y_target,
+            memory_budget,
+            2 * per_target,
+            held=lambda x, y: self.solve(torch.cat(list(self._grads(x, y, self.measurement)))),
+            train=self._train_grads,
+            pair=pair,
+        )
 
 
 class _SpectralInfluence(InfluenceFunction):

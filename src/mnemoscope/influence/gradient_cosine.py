@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from mnemoscope.data import Dataset
 from mnemoscope.estimator import Scores, register
-from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
+from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceEstimator
 from mnemoscope.influence.gradient_dot import DenseGradientsConfig
 from mnemoscope.influence.gradients import per_example_grads, select_params
 from mnemoscope.task import Task
@@ -78,13 +78,15 @@ class GradCos(InfluenceEstimator):
         most half of ``memory_budget`` (at least one target)."""
         data = self.dataset_
         n_params = sum(self.module_.get_parameter(k).numel() for k in self.names_)
-        for targets in self.target_slices(len(y_target), 2 * 8 * n_params, memory_budget):
-            g_target = torch.cat(list(self._unit_grads(x_target[targets], y_target[targets])))
-            row = 0
-            for g in self._unit_grads(data.x_train, data.y_train):
-                rows = slice(row, row + g.shape[0])
-                row = rows.stop
-                yield InfluenceBlock(rows, targets, (g @ g_target.T).cpu())
+        return self.streamed_blocks(
+            x_target,
+            y_target,
+            memory_budget,
+            2 * 8 * n_params,
+            held=lambda x, y: torch.cat(list(self._unit_grads(x, y))),
+            train=lambda: self._unit_grads(data.x_train, data.y_train),
+            pair=lambda g, g_target, _: g @ g_target.T,
+        )
 
     def self_influence(self) -> Scores:
         """One minus the mean cosine with the other examples of the same class."""

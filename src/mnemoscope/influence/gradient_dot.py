@@ -11,7 +11,7 @@ from pydantic import ConfigDict, Field, field_validator
 from mnemoscope.data import Dataset
 from mnemoscope.errors import ConfigError
 from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
-from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
+from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceEstimator
 from mnemoscope.influence.gradients import Params, ParamSelection, select_params
 from mnemoscope.influence.layerwise import GradientFactors, LayerwiseGradients
 from mnemoscope.params import check_selection
@@ -135,20 +135,21 @@ class GradientDot(InfluenceEstimator):
         data = self.dataset_
         n_params = sum(self.module_.get_parameter(k).numel() for k in self.names_)
         per_target = 4 * n_params * len(self.weighted_)
-        for targets in self.target_slices(len(y_target), 2 * per_target, memory_budget):
-            held = [
-                GradientFactors.cat(list(self._factors(p, x_target[targets], y_target[targets])))
-                for _, p in self.weighted_
-            ]
-            row = 0
-            batches = zip(
+        return self.streamed_blocks(
+            x_target,
+            y_target,
+            memory_budget,
+            2 * per_target,
+            held=lambda x, y: [
+                GradientFactors.cat(list(self._factors(p, x, y))) for _, p in self.weighted_
+            ],
+            train=lambda: zip(
                 *[self._factors(p, data.x_train, data.y_train) for _, p in self.weighted_]
-            )
-            for trains in batches:
-                values = sum(w * f.dots(t) for (w, _), f, t in zip(self.weighted_, trains, held))
-                rows = slice(row, row + values.shape[0])
-                row = rows.stop
-                yield InfluenceBlock(rows, targets, values.cpu())
+            ),
+            pair=lambda trains, held, _: sum(
+                w * f.dots(t) for (w, _), f, t in zip(self.weighted_, trains, held)
+            ),
+        )
 
 
 @register
