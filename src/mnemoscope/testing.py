@@ -15,7 +15,8 @@ public classes rely on:
   only canaries);
 - **diagonal** (influence methods): the influence matrix on the training set as targets has
   the self-influence on its diagonal;
-- **memory budget**: blocks of a one-byte budget assemble the same matrix as the default;
+- **memory budget**: a one-byte budget gives blocks of one target each, which assemble the
+  same matrix as the default budget;
 - **fit cache** (``cache_fit`` methods): the fitted state, written to a safetensors file
   and read back into a fresh estimator, gives the same scores and influences.
 """
@@ -155,6 +156,11 @@ def _check_influence(
             atol=1e-6 * np.abs(scores[both]).max(),
             err_msg=f"{name}: the influence matrix's diagonal is not the self-influence",
         )
+    widths = {
+        b.targets.stop - b.targets.start
+        for b in estimator.influence(data.x_train[:7], data.y_train[:7], memory_budget=1)
+    }
+    assert widths == {1}, f"{name}: a one-byte budget gave blocks of {sorted(widths)} targets"
     blocks = estimator.influence_matrix(data.x_train[:7], data.y_train[:7], memory_budget=1)
     np.testing.assert_allclose(
         blocks.numpy(),
