@@ -30,13 +30,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mnemoscope.attributors import Attributor, Scorer
 from mnemoscope.data import Dataset, insert_canaries, prepare
 from mnemoscope.errors import ConfigError
 from mnemoscope.estimator import REGISTRY, Estimator, register
 from mnemoscope.influence.base import InfluenceEstimator
+from mnemoscope.store import write_safetensors
 
 PLANTED_TRAIN = {"epochs": 30, "batch_size": 32, "lr": 0.5, "momentum": 0.9}
 """Training of the planted case: long enough for the logistic regression to fit most
@@ -176,7 +177,7 @@ def _check_fit_cache(scorer: Scorer, matrix: torch.Tensor | None, data: Dataset)
     estimator = scorer.estimator_
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "fit.safetensors"
-        save_file({k: v.contiguous() for k, v in estimator.fitted_state().items()}, str(path))
+        write_safetensors(path, estimator.fitted_state())  # as the runner writes a fit
         state = load_file(str(path))
     fresh = type(estimator)(estimator.config)
     fresh.load_fitted(state, scorer.ensembles_, data, scorer.task_, scorer.device)
