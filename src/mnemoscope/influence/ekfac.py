@@ -10,13 +10,13 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 from torch.func import functional_call
-from torch.nn import functional as F
 
 from mnemoscope.data import Dataset
 from mnemoscope.estimator import Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
 from mnemoscope.influence.gradient_dot import GradDotConfig
 from mnemoscope.influence.gradients import per_example_grads, select_params
+from mnemoscope.influence.layerwise import conv_patches
 from mnemoscope.task import Task
 
 if TYPE_CHECKING:
@@ -70,21 +70,10 @@ class KroneckerLayer:
 
     def inputs(self, a: torch.Tensor) -> torch.Tensor:
         """Layer input → ``[b, T, d_in]``: input patches per position, then a 1 for the bias."""
-        m, b = self.module, a.shape[0]
-        if isinstance(m, nn.Linear):
-            patches = a.reshape(b, -1, a.shape[-1])
-        elif isinstance(m, nn.Conv1d):
-            patches = F.unfold(
-                a.unsqueeze(2),
-                (1, m.kernel_size[0]),
-                dilation=(1, m.dilation[0]),
-                padding=(0, m.padding[0]),
-                stride=(1, m.stride[0]),
-            ).transpose(1, 2)
+        if isinstance(self.module, nn.Linear):
+            patches = a.reshape(a.shape[0], -1, a.shape[-1])
         else:
-            patches = F.unfold(
-                a, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride
-            ).transpose(1, 2)
+            patches = conv_patches(a, self.module).transpose(1, 2)
         parts = [patches] if self.weight else []
         if self.bias:
             parts.append(patches.new_ones(*patches.shape[:2], 1))

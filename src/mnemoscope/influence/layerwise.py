@@ -237,11 +237,22 @@ def _input_ok(layer: nn.Module, a: torch.Tensor, batch: int) -> bool:
     return True
 
 
-def _patches(a: torch.Tensor, conv: nn.Conv1d | nn.Conv2d, positions: torch.Size) -> torch.Tensor:
+def conv_patches(
+    a: torch.Tensor, conv: nn.Conv1d | nn.Conv2d, positions: torch.Size | None = None
+) -> torch.Tensor:
     """``a [b, C, *spatial]`` → ``[b, C·kernel, P]``, what ``F.unfold`` gives, as one copy of
     a strided view ``[b, C, *kernel, *positions]`` (several times faster than ``im2col`` on
-    small maps)."""
-    padding = (0,) * len(positions) if isinstance(conv.padding, str) else conv.padding
+    small maps). ``positions``: the output's spatial shape (None: from the conv's shape
+    arithmetic). The patches of a layer's input serve its layer-wise gradient identities
+    here and its Kronecker factors in :mod:`~mnemoscope.influence.ekfac`."""
+    padding = (0,) * (a.dim() - 2) if isinstance(conv.padding, str) else conv.padding
+    if positions is None:
+        positions = torch.Size(
+            (n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, p, d, k, s in zip(
+                a.shape[2:], padding, conv.dilation, conv.kernel_size, conv.stride
+            )
+        )
     if any(padding):
         a = F.pad(a, [p for p in reversed(padding) for _ in range(2)])
     a = a.contiguous()
@@ -275,7 +286,7 @@ def _pieces(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> dict[str,
         u = a.flatten(1, -2).transpose(1, 2) if a.dim() > 2 else a[:, :, None]
         d = delta.flatten(1, -2).transpose(1, 2) if delta.dim() > 2 else delta[:, :, None]
     else:
-        u = _patches(a, layer, delta.shape[2:])
+        u = conv_patches(a, layer, delta.shape[2:])
         d = delta.flatten(2)
     return {"weight": Outer(u, d), "bias": Dense(d.sum(2))}
 
