@@ -130,6 +130,11 @@ class Scorer:
         return self
 
     def _fit_module(self, model: nn.Module, train: Any, task: Task, reporter: Reporter) -> None:
+        if REGISTRY[self.method].family != "influence":  # they read the training records
+            raise ConfigError(
+                f"{self.method}: a memorization method trains its models; fit it on an arch "
+                "name or a factory with train_config"
+            )
         if not isinstance(train, Dataset):
             train = examples(train, "train")  # read once (a DataLoader may be costly)
         x = train.x_train if isinstance(train, Dataset) else train[0]
