@@ -13,10 +13,9 @@ from torch.func import functional_call
 
 from mnemoscope.data import Dataset
 from mnemoscope.estimator import Scores, register
+from mnemoscope.influence.adapters import layer_adapter
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
 from mnemoscope.influence.gradient_dot import GradDotConfig
-from mnemoscope.influence.gradients import per_example_grads, select_params
-from mnemoscope.influence.layerwise import conv_patches
 from mnemoscope.task import Task
 
 if TYPE_CHECKING:
@@ -70,10 +69,7 @@ class KroneckerLayer:
 
     def inputs(self, a: torch.Tensor) -> torch.Tensor:
         """Layer input → ``[b, T, d_in]``: input patches per position, then a 1 for the bias."""
-        if isinstance(self.module, nn.Linear):
-            patches = a.reshape(a.shape[0], -1, a.shape[-1])
-        else:
-            patches = conv_patches(a, self.module).transpose(1, 2)
+        patches = layer_adapter(self.module, subclasses=True).patches(self.module, a)
         parts = [patches] if self.weight else []
         if self.bias:
             parts.append(patches.new_ones(*patches.shape[:2], 1))
@@ -81,9 +77,7 @@ class KroneckerLayer:
 
     def output_grads(self, delta: torch.Tensor) -> torch.Tensor:
         """Gradient w.r.t. the layer output → ``[b, T, d_out]``."""
-        if isinstance(self.module, nn.Linear):
-            return delta.reshape(delta.shape[0], -1, delta.shape[-1])
-        return delta.flatten(2).transpose(1, 2)
+        return layer_adapter(self.module, subclasses=True).positions(delta)
 
     def matrix(self, g: torch.Tensor) -> torch.Tensor:
         """``[b, size]`` flat gradient (weight flattened, then bias) → ``[b, d_out, d_in]``."""
@@ -116,13 +110,8 @@ def _kronecker_layers(
     selected, layers = set(names), []
     for path, m in module.named_modules():
         prefix = f"{path}." if path else ""
-        conv = (
-            isinstance(m, nn.Conv1d | nn.Conv2d)
-            and m.groups == 1
-            and not isinstance(m.padding, str)
-            and m.padding_mode == "zeros"
-        )
-        if not (isinstance(m, nn.Linear) or conv) or path not in called:
+        adapter = layer_adapter(m, subclasses=True)
+        if adapter is None or not adapter.kronecker(m) or path not in called:
             continue
         weight = f"{prefix}weight" if f"{prefix}weight" in selected else None
         bias = f"{prefix}bias" if m.bias is not None and f"{prefix}bias" in selected else None
@@ -189,14 +178,10 @@ class EKFAC(InfluenceEstimator):
     config: EKFACConfig
 
     def _setup(self, ensembles, dataset: Dataset, task: Task, device) -> None:
-        self.device_ = torch.device(device)
-        self.task_, self.dataset_ = task, dataset
-        self.module_ = ensembles["model"].module().to(self.device_)
-        self.params_ = {k: v[0].to(self.device_) for k, v in ensembles["model"].params.items()}
-        names = select_params(self.module_, self.config.params)
+        self._hold_final_model(ensembles, dataset, task, device)
         probe = dataset.x_train[:1].to(self.device_)
         self.layers_, self.generic_names_ = _kronecker_layers(
-            self.module_, self.params_, names, probe
+            self.module_, self.params_, self.names_, probe
         )
         self.order_ = [p for layer in self.layers_ for p in (layer.weight, layer.bias) if p]
         self.order_ += self.generic_names_
@@ -320,15 +305,7 @@ class EKFAC(InfluenceEstimator):
         return torch.cat(parts, 1)
 
     def _gradients(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[torch.Tensor]:
-        return per_example_grads(
-            self.module_,
-            self.params_,
-            x.to(self.device_),
-            y.to(self.device_),
-            self.order_,
-            self.config.batch_size,
-            self.task_,
-        )
+        return self._example_grads(x, y, self.order_)
 
     def _corrected_eigenvalues(self) -> torch.Tensor:
         """``[P]``: mean over examples and label draws of the squared eigen-coordinates."""

@@ -11,7 +11,6 @@ from mnemoscope.data import Dataset
 from mnemoscope.estimator import Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceEstimator
 from mnemoscope.influence.gradient_dot import DenseGradientsConfig
-from mnemoscope.influence.gradients import per_example_grads, select_params
 from mnemoscope.task import Task
 
 if TYPE_CHECKING:
@@ -57,20 +56,11 @@ class GradCos(InfluenceEstimator):
 
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
         self._hold_final_model(ensembles, dataset, task, device)
-        self.names_ = select_params(self.module_, self.config.params)
         return self
 
     def _unit_grads(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[torch.Tensor]:
         """``[b, P]`` float64 loss gradients scaled to unit length (zero stays zero)."""
-        for g in per_example_grads(
-            self.module_,
-            self.params_,
-            x.to(self.device_),
-            y.to(self.device_),
-            self.names_,
-            self.config.batch_size,
-            self.task_,
-        ):
+        for g in self._example_grads(x, y):
             yield F.normalize(g.double(), dim=1)
 
     def influence(self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET):
