@@ -19,6 +19,7 @@ from mnemoscope.influence.gradient_dot import (
     evenly_spaced_epochs,
 )
 from mnemoscope.influence.gradients import Params, per_example_grads, select_params
+from mnemoscope.projection import random_matrix
 from mnemoscope.task import Task, log_odds  # noqa: F401  (defined in the task; importable here)
 from mnemoscope.train import (
     EnsembleSpec,
@@ -199,11 +200,8 @@ class TRAK(InfluenceEstimator):
             return self.projections_[m, chunk]
         start, stop = self.chunks_[chunk]
         k = self.config.proj_dim
-        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, m, chunk))
-        if self.config.projection == "rademacher":
-            draw = torch.randint(0, 2, (stop - start, k), generator=generator).float() * 2 - 1
-        else:
-            draw = torch.randn(stop - start, k, generator=generator)
+        seed = derive_seed(self.config.seed, m, chunk)
+        draw = random_matrix(seed, stop - start, k, self.config.projection)
         matrix = (draw / math.sqrt(k)).to(self.device_)
         if self.projections_ is not None:
             self.projections_[m, chunk] = matrix
