@@ -227,6 +227,7 @@ def test_bad_settings_and_inputs_are_one_line_errors():
         (lambda: ms.Attributor("feldman_zhang"), "not an influence method"),
         (lambda: ms.TRAK(n_models=3).fit(model, (x, y)), "fit it on an arch name or a factory"),
         (lambda: ms.LOO().fit(model, (x, y)), "fit it on an arch name or a factory"),
+        (lambda: ms.Scorer("csl").fit(model, (x, y)), "a memorization method trains its models"),
         (lambda: ms.GradDot(params=["nope"]).fit(model, (x, y)), "unknown parameter names"),
         (lambda: ms.GradDot().self_influence(), "call fit(model, train) first"),
         (lambda: ms.TracIn(checkpoints=[({}, 0.1)]).fit(model, (x, y)), "checkpoints[0]"),

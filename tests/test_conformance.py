@@ -118,3 +118,38 @@ def test_a_setting_that_accepts_anything_is_caught():
             check_bad_settings(Lax, {})
     finally:
         REGISTRY.pop("lax")
+
+
+def test_the_readme_s_own_method_passes_the_suite():
+    """The README's "Adding a method" example, as a user writes it, run through the suite."""
+    from typing import Literal
+
+    from mnemoscope.memorization import MemorizationEstimator
+    from mnemoscope.train import EnsembleSpec, subset_masks
+
+    class MeanLossConfig(MethodConfig):
+        method: Literal["mean_loss"] = "mean_loss"
+        n_models: int = 8
+
+    class MeanLoss(MemorizationEstimator):
+        """Mean final loss of each example over models trained on random halves."""
+
+        name, config_class, cost, reference = "mean_loss", MeanLossConfig, "K trainings", "-"
+
+        def ensembles(self, context):
+            masks = subset_masks(self.config.n_models, context.n_train, 0.5, context.seed)
+            return {"halves": EnsembleSpec(masks)}
+
+        def fit(self, ensembles, dataset, task, device="cpu"):
+            logits = ensembles["halves"].train_logits
+            self.loss_ = task.loss(logits, dataset.y_train.expand(len(logits), -1)).mean(0)
+            self.ids_ = dataset.train_ids
+            return self
+
+        def score(self):
+            return Scores(self.name, self.family, self.ids_.numpy(), self.loss_.double().numpy())
+
+    try:
+        check_estimator(MeanLoss, {"n_models": 4})
+    finally:
+        REGISTRY.pop("mean_loss", None)

@@ -84,7 +84,9 @@ class Scorer:
             number is the method's ``checkpoints`` setting); for a model the ensemble
             engine trains, an integer: the method's ``checkpoints`` setting itself.
         device: where the estimator computes (``"cpu"``, ``"cuda"``).
-        progress: show progress bars (training, fit, scoring).
+        progress: show progress: bars for the ensemble engine's training (model-epochs)
+            and for train×target influence (pairs done, block by block), spinners for
+            the fit and the self-influence.
         **settings: the method's config keys (as in a config entry), checked here.
     """
 
@@ -130,6 +132,11 @@ class Scorer:
         return self
 
     def _fit_module(self, model: nn.Module, train: Any, task: Task, reporter: Reporter) -> None:
+        if REGISTRY[self.method].family != "influence":  # they read the training records
+            raise ConfigError(
+                f"{self.method}: a memorization method trains its models; fit it on an arch "
+                "name or a factory with train_config"
+            )
         if not isinstance(train, Dataset):
             train = examples(train, "train")  # read once (a DataLoader may be costly)
         x = train.x_train if isinstance(train, Dataset) else train[0]
@@ -246,8 +253,20 @@ class Attributor(Scorer):
         estimator = self._fitted()
         assert isinstance(estimator, InfluenceEstimator)
         x, y = examples(targets, "targets")
-        with Reporter(quiet=not self.progress).task(f"influence {self.method}", None):
-            return estimator.influence_matrix(x, y, memory_budget)
+        total = estimator.n_train_ * len(y)
+        blocks = estimator.influence  # counted block by block for the progress bar
+        with Reporter(quiet=not self.progress).task(f"influence {self.method}", total) as done:
+
+            def counted(*args: Any) -> Any:
+                for block in blocks(*args):
+                    done(block.values.numel())
+                    yield block
+
+            estimator.influence = counted  # type: ignore[method-assign]
+            try:
+                return estimator.influence_matrix(x, y, memory_budget)
+            finally:
+                del estimator.influence
 
 
 def attribute(

@@ -33,8 +33,9 @@ rate then in force."""
 def examples(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x [N, ...] float32, y [N] int64)`` from a pair ``(x, y)`` of tensors or arrays, a
     torch ``Dataset`` of ``(x, y)`` items, a ``DataLoader`` of ``(x, y)`` batches or a
-    mnemoscope :class:`~mnemoscope.data.Dataset` (its training split). ``what`` names the
-    argument in the one-line :class:`DataError` a bad input raises."""
+    mnemoscope :class:`~mnemoscope.data.Dataset` (its training split). A ``DataLoader`` is
+    read once, in its order (example ids are positions in that order: do not shuffle).
+    ``what`` names the argument in the one-line :class:`DataError` a bad input raises."""
     try:
         if isinstance(data, Dataset):
             x, y = data.x_train, data.y_train

@@ -3,8 +3,9 @@ the influence and memorization families."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from pydantic import BeforeValidator
 from torch import nn
 
 from mnemoscope.errors import ConfigError
@@ -27,6 +28,10 @@ def check_selection(params: Any) -> Any:
     ):
         return params
     raise ValueError("expected 'all', 'last_layer' or a non-empty list of parameter names")
+
+
+ParamsSetting = Annotated[ParamSelection, BeforeValidator(check_selection)]
+"""A config's ``params`` field: a value :func:`check_selection` refuses is a one-line error."""
 
 
 def select_params(module: nn.Module, selection: ParamSelection) -> list[str]:

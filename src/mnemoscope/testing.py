@@ -15,7 +15,8 @@ public classes rely on:
   only canaries);
 - **diagonal** (influence methods): the influence matrix on the training set as targets has
   the self-influence on its diagonal;
-- **memory budget**: blocks of a one-byte budget assemble the same matrix as the default;
+- **memory budget**: a one-byte budget gives blocks of one target each, which assemble the
+  same matrix as the default budget;
 - **fit cache** (``cache_fit`` methods): the fitted state, written to a safetensors file
   and read back into a fresh estimator, gives the same scores and influences.
 """
@@ -29,13 +30,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mnemoscope.attributors import Attributor, Scorer
 from mnemoscope.data import Dataset, insert_canaries, prepare
 from mnemoscope.errors import ConfigError
 from mnemoscope.estimator import REGISTRY, Estimator, register
 from mnemoscope.influence.base import InfluenceEstimator
+from mnemoscope.store import write_safetensors
 
 PLANTED_TRAIN = {"epochs": 30, "batch_size": 32, "lr": 0.5, "momentum": 0.9}
 """Training of the planted case: long enough for the logistic regression to fit most
@@ -155,6 +157,11 @@ def _check_influence(
             atol=1e-6 * np.abs(scores[both]).max(),
             err_msg=f"{name}: the influence matrix's diagonal is not the self-influence",
         )
+    widths = {
+        b.targets.stop - b.targets.start
+        for b in estimator.influence(data.x_train[:7], data.y_train[:7], memory_budget=1)
+    }
+    assert widths == {1}, f"{name}: a one-byte budget gave blocks of {sorted(widths)} targets"
     blocks = estimator.influence_matrix(data.x_train[:7], data.y_train[:7], memory_budget=1)
     np.testing.assert_allclose(
         blocks.numpy(),
@@ -170,7 +177,7 @@ def _check_fit_cache(scorer: Scorer, matrix: torch.Tensor | None, data: Dataset)
     estimator = scorer.estimator_
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "fit.safetensors"
-        save_file({k: v.contiguous() for k, v in estimator.fitted_state().items()}, str(path))
+        write_safetensors(path, estimator.fitted_state())  # as the runner writes a fit
         state = load_file(str(path))
     fresh = type(estimator)(estimator.config)
     fresh.load_fitted(state, scorer.ensembles_, data, scorer.task_, scorer.device)

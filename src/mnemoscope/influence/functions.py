@@ -40,7 +40,7 @@ from mnemoscope.influence.curvature import (
     spectral_solve,
 )
 from mnemoscope.influence.gradient_dot import GradDotConfig
-from mnemoscope.influence.gradients import per_example_grads, select_params
+from mnemoscope.influence.gradients import select_params
 from mnemoscope.task import Measurement, Task
 
 if TYPE_CHECKING:
@@ -118,8 +118,6 @@ class InfluenceFunction(InfluenceEstimator):
     config: IFExactConfig
     measurement: ClassVar[Measurement] = "loss"
     sign: ClassVar[float] = 1.0
-    _cached: ClassVar[tuple[str, ...]] = ()
-    """Fitted tensors (attributes ``<name>_``) that :meth:`fitted_state` keeps."""
 
     def check_model(self, module) -> None:
         names = select_params(module, self.config.params)
@@ -133,18 +131,8 @@ class InfluenceFunction(InfluenceEstimator):
         self._fit_curvature()
         return self
 
-    def load_fitted(self, state, ensembles, dataset, task, device="cpu") -> Self:
-        self._prepare(ensembles, dataset, task, device)
-        for key in self._cached:
-            setattr(self, f"{key}_", state[key].to(self.device_))
-        return self
-
-    def fitted_state(self) -> dict[str, torch.Tensor]:
-        return {key: getattr(self, f"{key}_").cpu().contiguous() for key in self._cached}
-
     def _prepare(self, ensembles, dataset: Dataset, task: Task, device) -> None:
         self._hold_final_model(ensembles, dataset, task, device)
-        self.names_ = select_params(self.module_, self.config.params)
         self.curvature_ = Curvature(
             self.module_,
             self.params_,
@@ -172,17 +160,7 @@ class InfluenceFunction(InfluenceEstimator):
 
     def _grads(self, x: torch.Tensor, y: torch.Tensor, measurement: Measurement = "loss"):
         """``[b, P]`` float64 gradients of ``measurement`` per example, batch after batch."""
-        curvature = self.curvature_
-        for g in per_example_grads(
-            self.module_,
-            self.params_,
-            x.to(self.device_, curvature.dtype),
-            y.to(self.device_),
-            self.names_,
-            self.config.batch_size,
-            self.task_,
-            measurement,
-        ):
+        for g in self._example_grads(x, y, None, measurement, self.curvature_.dtype):
             yield g.double()
 
     def _train_grads(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -215,19 +193,22 @@ class InfluenceFunction(InfluenceEstimator):
         n_train = self.n_train_
         per_target = BYTES_PER_TARGET_PARAM * self.curvature_.n_params
         normaliser = self._normaliser()
-        for targets in self.target_slices(len(y_target), 2 * per_target, memory_budget):
-            g_target = torch.cat(
-                list(self._grads(x_target[targets], y_target[targets], self.measurement))
-            )
-            solved = self.solve(g_target)
-            row = 0
-            for g, _ in self._train_grads():
-                values = self.sign / n_train * (g @ solved.T)
-                rows = slice(row, row + values.shape[0])
-                row = rows.stop
-                if normaliser is not None:
-                    values = values / normaliser[rows, None]
-                yield InfluenceBlock(rows, targets, values.cpu())
+
+        def pair(grads: tuple[torch.Tensor, torch.Tensor], solved, row: int) -> torch.Tensor:
+            values = self.sign / n_train * (grads[0] @ solved.T)
+            if normaliser is None:
+                return values
+            return values / normaliser[row : row + values.shape[0], None]
+
+        return self.streamed_blocks(
+            x_target,
+            y_target,
+            memory_budget,
+            2 * per_target,
+            held=lambda x, y: self.solve(torch.cat(list(self._grads(x, y, self.measurement)))),
+            train=self._train_grads,
+            pair=pair,
+        )
 
 
 class _SpectralInfluence(InfluenceFunction):

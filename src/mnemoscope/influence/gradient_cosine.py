@@ -9,9 +9,8 @@ from torch.nn import functional as F
 
 from mnemoscope.data import Dataset
 from mnemoscope.estimator import Scores, register
-from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
+from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceEstimator
 from mnemoscope.influence.gradient_dot import DenseGradientsConfig
-from mnemoscope.influence.gradients import per_example_grads, select_params
 from mnemoscope.task import Task
 
 if TYPE_CHECKING:
@@ -57,20 +56,11 @@ class GradCos(InfluenceEstimator):
 
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
         self._hold_final_model(ensembles, dataset, task, device)
-        self.names_ = select_params(self.module_, self.config.params)
         return self
 
     def _unit_grads(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[torch.Tensor]:
         """``[b, P]`` float64 loss gradients scaled to unit length (zero stays zero)."""
-        for g in per_example_grads(
-            self.module_,
-            self.params_,
-            x.to(self.device_),
-            y.to(self.device_),
-            self.names_,
-            self.config.batch_size,
-            self.task_,
-        ):
+        for g in self._example_grads(x, y):
             yield F.normalize(g.double(), dim=1)
 
     def influence(self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET):
@@ -78,13 +68,15 @@ class GradCos(InfluenceEstimator):
         most half of ``memory_budget`` (at least one target)."""
         data = self.dataset_
         n_params = sum(self.module_.get_parameter(k).numel() for k in self.names_)
-        for targets in self.target_slices(len(y_target), 2 * 8 * n_params, memory_budget):
-            g_target = torch.cat(list(self._unit_grads(x_target[targets], y_target[targets])))
-            row = 0
-            for g in self._unit_grads(data.x_train, data.y_train):
-                rows = slice(row, row + g.shape[0])
-                row = rows.stop
-                yield InfluenceBlock(rows, targets, (g @ g_target.T).cpu())
+        return self.streamed_blocks(
+            x_target,
+            y_target,
+            memory_budget,
+            2 * 8 * n_params,
+            held=lambda x, y: torch.cat(list(self._unit_grads(x, y))),
+            train=lambda: self._unit_grads(data.x_train, data.y_train),
+            pair=lambda g, g_target, _: g @ g_target.T,
+        )
 
     def self_influence(self) -> Scores:
         """One minus the mean cosine with the other examples of the same class."""

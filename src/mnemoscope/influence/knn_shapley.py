@@ -15,8 +15,6 @@ from mnemoscope.task import Task
 if TYPE_CHECKING:
     from typing import Self
 
-FEATURE_BATCH = 1024
-
 
 class KNNShapleyConfig(MethodConfig):
     """Strict: a string, a boolean or a non-finite number where a number is meant is refused."""
@@ -125,12 +123,7 @@ class KNNShapley(InfluenceEstimator):
         """``[b, ...]`` inputs → ``[b, d]`` float64 points of the distance space."""
         if self.config.features == "input":
             return x.flatten(1).to(self.device_, torch.float64)
-        return torch.cat(
-            [
-                self.task_.features(self.module_, self.params_, xb.to(self.device_)).double()
-                for xb in x.split(FEATURE_BATCH)
-            ]
-        )
+        return self._penultimate(x)
 
     def _blocks(self, n_targets: int, memory_budget: int) -> list[slice]:
         """Blocks of targets: distances, sort indices, matches and values, 8 bytes each."""

@@ -16,7 +16,6 @@ from mnemoscope.task import Task
 if TYPE_CHECKING:
     from typing import Self
 
-FEATURE_BATCH = 1024
 GRADIENT_TOLERANCE = 1e-10
 """Refit stops when the objective's largest gradient entry falls below this (float64), or
 earlier where the line search can no longer lower the objective in float64 (seen near
@@ -76,6 +75,7 @@ class Representer(InfluenceEstimator):
     )
     summary = "share of each example in an L2-refitted last layer's logits (representer theorem)"
     cache_fit = True
+    _cached = ("alpha", "features")
     config: RepresenterConfig
 
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
@@ -88,25 +88,15 @@ class Representer(InfluenceEstimator):
         self.alpha_ = -loss_gradient / (2 * self.config.l2 * dataset.n_train)
         return self
 
-    def fitted_state(self) -> dict[str, torch.Tensor]:
-        return {"alpha": self.alpha_.cpu(), "features": self.features_.cpu()}
-
     def load_fitted(self, state, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
-        self._hold_final_model(ensembles, dataset, task, device)
-        self.alpha_ = state["alpha"].to(self.device_)
-        self.features_ = state["features"].to(self.device_)
+        super().load_fitted(state, ensembles, dataset, task, device)
         self.weight_ = self.alpha_.T @ self.features_
         return self
 
     @torch.no_grad()
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """``[b, ...]`` → ``[b, d + 1]`` float64 penultimate features with a 1 appended."""
-        h = torch.cat(
-            [
-                self.task_.features(self.module_, self.params_, xb.to(self.device_)).double()
-                for xb in x.split(FEATURE_BATCH)
-            ]
-        )
+        h = self._penultimate(x)
         return torch.cat([h, torch.ones_like(h[:, :1])], dim=1)
 
     def _refit(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field
-from torch.func import functional_call, grad, vmap
 
 from mnemoscope.data import Dataset
 from mnemoscope.estimator import PlanContext, Scores, register
@@ -19,7 +18,8 @@ from mnemoscope.influence.gradient_dot import (
     checkpoints_or_error,
     evenly_spaced_epochs,
 )
-from mnemoscope.influence.gradients import Params, select_params
+from mnemoscope.influence.gradients import Params, per_example_grads, select_params
+from mnemoscope.projection import random_matrix
 from mnemoscope.task import Task, log_odds  # noqa: F401  (defined in the task; importable here)
 from mnemoscope.train import (
     EnsembleSpec,
@@ -105,6 +105,7 @@ class TRAK(InfluenceEstimator):
     reference = "Park et al. 2023, 'TRAK: Attributing Model Behavior at Scale', Alg. 1"
     summary = "kernel regression on randomly projected log-odds gradients of an ensemble"
     cache_fit = True
+    _cached = ("preconditioned", "keep", "self_influence")
     config: TRAKConfig
 
     def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
@@ -137,11 +138,9 @@ class TRAK(InfluenceEstimator):
         per_checkpoint = [models.logits(x, params=stacked) for stacked in self.stacked_]
         return torch.stack(per_checkpoint, 1).flatten(0, 1)
 
-    def _models(self, ensembles, dataset: Dataset, task: Task, device) -> None:
+    def _prepare(self, ensembles, dataset: Dataset, task: Task, device) -> None:
         models = ensembles["models"]
-        self.device_ = torch.device(device)
-        self.dataset_ = dataset
-        self.task_ = task
+        self.device_, self.dataset_, self.task_ = torch.device(device), dataset, task
         self.module_ = models.module().to(self.device_)
         self.names_ = select_params(self.module_, self.config.params)
         self.stacked_ = self._read(models)
@@ -164,7 +163,7 @@ class TRAK(InfluenceEstimator):
         return 4 * self.config.n_models * n_train * k + 2 * 8 * n_train * k
 
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
-        self._models(ensembles, dataset, task, device)
+        self._prepare(ensembles, dataset, task, device)
         logits = self._train_logits(ensembles["models"], dataset.x_train)
         labels = dataset.y_train.to(logits.device)
         probability = task.measure(logits, labels.expand(logits.shape[0], -1), "probability")
@@ -177,20 +176,6 @@ class TRAK(InfluenceEstimator):
             preconditioned.append(psi.float())
         self.preconditioned_ = torch.stack(preconditioned)  # [M, n, k]
         self.self_influence_ = leverage.to(self.device_) * self.keep_
-        return self
-
-    def fitted_state(self) -> dict[str, torch.Tensor]:
-        return {
-            "preconditioned": self.preconditioned_.cpu(),
-            "keep": self.keep_.cpu(),
-            "self_influence": self.self_influence_.cpu(),
-        }
-
-    def load_fitted(self, state, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
-        self._models(ensembles, dataset, task, device)
-        self.preconditioned_ = state["preconditioned"].to(self.device_)
-        self.keep_ = state["keep"].to(self.device_)
-        self.self_influence_ = state["self_influence"].to(self.device_)
         return self
 
     def _inverse_kernel(self, phi: torch.Tensor) -> torch.Tensor:
@@ -215,11 +200,8 @@ class TRAK(InfluenceEstimator):
             return self.projections_[m, chunk]
         start, stop = self.chunks_[chunk]
         k = self.config.proj_dim
-        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, m, chunk))
-        if self.config.projection == "rademacher":
-            draw = torch.randint(0, 2, (stop - start, k), generator=generator).float() * 2 - 1
-        else:
-            draw = torch.randn(stop - start, k, generator=generator)
+        seed = derive_seed(self.config.seed, m, chunk)
+        draw = random_matrix(seed, stop - start, k, self.config.projection)
         matrix = (draw / math.sqrt(k)).to(self.device_)
         if self.projections_ is not None:
             self.projections_[m, chunk] = matrix
@@ -227,18 +209,12 @@ class TRAK(InfluenceEstimator):
 
     def _log_odds_grads(self, params: Params, x: torch.Tensor, y: torch.Tensor):
         """``[b, #params]`` gradients of the task's log-odds, batch by batch."""
-        trainable = {k: params[k] for k in self.names_}
-        frozen = {k: v for k, v in params.items() if k not in trainable}
-
-        def value(theta: Params, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-            logits = functional_call(self.module_, {**frozen, **theta}, (xi[None],))[0]
-            return self.task_.measure(logits, yi, "log_odds")
-
-        per_example = vmap(grad(value), in_dims=(None, 0, 0))
         size = self.config.batch_size
         for xb, yb in zip(x.split(size), y.split(size)):
-            g = per_example(trainable, xb.to(self.device_), yb.to(self.device_))
-            yield torch.cat([g[k].flatten(1) for k in self.names_], dim=1)
+            xb, yb = xb.to(self.device_), yb.to(self.device_)
+            yield from per_example_grads(
+                self.module_, params, xb, yb, self.names_, size, self.task_, "log_odds"
+            )
 
     def _features(self, m: int, x: torch.Tensor, y: torch.Tensor) -> Iterator[torch.Tensor]:
         """``[b, k]`` float32 projected log-odds gradients under model m, batch by batch."""

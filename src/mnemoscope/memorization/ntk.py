@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from mnemoscope.errors import ConfigError
+from mnemoscope.projection import random_matrix
 from mnemoscope.train import derive_seed
 
 Params = dict[str, torch.Tensor]
@@ -39,8 +40,9 @@ class GaussianProjection:
         self.matrices: dict[str, torch.Tensor] = {}
         for position, (name, size) in enumerate(sizes.items()):
             if size > dim:
-                generator = torch.Generator().manual_seed(derive_seed(seed, 0x5A3F, position))
-                g = torch.randn(size, dim, generator=generator, dtype=torch.float64)
+                g = random_matrix(
+                    derive_seed(seed, 0x5A3F, position), size, dim, dtype=torch.float64
+                )
                 self.matrices[name] = g.to(device) / dim**0.5
 
     def columns(self, name: str, size: int) -> int:

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
@@ -23,7 +23,7 @@ from mnemoscope.memorization.ntk import (
     output_jacobian,
     ridge_inverse,
 )
-from mnemoscope.params import ParamSelection, check_selection, select_params
+from mnemoscope.params import ParamsSetting, select_params
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, derive_seed, full_masks
 
@@ -55,17 +55,12 @@ class SampleInfoConfig(MethodConfig):
     proj_dim: int | None = Field(None, ge=1, le=1_000_000)
     """Random Gaussian projection of each parameter tensor's Jacobian to this many
     coordinates (tensors with fewer entries are kept exactly); ``null``: exact Jacobians."""
-    params: ParamSelection = "all"
+    params: ParamsSetting = "all"
     """Parameters to linearize in: 'all', 'last_layer' or a non-empty list of names."""
     batch_size: int = Field(32, gt=0, le=1_000_000)
     """Examples per vmapped Jacobian batch (memory ``batch_size · k · P`` floats)."""
     seed: int = Field(0, ge=0, le=2**32 - 1)
     """Seed of the projection and of the evaluation points."""
-
-    @field_validator("params", mode="before")
-    @classmethod
-    def _some_params(cls, params: Any) -> Any:
-        return check_selection(params)
 
 
 class SampleInfoFunctionConfig(SampleInfoConfig):
