@@ -49,6 +49,7 @@ DEFLATE_RATIO = 1032
 """Deflate (gzip, zip) never expands data by more than this factor (RFC 1951: a
 258-byte match costs at least 2 bits), so a claim beyond it is a crafted header."""
 
+_MAX_LABEL = 2**62  # labels are refused far below (MAX_CLASSES); this only keeps int64 exact
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _CIFAR_IMAGE = 3 * 32 * 32
 _CHUNK = 1 << 20
@@ -300,16 +301,25 @@ def integer_labels(path: Path | str, values: np.ndarray, what: str) -> np.ndarra
     """``values`` as int64 labels, or :class:`DataError` for a missing or non-integer one."""
     if values.dtype == bool:
         return values.astype(np.int64)
-    if np.issubdtype(values.dtype, np.integer):
+    if np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating):
+        if np.issubdtype(values.dtype, np.floating):
+            bad = ~np.isfinite(values) | (values != np.round(values))
+            if bad.any():
+                first = int(np.argmax(bad))
+                raise DataError(
+                    f"{path}: {what}: label {values[first].item()!r} at row {first} is not an "
+                    "integer"
+                )
+        # int64 holds every label; a larger one (uint64, 1e30) would wrap when cast
+        floating = np.issubdtype(values.dtype, np.floating)
+        huge = (np.abs(values) if floating else values) > _MAX_LABEL
+        if huge.any():
+            first = int(np.argmax(huge))
+            raise DataError(
+                f"{path}: {what}: label {values[first].item()!r} at row {first} is too large "
+                "for a class label"
+            )
         return values.astype(np.int64)
-    if np.issubdtype(values.dtype, np.floating):
-        bad = ~np.isfinite(values) | (values != np.round(values))
-        if not bad.any():
-            return values.astype(np.int64)
-        first = int(np.argmax(bad))
-        raise DataError(
-            f"{path}: {what}: label {values[first].item()!r} at row {first} is not an integer"
-        )
     sample = _plain(next(iter(values.ravel()), None))
     raise DataError(
         f"{path}: {what}: labels must be integers 0..K-1, found {values.dtype} values "
