@@ -1,8 +1,10 @@
 """Hostile data files and paths, run through ``mnemoscope run --dry-run`` (and ``run``) in a
 child process under a 4 GiB address-space limit: headers claiming huge sizes, gzip and
-deflate bombs, devices and FIFOs, out-of-folder references, markup in paths. Each case
-exits 0 (valid input) or 2 with one line naming the file, in bounded time, with no
-traceback and nothing written.
+deflate bombs, devices and FIFOs, out-of-folder references, markup in paths; with them,
+in the same child, hostile ``register_dataset`` and ``query`` calls, a run larger than
+the limit and a write over the file-size limit (a full disk). Each case exits 0 (valid
+input) or 2 with one line naming the file, in bounded time, with no traceback and
+nothing written.
 
 The child (``tests/hostile_child.py``) runs every case in one process, so the interpreter
 and torch are imported once; the limit applies to it, never to pytest.
@@ -29,7 +31,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mnemoscope.config import parse_config
+from mnemoscope.runner import Study
 from tests.data.writers import idx_bytes, write_cifar10_folder, write_mnist_folder
+from tests.runner.test_hostile_failures import NEEDS_5_GIB, TINY
 
 ADDRESS_SPACE = 4 * 2**30
 ROOT = Path(__file__).resolve().parents[2]
@@ -291,6 +296,20 @@ def other_doors(tmp: Path) -> list[tuple[dict, str | None]]:
     ]:
         argv = ["query", str(run_dir), sql, "--limit", "1", "--timeout", "1"]
         doors.append(({"name": name, "argv": argv}, fragment))
+    # a full disk, as the file-size limit: the data stage's ≈ 30 KB safetensors file is the
+    # first write over 16 KB, failing inside safetensors' Rust code
+    config = tmp / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    argv = ["run", str(config), "--out", str(tmp / "out-full")]
+    door = {"name": "a write over the file-size limit", "argv": argv, "file_size_limit": 16384}
+    doors.append((door, "digits.safetensors: File too large"))
+    # a run the machine could hold but the address-space limit cannot: refused, unwritten
+    config = tmp / "needs-5-gib.yaml"
+    config.write_text(yaml.safe_dump(NEEDS_5_GIB))
+    for dry in (True, False):
+        argv = ["run", str(config), "--out", str(tmp / "out-5-gib"), *(["--dry-run"] * dry)]
+        door = {"name": f"a run of 5 GiB{' (dry run)' * dry}", "argv": argv}
+        doors.append((door, "the address-space limit (ulimit -v) leaves this process"))
     return doors
 
 
@@ -299,7 +318,8 @@ def _check_all(tmp_path: Path, make: Callable[[Path], list[Case]], timeout: floa
     runs, outs, expected = [], {}, {}
     for run, fragment in other_doors(tmp_path):
         runs.append(run)
-        outs[run["name"]], expected[run["name"]] = None, fragment
+        outs[run["name"]], expected[run["name"]] = tmp_path / "out-5-gib", fragment
+    outs["a write over the file-size limit"] = None  # the run started: it has its directory
     for index, (name, entry, fragment) in enumerate(cases):
         # every case as a dry run; the refused ones also as a real run, which writes nothing
         for dry in (True,) if fragment is None else (True, False):
@@ -310,6 +330,11 @@ def _check_all(tmp_path: Path, make: Callable[[Path], list[Case]], timeout: floa
     results = run_cases(runs, tmp_path, timeout)
     for run in runs:
         check(results[run["name"]], expected[run["name"]], outs[run["name"]])
+    # nothing half-written where the disk was full, and the same config resumes there
+    full = tmp_path / "out-full"
+    assert not any(p.name.endswith(".tmp") for p in full.rglob("*"))
+    resumed = Study(parse_config(TINY), full).execute(only=[])  # the data stages alone
+    assert [o.name for o in resumed.outcomes if o.ran] == ["data/digits"]
 
 
 def test_hostile_files_exit_2_in_one_line_under_an_address_space_limit(tmp_path):
