@@ -316,10 +316,6 @@ def other_doors(tmp: Path) -> list[tuple[dict, str | None]]:
 def _check_all(tmp_path: Path, make: Callable[[Path], list[Case]], timeout: float) -> None:
     cases = make(tmp_path)
     runs, outs, expected = [], {}, {}
-    for run, fragment in other_doors(tmp_path):
-        runs.append(run)
-        outs[run["name"]], expected[run["name"]] = tmp_path / "out-5-gib", fragment
-    outs["a write over the file-size limit"] = None  # the run started: it has its directory
     for index, (name, entry, fragment) in enumerate(cases):
         # every case as a dry run; the refused ones also as a real run, which writes nothing
         for dry in (True,) if fragment is None else (True, False):
@@ -327,6 +323,10 @@ def _check_all(tmp_path: Path, make: Callable[[Path], list[Case]], timeout: floa
             label = f"{name}{' (dry run)' if dry else ''}"
             runs.append({"name": label, "argv": argv})
             outs[label], expected[label] = out, fragment
+    for run, fragment in other_doors(tmp_path):
+        runs.append(run)
+        outs[run["name"]], expected[run["name"]] = tmp_path / "out-5-gib", fragment
+    outs["a write over the file-size limit"] = None  # the run started: it has its directory
     results = run_cases(runs, tmp_path, timeout)
     for run in runs:
         check(results[run["name"]], expected[run["name"]], outs[run["name"]])
