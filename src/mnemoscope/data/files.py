@@ -128,7 +128,8 @@ def source_files(source: FileSource) -> list[Path]:
         if len(files) > MAX_HF_FILES:
             raise ConfigError(f"{path}: more than {MAX_HF_FILES} files")
         hf.check_confined(path, files)
-        return [*(p for p in files if not p.is_dir()), *extra]  # a link to a folder inside
+        # a link to a folder inside it: its files are hashed where they lie
+        return [*(p for p in files if not p.is_dir()), *extra]
     return [path, *extra]
 
 
