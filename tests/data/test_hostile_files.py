@@ -450,3 +450,39 @@ def test_generated_hostile_files_exit_0_or_2_in_one_line(tmp_path_factory, specs
         lines = [line for line in result["output"].splitlines() if line.strip()]
         if result["code"] == 2:
             assert len(lines) == 1 and lines[0].startswith("error: "), result
+
+
+def _deflated_zeros(path: Path, header: bytes, zeros: int) -> Path:
+    """An npz whose ``x.npy`` is ``header`` then ``zeros`` zero bytes, deflated (≈ 1/1000)."""
+    y = _npy_header((20,), "<i8") + (np.arange(20) % 2).tobytes()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("x.npy", "w", force_zip64=True) as member:
+            member.write(header)
+            block = bytes(1 << 24)
+            for _ in range(zeros >> 24):
+                member.write(block)
+        archive.writestr("y.npy", y)
+    return path
+
+
+@pytest.mark.slow
+def test_bombs_larger_than_the_address_space_are_refused_in_bounded_time(tmp_path):
+    """Honest sizes, but more than a 4 GiB process can hold: a gzipped CIFAR batch of 6 GiB
+    of zeros (valid records, so read until the memory left runs out) and an npz member of
+    6 GiB of zeros (refused from its sizes, unread)."""
+    zeros = 6 << 30
+    cifar = tmp_path / "cifar"
+    write_cifar10_folder(cifar)
+    (cifar / "data_batch_1.bin").write_bytes(_gzip_bomb(b"", zeros))
+    npz = _deflated_zeros(tmp_path / "bomb.npz", _npy_header((zeros // 8, 1)), zeros)
+    cases = [
+        ("gzip bomb in a cifar batch", {"path": str(cifar), "format": "cifar10"}, "can hold"),
+        ("deflate bomb in an npz", {"path": str(npz)}, "needs 6442450944 bytes"),
+    ]
+    runs = []
+    for index, (name, entry, _) in enumerate(cases):
+        argv, _ = _argv(tmp_path, index, {"name": "b", **entry}, dry_run=True)
+        runs.append({"name": name, "argv": argv})
+    results = run_cases(runs, tmp_path, timeout=300)
+    for name, _, fragment in cases:
+        check(results[name], fragment)

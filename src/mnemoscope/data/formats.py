@@ -190,8 +190,14 @@ def read_cifar(files: list[Path], variant: str, label: str) -> Arrays:
     n_classes = {"cifar10": 10, "coarse": 20, "fine": 100}[label if n_labels == 2 else variant]
     xs, ys = [], []
     for path in files:
-        budget = min(MAX_DATA_BYTES, available_memory())
-        raw = read_bytes(path, budget, f"more than {budget} bytes, more than this process can hold")
+        # the bytes, the images cut from the records and their concatenation: 3 copies
+        budget = min(MAX_DATA_BYTES, available_memory() // 3)
+        raw = read_bytes(
+            path,
+            budget,
+            f"more than {budget} bytes, more than this process can hold (a third "
+            "of the memory left to it, for the copies reading makes)",
+        )
         if not raw:
             raise DataError(f"{path}: empty file")
         if len(raw) % record:
