@@ -256,6 +256,13 @@ def hostile_cases(tmp: Path) -> list[Case]:
     (linked / "extra.arrow").symlink_to(arrow)
     add("hf folder linking outside", {"path": str(linked), "format": "hf"}, "outside the dataset")
 
+    state = _hf_state_naming(tmp / "h4", "data\x00.arrow")
+    add("hf state naming a file with a NUL", {"path": str(state), "format": "hf"}, "h4")
+    looped = _hf_folder(tmp / "h5")
+    (looped / "a").symlink_to(looped / "b")
+    (looped / "b").symlink_to(looped / "a")
+    add("hf folder with a link loop", {"path": str(looped), "format": "hf"}, "cannot follow")
+
     # 4. markup in a path
     marked = tmp / "[red]x[" / "red][" / "bold]"  # the path holds '[red]x[/red][/bold]'
     marked.mkdir(parents=True)

@@ -16,12 +16,20 @@ from mnemoscope.data.formats import Arrays, integer_labels
 from mnemoscope.errors import ConfigError, DataError
 
 
+def _resolved(path: Path) -> Path:
+    """``path`` with every link followed; :class:`DataError` for a loop or a bad name."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError) as error:  # 3.11 reports a loop as RuntimeError
+        raise DataError(f"{path}: cannot follow its links ({error})") from None
+
+
 def check_confined(folder: Path, files: list[Path]) -> None:
     """:class:`DataError` for a file of ``folder`` (a symbolic link) whose target is
     outside it: every file a dataset reads lies inside its path, so its hash covers it."""
-    root = folder.resolve()
+    root = _resolved(folder)
     for file in files:
-        target = file.resolve()
+        target = _resolved(file)
         if not target.is_relative_to(root):
             raise DataError(
                 f"{file}: links to {target}, outside the dataset's folder {folder}; every "
@@ -46,10 +54,10 @@ def _check_hf_references(folder: Path) -> None:
     """:class:`DataError` unless every split (``dataset_dict.json``) and every Arrow file
     (each split's ``state.json``) that ``load_from_disk`` would open is inside
     ``folder``: a name such as ``../other/x.arrow`` or ``/etc/passwd`` is refused."""
-    root = folder.resolve()
+    root = _resolved(folder)
 
     def inside(path: Path, where: Path, what: str) -> Path:
-        if not path.resolve().is_relative_to(root):
+        if not _resolved(path).is_relative_to(root):
             raise DataError(
                 f"{where}: {what} {str(path)!r} is outside the dataset's folder {folder}; "
                 "every file read must be inside it"
