@@ -263,6 +263,8 @@ def hostile_cases(tmp: Path) -> list[Case]:
     (looped / "b").symlink_to(looped / "a")
     add("hf folder with a link loop", {"path": str(looped), "format": "hf"}, "cannot follow")
 
+    add("a name too long for the system", {"path": str(tmp / ("a" * 300 + ".csv"))}, "too long")
+
     # 4. markup in a path
     marked = tmp / "[red]x[" / "red][" / "bold]"  # the path holds '[red]x[/red][/bold]'
     marked.mkdir(parents=True)
