@@ -177,7 +177,8 @@ def _hf_images(folder: Path, part: object, image_column: str) -> list[object]:
     feature = part.features[image_column]  # type: ignore[attr-defined]
     if not isinstance(feature, datasets.Image):
         return list(part[image_column])  # type: ignore[index]
-    cells = part.cast_column(image_column, datasets.Image(decode=False))[image_column]  # type: ignore[attr-defined]
+    undecoded = part.cast_column(image_column, datasets.Image(decode=False))  # type: ignore[attr-defined]
+    cells = undecoded[image_column]
     images = []
     for row, cell in enumerate(cells):
         if cell is None or cell.get("bytes") is None:
