@@ -160,6 +160,27 @@ def _hf_state_naming(folder: Path, filename: str) -> Path:
     return folder
 
 
+def _hf_images_by_path(folder: Path, image: Path) -> Path:
+    """A saved image dataset whose cells hold only a path to ``image`` (no bytes): the
+    Arrow file rewritten, as ``save_to_disk`` itself would embed the bytes."""
+    import datasets
+    import pyarrow as pa
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(image)
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")})
+    rows = {"img": [str(image)] * 4, "label": [0, 1, 0, 1]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(folder))
+    arrow = next(folder.glob("*.arrow"))
+    with pa.ipc.open_stream(arrow) as reader:
+        table = reader.read_all()
+    paths = pa.array([{"bytes": None, "path": str(image)}] * 4, type=table.schema.field("img").type)
+    table = table.set_column(table.schema.get_field_index("img"), "img", paths)
+    with pa.ipc.new_stream(arrow, table.schema) as writer:
+        writer.write_table(table)
+    return folder
+
+
 def hostile_cases(tmp: Path) -> list[Case]:
     """Small files of every hostile class; a case is (name, dataset entry, expected)."""
     cases: list[Case] = []
@@ -264,6 +285,13 @@ def hostile_cases(tmp: Path) -> list[Case]:
     add("hf folder with a link loop", {"path": str(looped), "format": "hf"}, "cannot follow")
 
     add("a name too long for the system", {"path": str(tmp / ("a" * 300 + ".csv"))}, "too long")
+
+    by_path = _hf_images_by_path(tmp / "h6", outside / "image.png")
+    add(
+        "hf images stored as paths",
+        {"path": str(by_path), "format": "hf", "image_column": "img"},
+        "not stored in the folder",
+    )
 
     # 4. markup in a path
     marked = tmp / "[red]x[" / "red][" / "bold]"  # the path holds '[red]x[/red][/bold]'
