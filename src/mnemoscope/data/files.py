@@ -242,7 +242,7 @@ def _checked_arrays(where: str, x: np.ndarray, y: np.ndarray) -> formats.Arrays:
         if bad.any():
             raise DataError(f"{where}: row {int(np.argmax(bad))} has a NaN or infinite input")
         if x.dtype.itemsize > 4:  # inputs are trained on as float32
-            big = (np.abs(rows) > FLOAT32_MAX).any(axis=1)
+            big = ((rows > FLOAT32_MAX) | (rows < -FLOAT32_MAX)).any(axis=1)  # no float copy
             if big.any():
                 raise DataError(
                     f"{where}: row {int(np.argmax(big))} has an input beyond float32's range "
