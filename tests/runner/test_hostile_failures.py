@@ -146,3 +146,22 @@ def test_the_run_that_needs_5_gib_fits_without_an_address_space_limit(tmp_path):
     unlimited = CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--dry-run"])
     assert unlimited.exit_code == 0, unlimited.output
     assert "largest stage" in unlimited.output and not out.exists()
+
+
+def test_crafted_dataset_files_are_refused_naming_the_file(tmp_path):
+    from mnemoscope.runner.stages import load_dataset
+
+    out = tmp_path / "run"
+    run_study(parse_config(TINY), out)
+    record = {"name": "digits", "kind": "image", "n_classes": 10, "file": "data/digits.safetensors"}
+    good = load_dataset(out, record).tensors()
+    crafted = {
+        "missing tensors": ({"x_train": good["x_train"]}, "digits.safetensors: not a dataset"),
+        "labels outside the classes": ({**good, "y_test": good["y_test"] + 10}, r"\[0, 10\)"),
+        "fewer labels than inputs": ({**good, "y_train": good["y_train"][:-1]}, "train"),
+    }
+    for name, (tensors, match) in crafted.items():
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / record["file"]))
+        with pytest.raises(DataError, match=match) as caught:
+            load_dataset(out, record)
+        assert "\n" not in str(caught.value), name

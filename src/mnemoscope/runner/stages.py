@@ -16,13 +16,14 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from mnemoscope.analysis import correlation_table, detection_table
 from mnemoscope.analysis.influence_eval import LdsData, influence_eval_table
 from mnemoscope.config import DatasetConfig
 from mnemoscope.data import Dataset, insert_canaries, prepare
-from mnemoscope.errors import ConfigError, UserError
+from mnemoscope.errors import ConfigError, DataError, UserError
 from mnemoscope.estimator import REGISTRY, Estimator
 from mnemoscope.report import render_report
 from mnemoscope.runner.progress import Reporter
@@ -47,9 +48,16 @@ _CANARIES = 5  # seed stream of the canaries (see runner.plan for the others)
 
 
 def load_dataset(root: Path, data: Args) -> Dataset:
-    """The dataset a data stage wrote: ``data`` holds name, kind, n_classes and file."""
-    tensors = load_file(str(Path(root) / data["file"]))
-    return Dataset.from_tensors(data["name"], data["kind"], data["n_classes"], tensors)
+    """The dataset a data stage wrote: ``data`` holds name, kind, n_classes and file;
+    :class:`DataError` for one it did not write, whatever its digest (naming the file, or
+    what :meth:`Dataset.validate` finds wrong with its tensors)."""
+    path = Path(root) / data["file"]
+    try:
+        tensors = load_file(str(path))
+        dataset = Dataset.from_tensors(data["name"], data["kind"], data["n_classes"], tensors)
+    except (SafetensorError, KeyError, TypeError, ValueError) as error:
+        raise DataError(f"{path}: not a dataset file this run wrote ({error})") from None
+    return dataset
 
 
 def load_ensembles(root: Path, ensembles: dict[str, list[str]]) -> dict[str, TrainedEnsemble]:
