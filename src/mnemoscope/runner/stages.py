@@ -16,14 +16,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from mnemoscope.analysis import correlation_table, detection_table
 from mnemoscope.analysis.influence_eval import LdsData, influence_eval_table
 from mnemoscope.config import DatasetConfig
 from mnemoscope.data import Dataset, insert_canaries, prepare
-from mnemoscope.errors import ConfigError, DataError, UserError
+from mnemoscope.errors import ConfigError, UserError
 from mnemoscope.estimator import REGISTRY, Estimator
 from mnemoscope.report import render_report
 from mnemoscope.runner.progress import Reporter
@@ -51,6 +50,10 @@ def load_dataset(root: Path, data: Args) -> Dataset:
     """The dataset a data stage wrote: ``data`` holds name, kind, n_classes and file;
     :class:`DataError` for one it did not write, whatever its digest (naming the file, or
     what :meth:`Dataset.validate` finds wrong with its tensors)."""
+    from safetensors import SafetensorError
+
+    from mnemoscope.errors import DataError
+
     path = Path(root) / data["file"]
     try:
         tensors = load_file(str(path))
