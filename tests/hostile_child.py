@@ -2,14 +2,16 @@
 ``tests/data/test_hostile_files.py``: the caller starts it under an address-space limit.
 
 argv[1]: a JSON file holding a list of cases ``{"name", "argv"}`` (the ``mnemoscope``
-arguments) or ``{"name", "register": npz path}`` (``register_dataset`` on the arrays of
-an .npz). Each case gets ``CASE_SECONDS``; a case that takes longer is reported as
+arguments, optionally with ``"file_size_limit"``: bytes, ``RLIMIT_FSIZE`` for that case
+alone) or ``{"name", "register": npz path}`` (``register_dataset`` on the arrays of an
+.npz). Each case gets ``CASE_SECONDS``; a case that takes longer is reported as
 ``timeout``, and any exception that escapes the command as ``crash``.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import signal
 import sys
 import time
@@ -42,7 +44,14 @@ def _run(case: dict) -> dict:
         except UserError as error:
             return {"code": 2, "output": f"error: {error}\n"}
         return {"code": 0, "output": ""}
-    result = CliRunner().invoke(app, case["argv"])
+    limit = case.get("file_size_limit")
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit is not None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, before[1]))
+    try:
+        result = CliRunner().invoke(app, case["argv"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
     outcome = {"code": result.exit_code, "output": result.output}
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         outcome["crash"] = f"{type(result.exception).__name__}: {result.exception}"
@@ -51,6 +60,7 @@ def _run(case: dict) -> dict:
 
 def main() -> None:
     signal.signal(signal.SIGALRM, _alarm)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the file-size limit: EFBIG, no kill
     with open(sys.argv[1]) as file:
         cases = json.load(file)
     for case in cases:

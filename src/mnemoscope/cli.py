@@ -47,9 +47,8 @@ def _one_line(message: str) -> None:
 def user_errors(command: F) -> F:
     """Turn a :class:`UserError` (or a file system that refuses a write: read-only,
     full, no permission, over the file-size limit; or memory running out) into one line
-    on stderr and exit code 2, no traceback; Ctrl-C
-    into one line and exit code 130. Everything written so far is whole (atomic
-    writes), so the same command resumes."""
+    on stderr and exit code 2, no traceback; Ctrl-C into one line and exit code 130.
+    Everything written so far is whole (atomic writes), so the same command resumes."""
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

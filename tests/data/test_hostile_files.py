@@ -1,8 +1,10 @@
 """Hostile data files and paths, run through ``mnemoscope run --dry-run`` (and ``run``) in a
 child process under a 4 GiB address-space limit: headers claiming huge sizes, gzip and
-deflate bombs, devices and FIFOs, out-of-folder references, markup in paths. Each case
-exits 0 (valid input) or 2 with one line naming the file, in bounded time, with no
-traceback and nothing written.
+deflate bombs, devices and FIFOs, out-of-folder references, markup in paths; with them,
+in the same child, hostile ``register_dataset`` and ``query`` calls, a run larger than
+the limit and a write over the file-size limit (a full disk). Each case exits 0 (valid
+input) or 2 with one line naming the file, in bounded time, with no traceback and
+nothing written.
 
 The child (``tests/hostile_child.py``) runs every case in one process, so the interpreter
 and torch are imported once; the limit applies to it, never to pytest.
@@ -11,6 +13,7 @@ and torch are imported once; the limit applies to it, never to pytest.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import os
 import resource
@@ -24,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import yaml
 
+from mnemoscope.config import parse_config
+from mnemoscope.runner import Study
 from tests.data.writers import idx_bytes, write_cifar10_folder, write_mnist_folder
+from tests.runner.test_hostile_failures import NEEDS_5_GIB, TINY
 
 ADDRESS_SPACE = 4 * 2**30
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,6 +158,27 @@ def _hf_state_naming(folder: Path, filename: str) -> Path:
     return folder
 
 
+def _hf_images_by_path(folder: Path, image: Path) -> Path:
+    """A saved image dataset whose cells hold only a path to ``image`` (no bytes): the
+    Arrow file rewritten, as ``save_to_disk`` itself would embed the bytes."""
+    import datasets
+    import pyarrow as pa
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(image)
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")})
+    rows = {"img": [str(image)] * 4, "label": [0, 1, 0, 1]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(folder))
+    arrow = next(folder.glob("*.arrow"))
+    with pa.ipc.open_stream(arrow) as reader:
+        table = reader.read_all()
+    paths = pa.array([{"bytes": None, "path": str(image)}] * 4, type=table.schema.field("img").type)
+    table = table.set_column(table.schema.get_field_index("img"), "img", paths)
+    with pa.ipc.new_stream(arrow, table.schema) as writer:
+        writer.write_table(table)
+    return folder
+
+
 def hostile_cases(tmp: Path) -> list[Case]:
     """Small files of every hostile class; a case is (name, dataset entry, expected)."""
     cases: list[Case] = []
@@ -231,6 +257,26 @@ def hostile_cases(tmp: Path) -> list[Case]:
         "not a regular file",
     )
 
+    add("a name too long for the system", {"path": str(tmp / ("a" * 300 + ".csv"))}, "too long")
+
+    # 4. markup in a path
+    marked = tmp / "[red]x[" / "red][" / "bold]"  # the path holds '[red]x[/red][/bold]'
+    marked.mkdir(parents=True)
+    add("markup in a path", {"path": str(marked / "missing.csv")}, "[red]x[/red][/bold]/")
+    if importlib.util.find_spec("datasets") is not None:  # the optional hf extra
+        cases += [
+            (name, {"name": "d", **entry}, fragment) for name, entry, fragment in hf_cases(tmp)
+        ]
+    return cases
+
+
+def hf_cases(tmp: Path) -> list[Case]:
+    """``datasets`` folders that hang a loader (2) or make it read outside (3)."""
+    cases: list[Case] = []
+
+    def add(name: str, entry: dict, expected: str | None) -> None:
+        cases.append((name, entry, expected))
+
     hf_fifo = _hf_folder(tmp / "hf-fifo")
     (hf_fifo / "dataset_info.json").unlink()
     os.mkfifo(hf_fifo / "dataset_info.json")  # which load_from_disk would open and wait on
@@ -249,10 +295,19 @@ def hostile_cases(tmp: Path) -> list[Case]:
     (linked / "extra.arrow").symlink_to(arrow)
     add("hf folder linking outside", {"path": str(linked), "format": "hf"}, "outside the dataset")
 
-    # 4. markup in a path
-    marked = tmp / "[red]x[" / "red][" / "bold]"  # the path holds '[red]x[/red][/bold]'
-    marked.mkdir(parents=True)
-    add("markup in a path", {"path": str(marked / "missing.csv")}, "[red]x[/red][/bold]/")
+    state = _hf_state_naming(tmp / "h4", "data\x00.arrow")
+    add("hf state naming a file with a NUL", {"path": str(state), "format": "hf"}, "h4")
+    looped = _hf_folder(tmp / "h5")
+    (looped / "a").symlink_to(looped / "b")
+    (looped / "b").symlink_to(looped / "a")
+    add("hf folder with a link loop", {"path": str(looped), "format": "hf"}, "cannot follow")
+
+    by_path = _hf_images_by_path(tmp / "h6", outside / "image.png")
+    add(
+        "hf images stored as paths",
+        {"path": str(by_path), "format": "hf", "image_column": "img"},
+        "not stored in the folder",
+    )
     return cases
 
 
@@ -289,15 +344,26 @@ def other_doors(tmp: Path) -> list[tuple[dict, str | None]]:
     ]:
         argv = ["query", str(run_dir), sql, "--limit", "1", "--timeout", "1"]
         doors.append(({"name": name, "argv": argv}, fragment))
+    # a full disk, as the file-size limit: the data stage's ≈ 30 KB safetensors file is the
+    # first write over 16 KB, failing inside safetensors' Rust code
+    config = tmp / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    argv = ["run", str(config), "--out", str(tmp / "out-full")]
+    door = {"name": "a write over the file-size limit", "argv": argv, "file_size_limit": 16384}
+    doors.append((door, "digits.safetensors: File too large"))
+    # a run the machine could hold but the address-space limit cannot: refused, unwritten
+    config = tmp / "needs-5-gib.yaml"
+    config.write_text(yaml.safe_dump(NEEDS_5_GIB))
+    for dry in (True, False):
+        argv = ["run", str(config), "--out", str(tmp / "out-5-gib"), *(["--dry-run"] * dry)]
+        door = {"name": f"a run of 5 GiB{' (dry run)' * dry}", "argv": argv}
+        doors.append((door, "the address-space limit (ulimit -v) leaves this process"))
     return doors
 
 
 def _check_all(tmp_path: Path, make: Callable[[Path], list[Case]], timeout: float) -> None:
     cases = make(tmp_path)
     runs, outs, expected = [], {}, {}
-    for run, fragment in other_doors(tmp_path):
-        runs.append(run)
-        outs[run["name"]], expected[run["name"]] = None, fragment
     for index, (name, entry, fragment) in enumerate(cases):
         # every case as a dry run; the refused ones also as a real run, which writes nothing
         for dry in (True,) if fragment is None else (True, False):
@@ -305,13 +371,21 @@ def _check_all(tmp_path: Path, make: Callable[[Path], list[Case]], timeout: floa
             label = f"{name}{' (dry run)' if dry else ''}"
             runs.append({"name": label, "argv": argv})
             outs[label], expected[label] = out, fragment
+    for run, fragment in other_doors(tmp_path):
+        runs.append(run)
+        outs[run["name"]], expected[run["name"]] = tmp_path / "out-5-gib", fragment
+    outs["a write over the file-size limit"] = None  # the run started: it has its directory
     results = run_cases(runs, tmp_path, timeout)
     for run in runs:
         check(results[run["name"]], expected[run["name"]], outs[run["name"]])
+    # nothing half-written where the disk was full, and the same config resumes there
+    full = tmp_path / "out-full"
+    assert not any(p.name.endswith(".tmp") for p in full.rglob("*"))
+    resumed = Study(parse_config(TINY), full).execute(only=[])  # the data stages alone
+    assert [o.name for o in resumed.outcomes if o.ran] == ["data/digits"]
 
 
 def test_hostile_files_exit_2_in_one_line_under_an_address_space_limit(tmp_path):
-    pytest.importorskip("datasets")
     _check_all(tmp_path, hostile_cases, timeout=240)
 
 

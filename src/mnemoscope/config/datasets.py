@@ -191,7 +191,7 @@ class DatasetConfig(BaseModel):
             self.test_path = _absolute(base, self.test_path)
         try:
             for path in (self.path, self.test_path):
-                if path is not None and not Path(path).exists():
+                if path is not None and not _exists(path):
                     raise DataError(f"{path}: no such file or folder")
             try:
                 self.format = infer_format(Path(self.path), self.format)
@@ -267,3 +267,17 @@ class DatasetConfig(BaseModel):
 def _absolute(base: Path, path: str) -> str:
     """``path`` (``~`` expanded) made absolute against ``base``, without following links."""
     return os.path.normpath(Path(base) / Path(path).expanduser())
+
+
+def _exists(path: str) -> bool:
+    """Whether ``path`` exists; :class:`DataError` when the system cannot tell (a name too
+    long, a loop of links, no permission), which ``Path.exists`` would raise as is."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError) as error:
+        raise DataError(
+            f"{path}: cannot read ({getattr(error, 'strerror', None) or error})"
+        ) from None
+    return True

@@ -23,7 +23,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from mnemoscope.data import formats
+from mnemoscope.data import bounded, formats, hf
 from mnemoscope.data.dataset import Kind
 from mnemoscope.errors import ConfigError, DataError
 
@@ -127,8 +127,9 @@ def source_files(source: FileSource) -> list[Path]:
         files = sorted(p for p in path.rglob("*") if p.is_symlink() or not p.is_dir())
         if len(files) > MAX_HF_FILES:
             raise ConfigError(f"{path}: more than {MAX_HF_FILES} files")
-        formats.check_confined(path, files)
-        return [*(p for p in files if not p.is_dir()), *extra]  # a link to a folder inside
+        hf.check_confined(path, files)
+        # a link to a folder inside it: its files are hashed where they lie
+        return [*(p for p in files if not p.is_dir()), *extra]
     return [path, *extra]
 
 
@@ -142,7 +143,7 @@ def source_digest(source: FileSource) -> str:
         except ValueError:  # test_path outside a folder source
             name = file.name
         try:
-            with formats.open_regular(file) as handle:
+            with bounded.open_regular(file) as handle:
                 size = os.fstat(handle.fileno()).st_size
                 digest.update(f"|{name}|{size}|".encode())
                 for block in iter(functools.partial(handle.read, 1 << 20), b""):
@@ -201,7 +202,7 @@ def _read(source: FileSource) -> tuple[formats.Arrays, formats.Arrays | None]:
         test = formats.read_cifar(found["test"], source.format, source.label)
         return train, test if found["test"] else None
     if source.format == "hf":
-        return formats.read_hf(
+        return hf.read_hf(
             path, source.image_column, source.label, list(source.feature_columns or []) or None
         )
     if source.format == "npz":
@@ -241,7 +242,7 @@ def _checked_arrays(where: str, x: np.ndarray, y: np.ndarray) -> formats.Arrays:
         if bad.any():
             raise DataError(f"{where}: row {int(np.argmax(bad))} has a NaN or infinite input")
         if x.dtype.itemsize > 4:  # inputs are trained on as float32
-            big = (np.abs(rows) > FLOAT32_MAX).any(axis=1)
+            big = ((rows > FLOAT32_MAX) | (rows < -FLOAT32_MAX)).any(axis=1)  # no float copy
             if big.any():
                 raise DataError(
                     f"{where}: row {int(np.argmax(big))} has an input beyond float32's range "

@@ -13,128 +13,52 @@ are made by :mod:`mnemoscope.data.files`.
   green and blue 32×32 planes) or ``2 + 3072`` (CIFAR-100: coarse label, fine label).
 - CSV and Parquet tables: one row per example, a label column, numeric features.
 - ``.npz`` archives of plain numeric arrays, read with ``allow_pickle=False``.
-- Hugging Face ``datasets`` folders written by ``save_to_disk`` (optional extra).
+- Hugging Face ``datasets`` folders written by ``save_to_disk``: :mod:`mnemoscope.data.hf`.
+
+Sizes are never trusted from a header (:mod:`mnemoscope.data.bounded`).
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
-import json
 import os
 import re
-import stat
 import zipfile
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 
+from mnemoscope.data.bounded import (
+    DEFLATE_RATIO,
+    MAX_DATA_BYTES,
+    fits_in_memory,
+    open_regular,
+    read_bytes,
+    read_head,
+    stored_size,
+)
 from mnemoscope.errors import ConfigError, DataError
 from mnemoscope.resources import available_memory
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
-MAX_DATA_BYTES = 1 << 34
-"""A file (after gunzipping) or an array larger than this (16 GiB) is refused unread."""
 MAX_IDX_BYTES = MAX_DATA_BYTES
 """An IDX header promising more than this is refused before anything is read."""
 MAX_COLUMNS = 100_000
 """A table with more columns than this is refused before its rows are read."""
 MAX_HEADER_BYTES = 1 << 24
 """A CSV whose first line (the column names) is longer than this (16 MiB) is refused."""
-DEFLATE_RATIO = 1032
-"""Deflate (gzip, zip) never expands data by more than this factor (RFC 1951: a
-258-byte match costs at least 2 bits), so a claim beyond it is a crafted header."""
 
+_MAX_LABEL = 2**62  # labels are refused far below (MAX_CLASSES); this only keeps int64 exact
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _CIFAR_IMAGE = 3 * 32 * 32
-_CHUNK = 1 << 20
-
-
-def open_regular(path: Path) -> BinaryIO:
-    """``path`` opened for reading, or :class:`DataError` unless it is a regular file (a
-    device such as ``/dev/zero`` never ends, a FIFO blocks; both are refused without
-    waiting: the file is opened non-blocking and checked before a byte is read)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = "a folder" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
-        raise DataError(f"{path}: not a regular file ({kind}); only regular files are read")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
-
-
-def fits_in_memory(path: Path, nbytes: int, what: str) -> None:
-    """:class:`DataError` when ``what`` needs more than :data:`MAX_DATA_BYTES` or than the
-    memory this process can still allocate: checked before anything is allocated."""
-    budget = min(MAX_DATA_BYTES, available_memory())
-    if nbytes > budget:
-        raise DataError(
-            f"{path}: {what} needs {nbytes} bytes, more than the {budget} this process can "
-            f"hold (at most {MAX_DATA_BYTES} and the memory left to it)"
-        )
-
-
-def _read_bytes(path: Path, limit: int, excess: str) -> bytes | bytearray:
-    """The file's bytes (gunzipped when it starts with the gzip magic), or
-    :class:`DataError` ``path: excess`` when there are more than ``limit``: a plain file's
-    size is checked first, gzipped data is read in blocks as it comes (never allocated
-    from ``limit`` up front) and never beyond :data:`DEFLATE_RATIO` times the file."""
-    try:
-        with open_regular(path) as file:
-            size = os.fstat(file.fileno()).st_size
-            gzipped = file.read(2) == b"\x1f\x8b"
-            file.seek(0)
-            if not gzipped:
-                if size > limit:
-                    raise DataError(f"{path}: {excess}")
-                return file.read(size)
-            bound = min(limit, DEFLATE_RATIO * size)
-            out = bytearray()
-            with gzip.GzipFile(fileobj=file, mode="rb") as stream:
-                while block := stream.read(min(_CHUNK, bound + 1 - len(out))):
-                    out += block
-                    if len(out) > bound:
-                        raise DataError(f"{path}: {excess}")
-            return out
-    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-        raise DataError(f"{path}: corrupt or truncated gzip data ({error})") from None
-    except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
-
-
-def _head(path: Path, n: int) -> bytes:
-    """The first ``n`` bytes of the file (of its gunzipped data when gzipped)."""
-    try:
-        with open_regular(path) as file:
-            if file.read(2) != b"\x1f\x8b":
-                file.seek(0)
-                return file.read(n)
-            file.seek(0)
-            with gzip.GzipFile(fileobj=file, mode="rb") as stream:
-                return stream.read(n)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-        raise DataError(f"{path}: corrupt or truncated gzip data ({error})") from None
-    except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
-
-
-def _stored_size(path: Path) -> tuple[int, bool]:
-    """The file's size on disk and whether it is gzipped."""
-    with open_regular(path) as file:
-        return os.fstat(file.fileno()).st_size, file.read(2) == b"\x1f\x8b"
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
     """The array of an IDX file of ``ndim`` dimensions (gzipped or not)."""
-    head = _head(path, 4 + 4 * ndim)
+    head = read_head(path, 4 + 4 * ndim)
     expected = f"0x{0x800 + ndim:08X} for bytes"
     if len(head) < 4:
         raise DataError(f"{path}: empty or truncated IDX file ({len(head)} bytes)")
@@ -152,7 +76,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     size = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if size > MAX_IDX_BYTES:
         raise DataError(f"{path}: IDX header promises {size} bytes (at most {MAX_IDX_BYTES})")
-    stored, gzipped = _stored_size(path)
+    stored, gzipped = stored_size(path)
     if gzipped and offset + size > DEFLATE_RATIO * stored:
         raise DataError(
             f"{path}: truncated or crafted: the header promises shape {shape} "
@@ -169,7 +93,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         f"has bytes after the data: the header promises shape {shape} ({offset + size} "
         "bytes), the file holds more"
     )
-    raw = _read_bytes(path, offset + size, excess)
+    raw = read_bytes(path, offset + size, excess)
     if len(raw) < offset + size:
         raise DataError(
             f"{path}: truncated: the header promises shape {shape} ({offset + size} bytes), "
@@ -266,9 +190,13 @@ def read_cifar(files: list[Path], variant: str, label: str) -> Arrays:
     n_classes = {"cifar10": 10, "coarse": 20, "fine": 100}[label if n_labels == 2 else variant]
     xs, ys = [], []
     for path in files:
-        budget = min(MAX_DATA_BYTES, available_memory())
-        raw = _read_bytes(
-            path, budget, f"more than {budget} bytes, more than this process can hold"
+        # the bytes, the images cut from the records and their concatenation: 3 copies
+        budget = min(MAX_DATA_BYTES, available_memory() // 3)
+        raw = read_bytes(
+            path,
+            budget,
+            f"more than {budget} bytes, more than this process can hold (a third "
+            "of the memory left to it, for the copies reading makes)",
         )
         if not raw:
             raise DataError(f"{path}: empty file")
@@ -300,16 +228,23 @@ def integer_labels(path: Path | str, values: np.ndarray, what: str) -> np.ndarra
     """``values`` as int64 labels, or :class:`DataError` for a missing or non-integer one."""
     if values.dtype == bool:
         return values.astype(np.int64)
-    if np.issubdtype(values.dtype, np.integer):
+    floating = np.issubdtype(values.dtype, np.floating)
+    if floating or np.issubdtype(values.dtype, np.integer):
+        bad = (~np.isfinite(values) | (values != np.round(values))) if floating else None
+        if bad is not None and bad.any():
+            first = int(np.argmax(bad))
+            raise DataError(
+                f"{path}: {what}: label {values[first].item()!r} at row {first} is not an integer"
+            )
+        # int64 holds every label; a larger one (uint64, 1e30) would wrap when cast
+        huge = (np.abs(values) if floating else values) > _MAX_LABEL
+        if huge.any():
+            first = int(np.argmax(huge))
+            raise DataError(
+                f"{path}: {what}: label {values[first].item()!r} at row {first} is too large "
+                "for a class label"
+            )
         return values.astype(np.int64)
-    if np.issubdtype(values.dtype, np.floating):
-        bad = ~np.isfinite(values) | (values != np.round(values))
-        if not bad.any():
-            return values.astype(np.int64)
-        first = int(np.argmax(bad))
-        raise DataError(
-            f"{path}: {what}: label {values[first].item()!r} at row {first} is not an integer"
-        )
     sample = _plain(next(iter(values.ravel()), None))
     raise DataError(
         f"{path}: {what}: labels must be integers 0..K-1, found {values.dtype} values "
@@ -460,169 +395,3 @@ def read_npz(path: Path, x_key: str, y_key: str) -> Arrays:
     if y.ndim != 1:
         raise DataError(f"{path}: labels '{y_key}' have shape {y.shape}; expected [N]")
     return x, integer_labels(path, y, f"array '{y_key}'")
-
-
-def check_confined(folder: Path, files: list[Path]) -> None:
-    """:class:`DataError` for a file of ``folder`` (a symbolic link) whose target is
-    outside it: every file a dataset reads lies inside its path, so its hash covers it."""
-    root = folder.resolve()
-    for file in files:
-        target = file.resolve()
-        if not target.is_relative_to(root):
-            raise DataError(
-                f"{file}: links to {target}, outside the dataset's folder {folder}; every "
-                "file read must be inside it"
-            )
-
-
-_MAX_JSON_BYTES = 1 << 26
-
-
-def _json(path: Path) -> object:
-    try:
-        with open_regular(path) as file:
-            if os.fstat(file.fileno()).st_size > _MAX_JSON_BYTES:
-                raise DataError(f"{path}: larger than {_MAX_JSON_BYTES} bytes")
-            return json.loads(file.read())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not valid JSON ({error})") from None
-
-
-def _check_hf_references(folder: Path) -> None:
-    """:class:`DataError` unless every split (``dataset_dict.json``) and every Arrow file
-    (each split's ``state.json``) that ``load_from_disk`` would open is inside
-    ``folder``: a name such as ``../other/x.arrow`` or ``/etc/passwd`` is refused."""
-    root = folder.resolve()
-
-    def inside(path: Path, where: Path, what: str) -> Path:
-        if not path.resolve().is_relative_to(root):
-            raise DataError(
-                f"{where}: {what} {str(path)!r} is outside the dataset's folder {folder}; "
-                "every file read must be inside it"
-            )
-        return path
-
-    splits = [folder]
-    listing = folder / "dataset_dict.json"
-    if listing.is_file():
-        names = _json(listing)
-        names = names.get("splits") if isinstance(names, dict) else None
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise DataError(f"{listing}: 'splits' is not a list of names")
-        splits = [inside(folder / name, listing, "split") for name in names]
-    for split in splits:
-        state_file = split / "state.json"
-        if not state_file.is_file():
-            continue  # load_from_disk says what is missing
-        state = _json(state_file)
-        entries = state.get("_data_files") if isinstance(state, dict) else None
-        for entry in entries if isinstance(entries, list) else []:
-            name = entry.get("filename") if isinstance(entry, dict) else None
-            if not isinstance(name, str):
-                raise DataError(f"{state_file}: a data file without a filename")
-            inside(split / name, state_file, "data file")
-
-
-def read_hf(
-    folder: Path, image_column: str | None, label_column: str, feature_columns: list[str] | None
-) -> tuple[Arrays, Arrays | None]:
-    """``(train, test or None)`` of a ``save_to_disk`` folder: a Dataset, or a DatasetDict
-    whose ``train`` split is read and whose ``test`` split, if any, is the test split."""
-    try:
-        import datasets
-    except ImportError:
-        raise ConfigError(
-            f"{folder}: format hf needs the Hugging Face datasets package: "
-            "pip install 'mnemoscope[hf]'"
-        ) from None
-    _check_hf_references(folder)
-    try:
-        loaded = datasets.load_from_disk(str(folder))
-    except (ValueError, OSError, KeyError, TypeError, AttributeError) as error:
-        # a crafted state.json or Arrow file fails inside datasets or pyarrow in many ways
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"{folder}: not a datasets save_to_disk folder ({first})") from None
-    if isinstance(loaded, datasets.DatasetDict):
-        if "train" not in loaded:
-            raise DataError(f"{folder}: no 'train' split (splits: {', '.join(loaded)})")
-        parts = [loaded["train"], loaded["test"] if "test" in loaded else None]
-    else:
-        parts = [loaded, None]
-    arrays = [
-        None
-        if part is None
-        else _hf_arrays(folder, part, image_column, label_column, feature_columns)
-        for part in parts
-    ]
-    return arrays[0], arrays[1]  # type: ignore[return-value]
-
-
-def _hf_arrays(
-    folder: Path,
-    part: object,
-    image_column: str | None,
-    label_column: str,
-    feature_columns: list[str] | None,
-) -> Arrays:
-    columns = list(part.column_names)  # type: ignore[attr-defined]
-    n_rows = int(part.num_rows)  # type: ignore[attr-defined]
-    fits_in_memory(folder, 8 * n_rows * len(columns), f"{n_rows} rows of {len(columns)} columns")
-    for column in [
-        label_column,
-        *([image_column] if image_column else []),
-        *(feature_columns or []),
-    ]:
-        if column not in columns:
-            raise DataError(f"{folder}: no column '{column}' (columns: {', '.join(columns)})")
-    y = integer_labels(folder, np.asarray(part[label_column]), f"column '{label_column}'")  # type: ignore[index]
-    if image_column:
-        try:
-            images = [np.asarray(image) for image in _hf_images(folder, part, image_column)]
-        except DataError:
-            raise
-        except Exception as error:  # a decoder's own error on a corrupt image
-            raise DataError(f"{folder}: column '{image_column}': cannot decode ({error})") from None
-        shapes = {image.shape for image in images}
-        if len(shapes) != 1:
-            raise DataError(
-                f"{folder}: column '{image_column}': images of several shapes "
-                f"({', '.join(map(str, sorted(shapes)[:3]))}); resize them to one"
-            )
-        x = np.stack(images)
-        if x.ndim == 3:
-            x = x[:, None]  # grey [N, H, W] -> [N, 1, H, W]
-        elif x.ndim == 4:
-            x = np.moveaxis(x, -1, 1)  # decoded images are channels-last
-        else:
-            raise DataError(f"{folder}: column '{image_column}': images of shape {x.shape[1:]}")
-        return x, y
-    features = feature_columns or [c for c in columns if c != label_column]
-    frame = part.select_columns(features).to_pandas()  # type: ignore[attr-defined]
-    for column in features:
-        if not pd.api.types.is_numeric_dtype(frame[column]):
-            raise DataError(
-                f"{folder}: column '{column}' is not numeric; give image_column for images "
-                "or list numeric feature_columns"
-            )
-    return frame.to_numpy(dtype=np.float64), y
-
-
-def _hf_images(folder: Path, part: object, image_column: str) -> list[object]:
-    """The decoded images of an ``Image`` column from the bytes the folder stores; an
-    image stored as a path to a file elsewhere is refused, never opened."""
-    import datasets
-
-    feature = part.features[image_column]  # type: ignore[attr-defined]
-    if not isinstance(feature, datasets.Image):
-        return list(part[image_column])  # type: ignore[index]
-    cells = part.cast_column(image_column, datasets.Image(decode=False))[image_column]  # type: ignore[attr-defined]
-    images = []
-    for row, cell in enumerate(cells):
-        if cell is None or cell.get("bytes") is None:
-            named = None if cell is None else cell.get("path")
-            raise DataError(
-                f"{folder}: column '{image_column}': the image at row {row} is not stored in "
-                f"the folder (path {named!r}); only data inside the dataset's path is read"
-            )
-        images.append(feature.decode_example({"bytes": cell["bytes"], "path": None}))
-    return images

@@ -28,11 +28,11 @@ briefly takes ``VALIDATE_COPIES`` times the training inputs more.
 
 A run whose peak does not fit in the memory its process may use (the least of the
 machine's memory, the cgroup's limit and the address-space limit, ``ulimit -v``) is
-refused with the estimate in the message; ``--dry-run`` prints it. The figures are estimates, within a factor of
-about 2 (checked against the measured peak resident memory of training resnets on
-50,000 CIFAR-shaped examples in ``tests/train/test_scale.py``): they exist to refuse
-``epochs: 1e12`` before it grows memory until the allocator gives up, not to plan a
-budget. Memory on a GPU is counted as if it were the machine's.
+refused with the estimate in the message; ``--dry-run`` prints it. The figures are
+estimates, within a factor of about 2 (checked against the measured peak resident
+memory of training resnets on 50,000 CIFAR-shaped examples in
+``tests/train/test_scale.py``): they exist to refuse ``epochs: 1e12`` before it grows
+memory until the allocator gives up, not to plan a budget. Memory on a GPU is counted as if it were the machine's.
 """
 
 from __future__ import annotations

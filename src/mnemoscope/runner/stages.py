@@ -56,9 +56,20 @@ _CANARIES, _UNDERSAMPLE, _SOURCES, _CORRUPTIONS = 5, 6, 7, 8
 
 
 def load_dataset(root: Path, data: Args) -> Dataset:
-    """The dataset a data stage wrote: ``data`` holds name, kind, n_classes and file."""
-    tensors = load_file(str(Path(root) / data["file"]))
-    return Dataset.from_tensors(data["name"], data["kind"], data["n_classes"], tensors)
+    """The dataset a data stage wrote: ``data`` holds name, kind, n_classes and file;
+    :class:`DataError` for one it did not write, whatever its digest (naming the file, or
+    what :meth:`Dataset.validate` finds wrong with its tensors)."""
+    from safetensors import SafetensorError
+
+    from mnemoscope.errors import DataError
+
+    path = Path(root) / data["file"]
+    try:
+        tensors = load_file(str(path))
+        dataset = Dataset.from_tensors(data["name"], data["kind"], data["n_classes"], tensors)
+    except (SafetensorError, KeyError, TypeError, ValueError) as error:
+        raise DataError(f"{path}: not a dataset file this run wrote ({error})") from None
+    return dataset
 
 
 def load_ensembles(root: Path, ensembles: dict[str, list[str]]) -> dict[str, TrainedEnsemble]:

@@ -10,8 +10,9 @@ The SQL sees the run's tables and nothing else, and cannot write anything:
 * then external access (every file and network operation: ``read_csv``, ``COPY TO``,
   ``ATTACH``, ``INSTALL``, ...), extension auto-install/auto-load and Python replacement
   scans (SQL naming a Python variable) are switched off and the configuration is locked,
-  so the SQL cannot switch them back on. DuckDB spills to a private temporary
-  directory that is removed afterwards, never to the working directory;
+  so the SQL cannot switch them back on. DuckDB holds at most half the memory left to
+  the process (:func:`mnemoscope.resources.available_memory`) and spills the rest to a
+  private temporary directory that is removed afterwards, never to the working directory;
 * the SQL must be exactly one read statement (``SELECT``, ``WITH ... SELECT``,
   ``FROM ...``, ``VALUES``, ``DESCRIBE``, ``SHOW``, ``SUMMARIZE``, or ``EXPLAIN`` of one).
 
@@ -40,6 +41,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from mnemoscope.errors import UserError
+from mnemoscope.resources import available_memory
 from mnemoscope.store.rundir import RunDir
 from mnemoscope.store.tables import TABLES
 
@@ -181,6 +183,9 @@ def _open_tables(connection: duckdb.DuckDBPyConnection, run: RunDir, spill: Path
                 raise UserError(f"cannot read {path.name}: {lines[0]}") from None
             connection.register(table, dataset)
     connection.execute(f"SET temp_directory = {_literal(str(spill))}")
+    # DuckDB's own default is 80% of physical memory, blind to ulimit -v and cgroups
+    budget = max(available_memory() // 2, 64 * 2**20)
+    connection.execute(f"SET memory_limit = '{budget}B'")
     for setting in _LOCKDOWN:
         connection.execute(setting)
 
