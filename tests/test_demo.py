@@ -22,7 +22,7 @@ def test_demo_keeps_every_architecture_and_analysis_of_the_default_study():
     demo, full = demo_config(), study_config()
     assert demo.name == "demo" and demo.archs == full.archs
     assert [d.name for d in demo.datasets] == [d.name for d in full.datasets]
-    assert all(d.n_samples <= 500 for d in demo.datasets)
+    assert all(d.n_samples <= 400 for d in demo.datasets)
     assert [e.method for e in demo.memorization] == [e.method for e in full.memorization]
     assert [e.method for e in demo.influence] == [e.method for e in full.influence]
     assert demo.study.removal is not None and demo.study.summarization is not None
