@@ -32,6 +32,7 @@ from mnemoscope.data import BUILTIN
 from mnemoscope.estimator import REGISTRY, Estimator, PlanContext
 from mnemoscope.models import arch_options, arch_source
 from mnemoscope.runner import stages as work
+from mnemoscope.runner import study_plan
 from mnemoscope.runner import study_stages as study_work
 from mnemoscope.runner.dependencies import code_units
 from mnemoscope.store import DatasetInfo, RunDir, code_version, content_hash
@@ -318,7 +319,7 @@ class Planner:
         )
         report_after = ["analysis"]
         if self.config.study is not None:
-            report_after.append(self._study_stages(datasets).name)
+            report_after.append(study_plan.study_stages(self).name)
         self.plan.add(
             Stage(
                 name="report",
@@ -434,104 +435,6 @@ class Planner:
                 )
                 influence_files.append(file)
         return score_files, influence_files
-
-    def _study_stages(self, datasets: dict[str, DatasetInfo]) -> Stage:
-        """The retraining experiments of ``study:`` and the stage writing the study's
-        tables; returns the latter."""
-        cfg, study = self.config, self.config.study
-        assert study is not None
-        entries = {e.method: e.model_dump(mode="json") for e in [*cfg.memorization, *cfg.influence]}
-        removal, summarization = [], []
-        for cell in self.cells:
-            dataset, arch = cell["dataset"]["name"], cell["arch"]
-            common = {
-                "dataset": cell["dataset"],
-                "arch": arch,
-                "arch_options": arch_options(arch, cfg.arch_options.get(arch, {})),
-                "arch_source": arch_source(arch),
-                "train": cfg.train_for(arch).model_dump(),
-                "seed": cfg.seed,
-                "device": self.device,
-            }
-            code = ("mnemoscope.runner.retraining", "mnemoscope.train", "mnemoscope.models")
-            if study.removal is not None and arch in (study.removal.archs or cfg.archs):
-                file = self.run.part_file("removal", dataset, arch)
-                methods = study.removal.methods
-                stage = self.plan.add(
-                    Stage(
-                        name=f"removal/{dataset}/{arch}",
-                        function=study_work.removal_stage,
-                        args={
-                            **common,
-                            "scores": {m: cell["scores"][m] for m in methods},
-                            "methods": [entries[m] for m in methods],
-                            "ks": study.removal.ks,
-                            "seeds": study.removal.seeds,
-                            "conditions": study.removal.conditions,
-                            "output": file,
-                        },
-                        outputs=(file,),
-                        after=(
-                            f"data/{dataset}",
-                            *(f"scores/{dataset}/{arch}/{m}" for m in methods),
-                        ),
-                        code=code_units((*code, *self._codes(methods))),
-                    )
-                )
-                removal.append((stage.name, file))
-            part = study.summarization
-            if part is not None and arch in (part.archs or cfg.archs):
-                file = self.run.part_file("summarization", dataset, arch)
-                stage = self.plan.add(
-                    Stage(
-                        name=f"summarization/{dataset}/{arch}",
-                        function=study_work.summarization_stage,
-                        args={
-                            **common,
-                            "summarization": {**part.model_dump(), "method": entries[part.method]},
-                            "output": file,
-                        },
-                        outputs=(file,),
-                        after=(f"data/{dataset}",),
-                        code=code_units((*code, *self._codes([part.method]))),
-                    )
-                )
-                summarization.append((stage.name, file))
-        outputs = [
-            f"{name}.parquet"
-            for name in ("overlap", "cross_arch", "leakage")
-            if getattr(study, name) is not None
-        ]
-        if study.applications is not None or summarization:
-            outputs.append("applications.parquet")
-        if removal:
-            outputs.append("removal.parquet")
-        return self.plan.add(
-            Stage(
-                name="study",
-                function=study_work.study_tables,
-                args={
-                    "study": study.model_dump(mode="json", exclude={"quick"}),
-                    "seed": cfg.seed,
-                    "bootstrap": {
-                        "n_bootstrap": cfg.analysis.n_bootstrap,
-                        "confidence": cfg.analysis.confidence,
-                    },
-                    "costs": [cost for cell in self.cells for cost in cell["costs"]],
-                    "removal": [file for _, file in removal],
-                    "summarization": [file for _, file in summarization],
-                },
-                outputs=tuple(outputs),
-                after=("tables", "fits", *(name for name, _ in removal + summarization)),
-                code=code_units(("mnemoscope.analysis", "mnemoscope.runner.study_stages")),
-            )
-        )
-
-    def _codes(self, methods: list[str]) -> tuple[str, ...]:
-        """Modules the named estimators of this plan run."""
-        return tuple(
-            sorted({m for e in self.estimators if e.name in methods for m in estimator_code(e)})
-        )
 
     def _lds_stage(self, dataset: str, info: DatasetInfo, arch: str) -> dict[str, str]:
         """Train the LDS subsets' models and measure the targets' margins under them."""

@@ -24,8 +24,8 @@ from mnemoscope.store.tables import (
     LEAKAGE,
     OVERLAP,
     REMOVAL,
-    SCORES,
     RUN_TABLES,
+    SCORES,
     STUDY_TABLES,
     TABLES,
 )

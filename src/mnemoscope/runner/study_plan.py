@@ -1,0 +1,120 @@
+"""The stages a config's ``study:`` section adds to a plan (``mnemoscope study``):
+``removal/<ds>/<arch>`` and ``summarization/<ds>/<arch>`` (retraining experiments that
+train inside the stage, :mod:`mnemoscope.runner.retraining`) and ``study`` (the study's
+tables, :func:`mnemoscope.runner.study_stages.study_tables`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mnemoscope.models import arch_options, arch_source
+from mnemoscope.runner import study_stages as study_work
+from mnemoscope.runner.dependencies import code_units
+
+if TYPE_CHECKING:
+    from mnemoscope.runner.plan import Planner, Stage
+# Stage and estimator_code are imported where they are used: plan.py imports this module
+
+
+def study_stages(planner: Planner) -> Stage:
+    """Plan the retraining experiments of the config's ``study:`` section and the stage
+    writing the study's tables (returned), after ``planner``'s per-arch stages."""
+    from mnemoscope.runner.plan import Stage
+
+    cfg, study = planner.config, planner.config.study
+    assert study is not None
+    entries = {e.method: e.model_dump(mode="json") for e in [*cfg.memorization, *cfg.influence]}
+    removal, summarization = [], []
+    for cell in planner.cells:
+        dataset, arch = cell["dataset"]["name"], cell["arch"]
+        common = {
+            "dataset": cell["dataset"],
+            "arch": arch,
+            "arch_options": arch_options(arch, cfg.arch_options.get(arch, {})),
+            "arch_source": arch_source(arch),
+            "train": cfg.train_for(arch).model_dump(),
+            "seed": cfg.seed,
+            "device": planner.device,
+        }
+        code = ("mnemoscope.runner.retraining", "mnemoscope.train", "mnemoscope.models")
+        if study.removal is not None and arch in (study.removal.archs or cfg.archs):
+            file = planner.run.part_file("removal", dataset, arch)
+            methods = study.removal.methods
+            stage = planner.plan.add(
+                Stage(
+                    name=f"removal/{dataset}/{arch}",
+                    function=study_work.removal_stage,
+                    args={
+                        **common,
+                        "scores": {m: cell["scores"][m] for m in methods},
+                        "methods": [entries[m] for m in methods],
+                        "ks": study.removal.ks,
+                        "seeds": study.removal.seeds,
+                        "conditions": study.removal.conditions,
+                        "output": file,
+                    },
+                    outputs=(file,),
+                    after=(
+                        f"data/{dataset}",
+                        *(f"scores/{dataset}/{arch}/{m}" for m in methods),
+                    ),
+                    code=code_units((*code, *_codes(planner, methods))),
+                )
+            )
+            removal.append((stage.name, file))
+        part = study.summarization
+        if part is not None and arch in (part.archs or cfg.archs):
+            file = planner.run.part_file("summarization", dataset, arch)
+            stage = planner.plan.add(
+                Stage(
+                    name=f"summarization/{dataset}/{arch}",
+                    function=study_work.summarization_stage,
+                    args={
+                        **common,
+                        "summarization": {**part.model_dump(), "method": entries[part.method]},
+                        "output": file,
+                    },
+                    outputs=(file,),
+                    after=(f"data/{dataset}",),
+                    code=code_units((*code, *_codes(planner, [part.method]))),
+                )
+            )
+            summarization.append((stage.name, file))
+    outputs = [
+        f"{name}.parquet"
+        for name in ("overlap", "cross_arch", "leakage")
+        if getattr(study, name) is not None
+    ]
+    if study.applications is not None or summarization:
+        outputs.append("applications.parquet")
+    if removal:
+        outputs.append("removal.parquet")
+    return planner.plan.add(
+        Stage(
+            name="study",
+            function=study_work.study_tables,
+            args={
+                "study": study.model_dump(mode="json", exclude={"quick"}),
+                "seed": cfg.seed,
+                "bootstrap": {
+                    "n_bootstrap": cfg.analysis.n_bootstrap,
+                    "confidence": cfg.analysis.confidence,
+                },
+                "costs": [cost for cell in planner.cells for cost in cell["costs"]],
+                "removal": [file for _, file in removal],
+                "summarization": [file for _, file in summarization],
+            },
+            outputs=tuple(outputs),
+            after=("tables", "fits", *(name for name, _ in removal + summarization)),
+            code=code_units(("mnemoscope.analysis", "mnemoscope.runner.study_stages")),
+        )
+    )
+
+
+def _codes(planner: Planner, methods: list[str]) -> tuple[str, ...]:
+    """Modules the named estimators of the plan run."""
+    from mnemoscope.runner.plan import estimator_code
+
+    return tuple(
+        sorted({m for e in planner.estimators if e.name in methods for m in estimator_code(e)})
+    )
