@@ -46,6 +46,7 @@ class GalleryItem:
     original_label: int
     score: float
     mislabeled: bool
+    example_id: int | None = None
 
 
 def to_png(fig: Figure) -> bytes:
@@ -234,10 +235,11 @@ def gallery(items: Sequence[GalleryItem], kind: str, suptitle: str, ncols: int =
         left, top = col * cell_w + 0.1, row * cell_h + 0.45
         _draw_tile(ax, item.x, kind, (left, top, left + cell_w - 0.2, top + cell_w - 0.2))
         mark = " flipped" if item.mislabeled else ""
+        ident = "" if item.example_id is None else f"#{item.example_id} "
         ax.text(
             col * cell_w + cell_w / 2,
             top - 0.05,
-            f"y={item.label} (true {item.original_label}){mark}\nscore={item.score:.3g}",
+            f"{ident}y={item.label} (true {item.original_label}){mark}\nscore={item.score:.3g}",
             ha="center",
             va="bottom",
             fontsize=8,
