@@ -12,9 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from mnemoscope.cli import app
+from tests.report.test_report_study import check_in_browser
 
 
-def _check_demo(out, quick: bool) -> None:
+def _check_demo(out, quick: bool, browser_dir=None) -> None:
     result = CliRunner().invoke(app, ["demo", "--out", str(out)] + (["--quick"] if quick else []))
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
@@ -28,6 +29,8 @@ def _check_demo(out, quick: bool) -> None:
     attacks = pd.read_parquet(out / "attacks.parquet")
     assert len(attacks) == 2 * 3 and set(attacks["variant"]) == {"online"}
     assert "Membership inference" in html
+    if browser_dir is not None:  # the demo's report, opened in headless Chromium
+        check_in_browser(out / "report.html", browser_dir)
     # one subset ensemble per dataset and arch, shared by feldman_zhang and lira
     assert sum(1 for name in manifest["stages"] if "/ensemble-" in name) == 2 * 3
     # TracIn self-influence flags flipped digits labels for every architecture
@@ -41,7 +44,8 @@ def _check_demo(out, quick: bool) -> None:
 
 
 def test_quick_demo(tmp_path):
-    _check_demo(tmp_path / "demo", quick=True)
+    (tmp_path / "browser").mkdir()
+    _check_demo(tmp_path / "demo", quick=True, browser_dir=tmp_path / "browser")
 
 
 @pytest.mark.slow

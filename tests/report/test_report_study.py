@@ -45,6 +45,8 @@ MAX_BYTES = 5 * 1024 * 1024
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     run = make_study_run(tmp_path_factory.mktemp("study") / "run")
     make_tabular(run)
+    (run / "figures").mkdir()
+    (run / "figures" / "scatter_of_an_earlier_report.png").write_bytes(b"\x89PNG")
     text = render_report(run).read_text(encoding="utf-8")
     return run, text
 
@@ -184,6 +186,10 @@ def test_sections_in_order_and_figures_saved(study):
     uris = re.findall(r'<img src="data:image/png;base64,', text)
     files = re.findall(r"<code>(figures/[^<]+\.png)</code>", text)
     assert len(files) == len(uris) and all((run / f).is_file() for f in files)
+    # exactly the report's figures beside it: an earlier report's are gone
+    assert sorted(p.name for p in (run / "figures").iterdir()) == sorted(
+        Path(f).name for f in files
+    )
     assert (run / "report.html").stat().st_size < MAX_BYTES
     assert "https://" not in text and "http://" not in text
     # scatter plots only for the headline pairs: tracin and grad_dot on IMAGE, tracin on SEQUENCE

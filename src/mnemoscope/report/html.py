@@ -87,6 +87,14 @@ class FigureSink:
         uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         return {"file": f"figures/{unique}.png", "uri": uri, "caption": caption}
 
+    def remove_stale(self) -> None:
+        """Delete the PNGs of ``figures/`` this rendering did not write (an earlier
+        report's), so the folder holds exactly the report's figures."""
+        if self.directory.is_dir():
+            for path in self.directory.glob("*.png"):
+                if path.stem not in self.used:
+                    path.unlink()
+
 
 def _panels(run: Run, dataset: str, mem: str, inf: str | None) -> list[figures.Panel]:
     """Per-arch paired (memorization, influence) scores of training examples."""
@@ -346,6 +354,7 @@ def render_report(run_dir: Path) -> Path:
             influence_top=INFLUENCE_TOP,
         )
     )
+    sink.remove_stale()
     return write_text(run.path / "report.html", html)
 
 

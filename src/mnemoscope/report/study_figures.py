@@ -124,7 +124,7 @@ def heatmap_grid(
     n = len(panels)
     n_rows = max(p[1].shape[0] for p in panels)
     n_cols = max(p[1].shape[1] for p in panels)
-    cell = 0.55
+    cell = 0.42
     width = 1.6 + n * (cell * n_cols + 1.7)
     height = 1.5 + cell * n_rows
     fig = Figure(figsize=(width, height))
