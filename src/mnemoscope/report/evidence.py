@@ -68,7 +68,9 @@ def forest_rows(run: Run) -> list[Interval]:
                 continue
             muted = not fitted(run, dataset, arch)
             name = f"{dataset} / {arch}" + (" (not fit)" if muted else "")
-            rows.append(Interval(name, other, r.value, r.ci_low, r.ci_high, muted))
+            # a score of a chosen few examples (loo) says so: its CI is that of a few
+            label = other + (f" (n={r.n})" if r.n < 0.5 * cell["n"].max() else "")
+            rows.append(Interval(name, label, r.value, r.ci_low, r.ci_high, muted))
     return sorted(rows, key=lambda r: (r.muted, r.group, -r.value, r.label))
 
 

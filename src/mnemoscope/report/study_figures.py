@@ -94,7 +94,12 @@ def forest(
     """Side-by-side interval plots (e.g. one per dataset), ``line`` inches per row, sharing
     the x axis, each with its rows grouped under bold group names."""
     n_lines = max(len(rows) + len({r.group for r in rows}) for _, rows in panels)
-    label_w, plot_w = 1.55, 1.9 if len(panels) > 1 else 3.0
+    longest = max(
+        (len(text) for _, rows in panels for r in rows for text in (r.group, r.label)), default=10
+    )
+    # room for the longest tick label (about 0.6 em per character)
+    label_w = max(1.2, 0.6 * longest * fontsize / 72 + 0.15)
+    plot_w = 1.9 if len(panels) > 1 else 3.0
     width = len(panels) * (label_w + plot_w) + 0.2
     height = 1.0 + line * n_lines
     fig = Figure(figsize=(width, height))
