@@ -253,3 +253,13 @@ def test_ahead_of_only_where_the_intervals_separate(study):
     assert lines[0].startswith("d / a: x") and "tied within the CIs with y." in lines[0]
     assert "ahead of" not in lines[0]
     assert "ahead of y (0.70 [0.60, 0.80])" in lines[1]
+
+
+def test_without_chromium_ci_fails_and_a_local_run_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(browser.shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install -y chromium"):
+        browser.chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match=r"apt-get install -y chromium"):
+        browser.chromium()
