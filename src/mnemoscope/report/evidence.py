@@ -1,19 +1,16 @@
 """The report's evidence: the study's figures selected from the run's tables, in reading
 order (headline forest plot, heatmaps, cross-architecture agreement, leakage frontier,
-ROC curves, removal and summarization curves, sample-information applications, LDS,
-detection AUCs). Nothing here estimates anything: values and CIs come from the tables;
-the one curve drawn from raw scores is the mislabel-detection ROC, whose AUC the
-detection table holds.
+ROC curves; the measured outcomes follow in :mod:`mnemoscope.report.outcomes`). Nothing
+here estimates anything: values and CIs come from the tables; the one curve drawn from
+raw scores is the mislabel-detection ROC, whose AUC the detection table holds.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from sklearn.metrics import roc_curve
 
 from mnemoscope.report import study_figures as draw
@@ -35,7 +32,8 @@ def fitted(run: Run, dataset: str, arch: str) -> bool:
     return bool(row["fit"].all()) if len(row) else True
 
 
-def _cell_name(run: Run, dataset: str, arch: str) -> str:
+def cell_name(run: Run, dataset: str, arch: str) -> str:
+    """``dataset / arch``, marked ``(not fit)`` where its models do not fit their data."""
     return f"{dataset} / {arch}" + ("" if fitted(run, dataset, arch) else " (not fit)")
 
 
@@ -110,7 +108,7 @@ def heatmaps(run: Run, sink: Any) -> list[dict[str, str]]:
                 if a in infs and b in mems:
                     matrix[infs.index(a), mems.index(b)] = r.value
             if np.isfinite(matrix).any():
-                panels.append((_cell_name(run, dataset, arch), matrix, infs, mems))
+                panels.append((cell_name(run, dataset, arch), matrix, infs, mems))
         if panels:
             png = draw.heatmap_grid(panels, f"{dataset}: Spearman ρ, influence × memorization")
             caption = (
@@ -170,7 +168,7 @@ def leakage_frontier(run: Run, sink: Any) -> list[dict[str, str]]:
         reference = cell["reference"].iloc[0]
         panels.append(
             (
-                f"{_cell_name(run, dataset, arch)}\ntop {HEADLINE_K:.0%} of {reference}",
+                f"{cell_name(run, dataset, arch)}\ntop {HEADLINE_K:.0%} of {reference}",
                 rows,
                 cell["seconds"].tolist(),
             )
@@ -214,7 +212,7 @@ def mislabel_roc(run: Run, sink: Any) -> list[dict[str, str]]:
                 Series(f"{r.method} (AUC {r.auc:.2f})", fpr[keep], np.maximum(tpr[keep], FPR_FLOOR))
             )
         if series:
-            panels.append(CurvePanel(_cell_name(run, dataset, arch), series))
+            panels.append(CurvePanel(cell_name(run, dataset, arch), series))
     if not panels:
         return []
     png = draw.curve_grid(
@@ -251,7 +249,7 @@ def attack_roc(run: Run, sink: Any) -> list[dict[str, str]]:
             if math.isfinite(r.tpr_at_0_1pct_fpr) and math.isfinite(r.tpr_at_1pct_fpr)
         ]
         if series:
-            panels.append(CurvePanel(_cell_name(run, dataset, arch), series))
+            panels.append(CurvePanel(cell_name(run, dataset, arch), series))
     if not panels:
         return []
     png = draw.curve_grid(
@@ -268,198 +266,6 @@ def attack_roc(run: Run, sink: Any) -> list[dict[str, str]]:
         "and at 1% false-positive rate (pooled over models), to (1, 1); dashed: chance."
     )
     return [sink.add("roc_attacks", png, caption)]
-
-
-def removal_curves(run: Run, sink: Any) -> list[dict[str, str]]:
-    """Test accuracy against the removed fraction, top / random / bottom, with CI bands."""
-    frame = run.tables.get("removal")
-    if frame is None or frame.empty:
-        return []
-    panels = []
-    for (dataset, arch, method, condition), cell in frame.groupby(
-        ["dataset", "arch", "method", "condition"], sort=True
-    ):
-        series = []
-        for direction in ("top", "random", "bottom"):
-            rows = cell[cell["direction"] == direction].sort_values("k")
-            if len(rows):
-                series.append(
-                    Series(
-                        f"remove {direction}",
-                        rows["k"].to_numpy(),
-                        rows["accuracy"].to_numpy(),
-                        rows["ci_low"].to_numpy(),
-                        rows["ci_high"].to_numpy(),
-                    )
-                )
-        panels.append(
-            CurvePanel(f"{_cell_name(run, dataset, arch)}\n{method}, {condition}", series)
-        )
-    png = draw.curve_grid(
-        panels,
-        "fraction of training set removed",
-        "test accuracy",
-        "Removing examples by score, retrained",
-    )
-    caption = (
-        "Test accuracy after retraining without the top / a random / the bottom fraction of "
-        "the training set by the score named, mean over seeds with 95% CI bands "
-        "(Feldman & Zhang 2020, §4)."
-    )
-    return [sink.add("removal", png, caption)]
-
-
-_AT = re.compile(r"^(?P<name>.+)@(?P<frac>[0-9.eE+-]+)$")
-
-
-def summarization_curves(run: Run, sink: Any) -> list[dict[str, str]]:
-    """Accuracy after dropping the least informative examples against a random subset."""
-    frame = run.tables.get("applications")
-    if frame is None or frame.empty:
-        return []
-    frame = frame[(frame["application"] == "summarization") & (frame["metric"] == "accuracy")]
-    panels = []
-    for (dataset, arch, method), cell in frame.groupby(["dataset", "arch", "method"], sort=True):
-        parsed = cell["group"].str.extract(_AT).assign(frac=lambda f: pd.to_numeric(f["frac"]))
-        cell = cell.assign(name=parsed["name"], frac=parsed["frac"]).dropna(subset=["frac"])
-        series = [
-            Series(
-                name,
-                rows["frac"].to_numpy(),
-                rows["value"].to_numpy(),
-                rows["ci_low"].to_numpy(),
-                rows["ci_high"].to_numpy(),
-            )
-            for name, rows in cell.sort_values("frac").groupby("name", sort=True)
-        ]
-        panels.append(CurvePanel(f"{_cell_name(run, dataset, arch)}\n{method}", series))
-    if not panels:
-        return []
-    png = draw.curve_grid(
-        panels,
-        "fraction of training set dropped",
-        "test accuracy",
-        "Summarization: dropping the least informative",
-    )
-    caption = (
-        "Test accuracy after dropping a fraction of the training set, least informative first "
-        "by sample information or at random, with 95% CI bands over seeds "
-        "(Harutyunyan et al. 2021, §5)."
-    )
-    return [sink.add("summarization", png, caption)]
-
-
-def _ci_rows(frame: pd.DataFrame, group_of: Any, label_of: Any, fit: Any) -> list[Interval]:
-    return [
-        Interval(group_of(r), label_of(r), r.value, r.ci_low, r.ci_high, not fit(r))
-        for r in frame.itertuples()
-        if math.isfinite(r.value)
-    ]
-
-
-def applications(run: Run, sink: Any) -> list[dict[str, str]]:
-    """Sample information's applications: detection AUC per planted kind and mean score
-    differences between groups, with CIs (sample-information scores only)."""
-    frame = run.tables.get("applications")
-    if frame is None or frame.empty:
-        return []
-    mine = frame[frame["method"].str.startswith("sample_info")]
-    out = []
-    auc = mine[(mine["application"] == "detection") & (mine["metric"] == "auc")]
-    if len(auc):
-        rows = _ci_rows(
-            auc.sort_values(["dataset", "arch", "method", "group"]),
-            lambda r: f"{r.dataset} / {r.arch}: {r.method}",
-            lambda r: r.group,
-            lambda r: r.fit,
-        )
-        png = draw.interval_plot(rows, "ROC AUC [95% CI]", "Finding planted examples", 0.5)
-        caption = (
-            "ROC AUC of sample information for separating each kind of planted training "
-            "example (flipped labels, canaries, noisy or occluded inputs, adversarial "
-            "examples) from the rest, with 95% CIs; 0.5 is chance."
-        )
-        out.append(sink.add("applications_detection", png, caption))
-    diff = mine[(mine["group"] == "difference") & (mine["metric"] == "mean")]
-    if len(diff):
-        rows = _ci_rows(
-            diff.sort_values(["dataset", "arch", "application"]),
-            lambda r: f"{r.dataset} / {r.arch}",
-            lambda r: f"{r.application}: {r.method}",
-            lambda r: r.fit,
-        )
-        png = draw.interval_plot(
-            rows, "difference of mean score [95% CI]", "Group differences", 0.0
-        )
-        caption = (
-            "Difference of the mean sample-information score between the groups of each "
-            "grouping (noisy minus clean source; under-sampled minus other classes), 95% CIs."
-        )
-        out.append(sink.add("applications_groups", png, caption))
-    return out
-
-
-def lds(run: Run, sink: Any) -> list[dict[str, str]]:
-    """The linear datamodeling score of each attributor, with CIs (``influence_eval``)."""
-    frame = run.tables.get("influence_eval")
-    if frame is None:
-        return []
-    frame = frame[frame["metric"] == "lds"]
-    rows = _ci_rows(
-        frame.sort_values(["dataset", "arch", "value"], ascending=[True, True, False]),
-        lambda r: f"{r.dataset} / {r.arch}",
-        lambda r: r.method,
-        lambda r: r.fit,
-    )
-    if not rows:
-        return []
-    png = draw.interval_plot(rows, "LDS (Spearman) [95% CI]", "Linear datamodeling score", 0.0)
-    caption = (
-        "Linear datamodeling score of each influence method: Spearman correlation between "
-        "predicted and actual outputs of models retrained on random subsets (Park et al. "
-        "2023, TRAK, eq. 5), with 95% CIs."
-    )
-    return [sink.add("lds", png, caption)]
-
-
-def detection_intervals(run: Run) -> pd.DataFrame:
-    """Mislabel-detection AUCs with CIs: ``applications`` rows for ``is_mislabeled`` where
-    the study wrote them; otherwise the detection table's AUCs without intervals."""
-    frame = run.tables.get("applications")
-    if frame is not None and len(frame):
-        rows = frame[(frame["application"] == "detection") & (frame["group"] == "is_mislabeled")]
-        if len(rows):
-            return rows[["dataset", "arch", "method", "value", "ci_low", "ci_high", "fit"]]
-    det = run.detection
-    return pd.DataFrame(
-        {
-            "dataset": det["dataset"],
-            "arch": det["arch"],
-            "method": det["method"],
-            "value": det["auc"],
-            "ci_low": np.nan,
-            "ci_high": np.nan,
-            "fit": det.get("fit", True),
-        }
-    )
-
-
-def detection_aucs(run: Run, sink: Any) -> list[dict[str, str]]:
-    frame = detection_intervals(run)
-    rows = _ci_rows(
-        frame.sort_values(["dataset", "arch", "value"], ascending=[True, True, False]),
-        lambda r: f"{r.dataset} / {r.arch}",
-        lambda r: r.method,
-        lambda r: r.fit,
-    )
-    if not rows:
-        return []
-    png = draw.interval_plot(rows, "ROC AUC [95% CI]", "Detecting flipped labels", 0.5)
-    caption = (
-        "ROC AUC of each score for separating the label-flipped training examples from the "
-        "clean ones, best first, with 95% CIs; 0.5 is chance."
-    )
-    return [sink.add("detection_auc", png, caption)]
 
 
 def headline_scatter_pairs(run: Run) -> list[tuple[str, str, str]]:

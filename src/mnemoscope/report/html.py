@@ -1,12 +1,18 @@
 """Render a finished run directory as one self-contained ``report.html``.
 
-The report computes no statistics: correlations and AUCs come precomputed from the
+The page opens with the answer (:mod:`mnemoscope.report.answer`, written from the
+tables) beside a forest plot of ρ [CI] by architecture, then gives the evidence
+(:mod:`mnemoscope.report.evidence`, :mod:`mnemoscope.report.outcomes`), the galleries
+of the most memorized, most LiRA-vulnerable and most influential examples, the caveats
+with their references, and the run's details last.
+
+The report computes no statistics: correlations, AUCs and CIs come precomputed from the
 run's tables. :mod:`mnemoscope.report.run` reads the run (only through
 :class:`~mnemoscope.store.rundir.RunDir`: its typed manifest and schema-checked
 tables), :mod:`mnemoscope.report.tables` selects, sorts and formats the rows, and this
-module draws the figures (with :mod:`mnemoscope.report.figures`) and the page. The one
-aggregation it does is for display: when a score was stored for several seeds, the
-per-example mean is drawn.
+module draws the galleries and scatter plots (with :mod:`mnemoscope.report.figures`)
+and the page. The one aggregation it does is for display: when a score was stored for
+several seeds, the per-example mean is drawn.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import pandas as pd
 from safetensors import SafetensorError, safe_open
 
 from mnemoscope.errors import UserError
-from mnemoscope.report import evidence, figures
+from mnemoscope.report import evidence, figures, outcomes
 from mnemoscope.report.answer import answer_facts, headline_pairs
 from mnemoscope.report.run import Run, load_run
 from mnemoscope.report.tables import (
@@ -346,7 +352,7 @@ def render_report(run_dir: Path) -> Path:
             correlations=correlation_tables(run),
             detection=detection_rows(run),
             attacks=attack_rows(run),
-            best=best_separators(run, evidence.detection_intervals(run)),
+            best=best_separators(run, outcomes.detection_intervals(run)),
             canaries=canary_rows(run),
             sections=gallery_sections(run, sink),
             stderr_rows=stderr_rows(run),
@@ -383,11 +389,11 @@ EVIDENCE = (
     ("leakage", "Leakage frontier: cost against precision", evidence.leakage_frontier),
     ("roc-mislabel", "ROC: mislabel detection", evidence.mislabel_roc),
     ("roc-attacks", "Membership inference", evidence.attack_roc),
-    ("removal", "Removal", evidence.removal_curves),
-    ("summarization", "Summarization", evidence.summarization_curves),
-    ("applications", "Sample information's applications", evidence.applications),
-    ("lds", "Linear datamodeling score", evidence.lds),
-    ("detection-auc", "Detection AUCs", evidence.detection_aucs),
+    ("removal", "Removal", outcomes.removal_curves),
+    ("summarization", "Summarization", outcomes.summarization_curves),
+    ("applications", "Sample information's applications", outcomes.applications),
+    ("lds", "Linear datamodeling score", outcomes.lds),
+    ("detection-auc", "Detection AUCs", outcomes.detection_aucs),
 )
 """The evidence subsections in reading order: (id, heading, figure builder)."""
 
