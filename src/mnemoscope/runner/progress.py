@@ -46,7 +46,7 @@ class Reporter:
         if self.quiet:
             yield lambda units: None
             return
-        if not self.console.is_terminal:
+        if not (self.console.is_terminal or self.console.is_jupyter):  # a notebook draws bars
             with self._heartbeat(description, total) as advance:
                 yield advance
             return
