@@ -49,7 +49,7 @@ def removal_curves(run: Run, sink: Any) -> list[dict[str, str]]:
     caption = (
         "Test accuracy after retraining without the top / a random / the bottom fraction of "
         "the training set by the score named, mean over seeds with 95% CI bands "
-        "(Feldman & Zhang 2020, §4)."
+        "(as in Feldman & Zhang 2020)."
     )
     return [sink.add("removal", png, caption)]
 
@@ -162,7 +162,7 @@ def lds(run: Run, sink: Any) -> list[dict[str, str]]:
     caption = (
         "Linear datamodeling score of each influence method: Spearman correlation between "
         "predicted and actual outputs of models retrained on random subsets (Park et al. "
-        "2023, TRAK, eq. 5), with 95% CIs."
+        "2023, TRAK), with 95% CIs."
     )
     return [sink.add("lds", png, caption)]
 
