@@ -119,10 +119,15 @@ def test_bad_registrations_are_one_line():
         (("digits", (x, np.arange(6) % 2)), ConfigError, "built in"),
         (("bad name", (x, np.arange(6) % 2)), ConfigError, "dataset name"),
         (("d", (x, np.arange(5) % 2)), DataError, "expected x"),
-        (("d", (x, np.array([0, 0, 1, 1, 3, 3]))), DataError, "each used at least once"),
+        # the messages of data read from files: one validation for every way data comes in
+        (("d", (x, np.array([0, 0, 1, 1, 3, 3]))), DataError, "class 2 has no training"),
         (("d", (x, np.array([0, 0, 1, 1, 1, 2]))), DataError, "only one example"),
-        (("d", (x, np.full(6, 0.5))), DataError, "integers"),
-        (("d", (np.full((6, 4), np.nan), np.arange(6) % 2)), DataError, "finite"),
+        (("d", (x, np.full(6, 0.5))), DataError, "is not an integer"),
+        (("d", (np.full((6, 4), np.nan), np.arange(6) % 2)), DataError, "NaN or infinite"),
+        (("d", (x, np.zeros(6, dtype=int))), DataError, "a single class"),
+        (("d", (x + 1j, np.arange(6) % 2)), DataError, "dtype complex64; expected real"),
+        (("d", (x, np.array([0, 0, 1, 1, 2**40, 2**40]))), DataError, "at most 100000 classes"),
+        (("d", (np.full((6, 4), 1e39), np.arange(6) % 2)), DataError, "beyond float32"),
         (("d", "x.csv"), ConfigError, "expected (x, y)"),
     ]
     for (name, data), error, match in cases:

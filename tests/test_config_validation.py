@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -512,3 +513,18 @@ def test_arch_train_merges_over_train_and_reads_back_equal():
     assert config.train_for("logreg") == config.train
     assert parse_config(config.model_dump(mode="json")) == config
     assert StudyConfig.model_validate(config.model_dump()) == config
+
+
+def test_the_documented_arch_train_example_loads_as_documented():
+    config = load_config(Path(__file__).parents[1] / "examples" / "arch_train.yaml")
+    assert config.archs == ["logreg", "mlp", "cnn", "resnet", "transformer"]
+    by_arch = {arch: config.train_for(arch) for arch in config.archs}
+    assert {a: t.epochs for a, t in by_arch.items()} == {
+        "logreg": 200,
+        "mlp": 50,
+        "cnn": 50,
+        "resnet": 100,
+        "transformer": 80,
+    }
+    assert by_arch["transformer"].lr == 0.005 and by_arch["mlp"].lr == 0.01
+    assert all(t.schedule == "cosine" and t.weight_decay == 0.0 for t in by_arch.values())

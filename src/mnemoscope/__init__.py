@@ -21,13 +21,40 @@ _API = (
     "run",
     "study",
 )
-__all__ = ["__version__", *_API]
+_ATTRIBUTORS = (
+    "Attributor",
+    "Scorer",
+    "Task",
+    "attribute",
+    "ClassificationInfluence",
+    "Downsampling",
+    "GradCos",
+    "GradDot",
+    "IFArnoldi",
+    "IFCG",
+    "IFEKFAC",
+    "IFExact",
+    "IFLiSSA",
+    "KNNShapley",
+    "LOO",
+    "RelatIF",
+    "Representer",
+    "TRAK",
+    "TracIn",
+)
+__all__ = ["__version__", *_API, *_ATTRIBUTORS]
 
 
 def __getattr__(name: str):
-    """The Python API (:mod:`mnemoscope.api`), imported on first use: ``mnemoscope.run``."""
+    """The Python API, imported on first use: studies (:mod:`mnemoscope.api`,
+    ``mnemoscope.run``) and scores for the user's own model (:mod:`mnemoscope.attributors`,
+    ``mnemoscope.TracIn``)."""
     if name in _API:
         from mnemoscope import api
 
         return getattr(api, name)
+    if name in _ATTRIBUTORS:
+        from mnemoscope import attributors
+
+        return getattr(attributors, name)
     raise AttributeError(f"module 'mnemoscope' has no attribute '{name}'")

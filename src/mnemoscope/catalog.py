@@ -43,7 +43,6 @@ def build_catalog() -> dict[str, list[dict[str, Any]]]:
     ]
     methods = []
     for name, cls in sorted(REGISTRY.items(), key=lambda item: (item[1].family, item[0])):
-        source = Path(inspect.getsourcefile(cls) or "")
         methods.append(
             {
                 "name": name,
@@ -52,12 +51,23 @@ def build_catalog() -> dict[str, list[dict[str, Any]]]:
                 "cost": cls.cost,
                 "reference": cls.reference,
                 "doc": inspect.getdoc(cls) or "",
-                "source": source.relative_to(package).as_posix()
-                if source.is_relative_to(package)
-                else str(source),
+                "qualname": f"{cls.__module__}.{cls.__qualname__}",
+                **_source(cls, package),
             }
         )
     return {"datasets": datasets, "archs": archs, "methods": methods}
+
+
+def _source(cls: type, package: Path) -> dict[str, Any]:
+    """The file (relative to the package) and line of the ``class`` statement of ``cls``;
+    an empty source where it has none inside the package."""
+    try:
+        lines, first = inspect.getsourcelines(cls)  # from its decorators on
+        offset = next(i for i, text in enumerate(lines) if text.lstrip().startswith("class "))
+        path = Path(inspect.getsourcefile(cls) or "").resolve()
+        return {"source": path.relative_to(package.resolve()).as_posix(), "line": first + offset}
+    except (OSError, TypeError, StopIteration, ValueError):
+        return {"source": "", "line": 0}
 
 
 def load_catalog() -> dict[str, list[dict[str, Any]]]:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console, ConsoleDimensions
 from rich.table import Table
+from rich.text import Text
 
 from mnemoscope.errors import UserError
 
@@ -61,16 +62,28 @@ QUERY_TABLES = (
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-_DISK_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+_DISK_ERRORS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,  # the file-size limit (ulimit -f)
+    errno.EIO,
+}
 
 
 def _one_line(message: str) -> None:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    # the message holds user text (paths, SQL): Text, so nothing in it is read as markup
+    err_console.print(
+        Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True
+    )
 
 
 def user_errors(command: F) -> F:
     """Turn a :class:`UserError` (or a file system that refuses a write: read-only,
-    full, no permission) into one line on stderr and exit code 2, no traceback; Ctrl-C
+    full, no permission, over the file-size limit; or memory running out) into one line
+    on stderr and exit code 2, no traceback; Ctrl-C
     into one line and exit code 130. Everything written so far is whole (atomic
     writes), so the same command resumes."""
 
@@ -85,6 +98,10 @@ def user_errors(command: F) -> F:
             if error.errno not in _DISK_ERRORS:
                 raise
             _one_line(f"cannot write {error.filename or 'the run directory'}: {error.strerror}")
+            raise typer.Exit(2) from None
+        except MemoryError as error:
+            detail = f" ({str(error).splitlines()[0]})" if str(error).strip() else ""
+            _one_line(f"out of memory{detail}; reduce the run's sizes (see --dry-run)")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; run the same command to resume", highlight=False)
@@ -101,13 +118,15 @@ def _run_and_summarise(config: Any, out: Path, force: bool, dry_run: bool) -> No
         raise UserError(f"--out {out}: exists and is not a directory")
     study = Study(config, out, Reporter(err_console), force=force)
     if dry_run:
-        out_console.print("\n".join(study.dry_run()), highlight=False, soft_wrap=True)
+        plan = "\n".join(study.dry_run())
+        out_console.print(plan, highlight=False, soft_wrap=True, markup=False)
         return
     result = study.execute()
     if result.all_cached:
         err_console.print(
             f"nothing to do: all {len(result.outcomes)} stages already finished in {out} "
-            "(same config, data and code)"
+            "(same config, data and code)",
+            markup=False,
         )
     out_console.print(summary_table(out))
     if config.study is not None:
@@ -116,7 +135,7 @@ def _run_and_summarise(config: Any, out: Path, force: bool, dry_run: bool) -> No
         out_console.print("The answer:", highlight=False)
         for sentence in answer(out):
             out_console.print(f"  {sentence}", highlight=False, markup=False, soft_wrap=True)
-    out_console.print(f"report: {result.report.resolve()}")
+    out_console.print(f"report: {result.report.resolve()}", highlight=False, markup=False)
 
 
 FORCE = typer.Option(False, "--force", help="Replace a run of a different config in --out.")
@@ -196,7 +215,7 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run directory.")
     from mnemoscope.store import RunDir
 
     RunDir.existing(run_dir)
-    out_console.print(f"report: {render_report(run_dir).resolve()}")
+    out_console.print(f"report: {render_report(run_dir).resolve()}", markup=False)
 
 
 @app.command()
@@ -206,7 +225,7 @@ def datasets() -> None:
 
     table = Table("name", "kind", "classes", "description", title="built-in datasets")
     for spec in load_catalog()["datasets"]:
-        table.add_row(spec["name"], spec["kind"], str(spec["n_classes"]), spec["description"])
+        table.add_row(spec["name"], spec["kind"], str(spec["n_classes"]), Text(spec["description"]))
     out_console.print(table)
 
 
@@ -218,7 +237,7 @@ def archs() -> None:
     table = Table("name", "description", "arch_options (default)", title="architectures")
     for arch in load_catalog()["archs"]:
         options = ", ".join(f"{key} ({default})" for key, default in arch["options"])
-        table.add_row(arch["name"], arch["description"], options or "none")
+        table.add_row(arch["name"], Text(arch["description"]), Text(options or "none"))
     out_console.print(table)
 
 
@@ -245,6 +264,10 @@ def methods(
             highlight=False,
             markup=False,
         )
+        # one hop to the code: the file and line of the class
+        where = Path(__file__).parent / method["source"] if method["source"] else None
+        source = f"{where}:{method['line']}" if where else f"{method['qualname']} (no source file)"
+        out_console.print(f"source: {source}", highlight=False, markup=False, soft_wrap=True)
         return
     table = Table("method", "family", "what it measures", "cost", "reference", title="estimators")
     for method in known.values():  # the catalog lists them by family, then name
@@ -278,15 +301,16 @@ def query(
         help="table (aligned, for reading), csv or json (an array of row objects), for "
         "other programs.",
     ),
+    timeout: float = typer.Option(
+        120.0, "--timeout", min=0.1, max=86_400, help="Stop the query after this many seconds."
+    ),
 ) -> None:
     """Query a run's Parquet tables with one read-only DuckDB SELECT (no file access)."""
-    from rich.text import Text
-
     from mnemoscope.store.query import query as run_query
 
     if output not in ("table", "csv", "json"):
         raise UserError(f"--format: expected table, csv or json, got {output!r}")
-    result = run_query(run_dir, sql, limit)
+    result = run_query(run_dir, sql, limit, timeout)
     note = f"(first {limit} rows; --limit raises it)"
     if output == "csv":
         sys.stdout.write(result.frame.to_csv(index=False))

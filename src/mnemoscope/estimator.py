@@ -85,7 +85,8 @@ class PlanContext:
 
     Attributes:
         n_train: training examples of the dataset.
-        epochs: epochs each model is trained for (the config's ``train.epochs``).
+        epochs: epochs each model of the arch is trained for (``train.epochs``, or the
+            arch's ``arch_train`` epochs).
         seed: a seed for the estimator's masks, the same for every estimator of the
             study, so estimators asking for the same kind of masks get identical ones.
     """
@@ -167,6 +168,12 @@ class Estimator(ABC):
         """Raise :class:`~mnemoscope.errors.ConfigError` if this estimator's config cannot
         be used on ``module`` (e.g. unknown parameter names); called before training."""
         return None
+
+    def fit_bytes(self, module: nn.Module, n_train: int, n_classes: int) -> int:
+        """Bytes of the largest matrices the fit builds, known from the config before any
+        training (the run's memory estimate reads it); 0 for a fit that holds gradients a
+        batch at a time."""
+        return 0
 
     def fitted_state(self) -> dict[str, torch.Tensor]:
         """Tensors that restore the fit with :meth:`load_fitted` (``cache_fit`` classes)."""

@@ -57,20 +57,6 @@ def test_influence_is_the_cosine_of_autograd_gradients(model, digits_small, sele
     assert float(matrix.abs().max()) <= 1 + 1e-12
 
 
-def test_small_budget_blocks_give_the_same_matrix(model, digits_small):
-    data = digits_small
-    estimator = GradCos(GradCosConfig(batch_size=50)).fit({"model": model}, data, Task())
-    whole = estimator.influence_matrix(data.x_test[:5], data.y_test[:5])
-    n_params = sum(v[0].numel() for v in model.params.values())
-    blocks = list(estimator.influence(data.x_test[:5], data.y_test[:5], 2 * 8 * n_params * 2))
-    assert {b.targets.stop - b.targets.start for b in blocks} == {2, 1}
-    assert max(b.values.shape[0] for b in blocks) == 50
-    assembled = torch.zeros_like(whole)
-    for block in blocks:
-        assembled[block.train, block.targets] = block.values
-    torch.testing.assert_close(assembled, whole, rtol=0, atol=1e-5)
-
-
 def test_self_score_is_mean_same_class_cosine_and_flags_flipped_labels(model, digits_small):
     data = digits_small
     estimator = GradCos(GradCosConfig()).fit({"model": model}, data, Task())

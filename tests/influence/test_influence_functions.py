@@ -311,37 +311,6 @@ def test_formulas_against_an_explicit_inverse(convex):
         )
 
 
-@pytest.mark.parametrize("key", list(CONFIGS))
-def test_self_influence_is_the_diagonal(convex, fitted, key):
-    estimator, self_scores, _ = fitted(key)
-    picked = torch.tensor([0, 5, 17, convex.data.n_train - 1])
-    matrix = estimator.influence_matrix(convex.data.x_train[picked], convex.data.y_train[picked])
-    diagonal = matrix[picked, torch.arange(len(picked))].numpy()
-    np.testing.assert_allclose(diagonal, self_scores[picked], rtol=1e-6, atol=1e-12)
-
-
-def test_small_memory_budget_gives_the_same_blocks(convex, fitted):
-    estimator, _, whole = fitted("if_exact")
-    per_target = 2 * 48 * estimator.curvature_.n_params  # two targets per block
-    blocks = list(estimator.influence(*convex.targets, memory_budget=2 * per_target))
-    assert {b.targets.stop - b.targets.start for b in blocks} == {2}
-    assembled = np.zeros_like(whole)
-    for block in blocks:
-        assembled[block.train, block.targets] = block.values.numpy()
-    np.testing.assert_allclose(assembled, whole, rtol=1e-10, atol=1e-15)
-
-
-@pytest.mark.parametrize("key", ["if_exact", "if_arnoldi", "relatif_loss"])
-def test_cached_fit_restores_the_same_scores(convex, fitted, key):
-    estimator, self_scores, _ = fitted(key)
-    cls, config = CONFIGS[key]
-    assert cls.cache_fit
-    state = estimator.fitted_state()
-    assert all(not v.is_cuda and v.is_contiguous() for v in state.values())
-    restored = cls(config).load_fitted(state, {"model": convex.model}, convex.data, convex.task)
-    np.testing.assert_allclose(restored.self_influence().score, self_scores, rtol=1e-12)
-
-
 def test_curvature_products_equal_autograd(convex):
     damping = 0.03
     matrix, _ = _explicit(convex, damping)

@@ -72,18 +72,6 @@ def test_influence_is_each_examples_share_of_the_true_class_logit(fitted, digits
     assert (self_scores >= 0).all()
 
 
-def test_fit_cache_restores_the_same_scores(fitted, digits_small):
-    model, estimator = fitted
-    restored = Representer(estimator.config).load_fitted(
-        estimator.fitted_state(), {"model": model}, digits_small, Task()
-    )
-    np.testing.assert_array_equal(restored.self_influence().score, estimator.self_influence().score)
-    x, y = digits_small.x_test[:5], digits_small.y_test[:5]
-    torch.testing.assert_close(
-        restored.influence_matrix(x, y), estimator.influence_matrix(x, y), rtol=0, atol=1e-10
-    )
-
-
 def test_self_influence_flags_flipped_labels(fitted, digits_small):
     _, estimator = fitted
     auc = roc_auc_score(digits_small.is_mislabeled.numpy(), estimator.self_influence().score)

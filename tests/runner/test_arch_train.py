@@ -3,12 +3,17 @@ reads an arch's training settings, and nothing else."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import pytest
+
 from mnemoscope.config import parse_config
+from mnemoscope.runner import run_study
 from mnemoscope.runner.estimate import estimate_study
 from mnemoscope.runner.plan import Planner, Stage
 from mnemoscope.store import DatasetInfo, RunDir
+from mnemoscope.train import TrainedEnsemble
 
 BASE: dict[str, Any] = {
     "name": "arch-train",
@@ -112,3 +117,25 @@ def test_a_config_without_arch_train_dumps_and_plans_as_before(tmp_path):
     with_train = parse_config({**BASE, "arch_train": {"mlp": {"epochs": 3}}})
     assert parse_config(with_train.model_dump(mode="json")) == with_train
     assert with_train.train_for("mlp").epochs == 3 and with_train.train_for("logreg").epochs == 4
+
+
+def test_a_run_trains_each_arch_with_its_own_settings(tmp_path):
+    config = parse_config(
+        {
+            **BASE,
+            "memorization": [],
+            "targets": None,
+            "analysis": {"n_bootstrap": 20},
+            "arch_train": {"mlp": {"epochs": 3, "schedule": "cosine", "lr": 0.02}},
+        }
+    )
+    run_study(config, tmp_path)
+    models = {f.name.split("__")[1]: f for f in (tmp_path / "models").iterdir()}
+    logreg = TrainedEnsemble.load(models["logreg"])
+    mlp = TrainedEnsemble.load(models["mlp"])
+    assert (logreg.epochs, mlp.epochs) == (4, 3)
+    assert [(c.epoch, c.lr) for c in logreg.checkpoints] == [(2, 0.05), (4, 0.05)]
+    steps = math.ceil(mlp.masks.shape[1] / 64)
+    expected = [0.01 * (1 + math.cos(math.pi * (e * steps - 1) / (3 * steps))) for e in (2, 3)]
+    assert [c.epoch for c in mlp.checkpoints] == [2, 3]
+    assert [c.lr for c in mlp.checkpoints] == [pytest.approx(lr, rel=1e-12) for lr in expected]

@@ -101,3 +101,25 @@ def test_the_default_study_is_valid_and_has_every_analysis():
     assert len(subset) == 1
     quick = study_config(quick=True)
     assert quick.name.endswith("-quick") and all(d.n_samples <= 400 for d in quick.datasets)
+
+
+def test_the_default_subset_ensemble_bounds_every_fz_stderr_by_a_tenth():
+    """Worst case over examples of the Agresti–Caffo stderr FZ reports (both proportions
+    at 1/2), from the masks the default study's subset ensemble trains on."""
+    import numpy as np
+
+    from mnemoscope.memorization.feldman_zhang import agresti_caffo
+    from mnemoscope.runner.estimate import expected_dataset
+    from mnemoscope.runner.plan import plan_context
+    from mnemoscope.train import subset_masks
+
+    cfg = study_config()
+    (fz,) = [e for e in cfg.memorization if e.method == "feldman_zhang"]
+    for ds in cfg.datasets:
+        n = expected_dataset(ds).n_train
+        seed = plan_context(cfg, n).seed
+        k_in = subset_masks(fz.n_models, n, fz.subset_fraction, seed).sum(0).numpy()
+        k_out = fz.n_models - k_in
+        half_in, half_out = (k_in + 2) / 2 - 1, (k_out + 2) / 2 - 1  # p̃ = 1/2
+        worst = np.sqrt(agresti_caffo(half_in, k_in) + agresti_caffo(half_out, k_out)).max()
+        assert worst <= 0.1, (ds.name, worst)

@@ -272,7 +272,8 @@ def _means(
     """Per-group means ``[groups]`` and on each resample ``[n_bootstrap, groups]`` (NaN where a
     resample drew no example of a group); ``member`` ``[n, groups]`` 0/1."""
     weighted = member * values[:, None]
-    point = (values @ member) / member.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a group without members: NaN
+        point = (values @ member) / member.sum(axis=0)
     blocks = []
     for counts in resamples.blocks(values.size):
         counts = counts.astype(np.float64)

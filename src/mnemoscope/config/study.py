@@ -142,7 +142,8 @@ class SummarizationConfig(BaseModel):
 
 class QuickConfig(BaseModel):
     """What ``--quick`` shrinks a study to: at most ``n_samples`` examples per dataset,
-    ``n_models`` models per ensemble, ``n_examples`` left out by ``loo``, ``epochs`` per model (None: unchanged),
+    ``n_models`` models per ensemble, ``n_examples`` left out by ``loo``, ``proj_dim``
+    for projected gradients, ``epochs`` per model (None: unchanged),
     ``archs`` (None: all), ``n_bootstrap`` resamples; removal and summarization keep
     their first two ``ks``, their first condition, one step, and retrain 2 seeds."""
 
@@ -152,6 +153,9 @@ class QuickConfig(BaseModel):
     n_models: int = Field(16, ge=2, le=10_000)
     n_examples: int = Field(10, ge=1, le=1_000_000)
     """At most this many examples left out by ``loo`` (its ``n_examples``)."""
+    proj_dim: int = Field(500, ge=1, le=1_000_000)
+    """At most this projection size for the methods that project gradients (``proj_dim``
+    of sample information and TRAK; None, no projection, becomes this)."""
     epochs: int | None = Field(None, ge=1, le=10_000)
     archs: list[str] | None = None
     n_bootstrap: int = Field(100, ge=10, le=100_000)
@@ -217,6 +221,8 @@ def quick_config(data: dict, quick: QuickConfig) -> dict:
             entry = dict(entry)
             if isinstance(entry.get("n_models"), int) and entry["n_models"] > 1:
                 entry["n_models"] = min(entry["n_models"], quick.n_models)
+            if "proj_dim" in entry:
+                entry["proj_dim"] = min(entry["proj_dim"] or quick.proj_dim, quick.proj_dim)
             if entry.get("method") == "loo":
                 entry["n_examples"] = min(
                     entry.get("n_examples") or quick.n_examples, quick.n_examples

@@ -159,6 +159,14 @@ def _kind(shape: tuple[int, ...]) -> Kind:
     return {3: "image", 2: "sequence", 1: "tabular"}[len(shape)]
 
 
+def _numpy(part: object) -> np.ndarray:
+    """An array, tensor or number as a numpy array, its dtype kept (complex stays complex,
+    so the checks refuse it rather than a cast dropping its imaginary part)."""
+    if hasattr(part, "detach"):
+        part = part.detach().cpu()
+    return np.asarray(part.numpy() if hasattr(part, "numpy") else part)
+
+
 def register_dataset(name: str, data, *, description: str = "user dataset") -> BuiltinDataset:
     """Make the user's data known as ``name`` (to the config, ``mnemoscope datasets`` and
     runs), like a built-in dataset: split, label noise and scaling are applied by
@@ -176,6 +184,7 @@ def register_dataset(name: str, data, *, description: str = "user dataset") -> B
 
     import torch
 
+    from mnemoscope.data.files import check_pool
     from mnemoscope.errors import ConfigError
 
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", name):
@@ -189,14 +198,14 @@ def register_dataset(name: str, data, *, description: str = "user dataset") -> B
     if isinstance(data, torch.utils.data.Dataset):
         try:
             items = [data[i] for i in range(len(data))]
-            x = np.stack([np.asarray(item[0], dtype=np.float32) for item in items])
-            y = np.asarray([int(item[1]) for item in items])
+            x = np.stack([_numpy(item[0]) for item in items])
+            y = np.stack([_numpy(item[1]) for item in items])
         except Exception as error:  # any user dataset
             raise DataError(
                 f"dataset '{name}': could not read (x, y) items ({type(error).__name__}: {error})"
             ) from None
     elif isinstance(data, tuple | list) and len(data) == 2:
-        x, y = (np.asarray(part.numpy() if hasattr(part, "numpy") else part) for part in data)
+        x, y = (_numpy(part) for part in data)
     else:
         raise ConfigError(
             f"dataset '{name}': expected (x, y) arrays or a torch Dataset of (x, y) items, "
@@ -208,16 +217,9 @@ def register_dataset(name: str, data, *, description: str = "user dataset") -> B
             f"{where}: expected x [N, d], [N, C, L] or [N, C, H, W] and y [N], got "
             f"{list(x.shape)} and {list(y.shape)}"
         )
-    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x.astype(np.float64)).all():
-        raise DataError(f"{where}: x must be finite numbers")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.issubdtype(y.dtype, np.floating) or not np.all(y == np.round(y)):
-            raise DataError(f"{where}: labels must be integers 0..K-1")
-    y = y.astype(np.int64)
-    classes = int(y.max()) + 1
-    counts = np.bincount(y, minlength=classes) if y.min() >= 0 else None
-    if counts is None or (counts == 0).any():
-        raise DataError(f"{where}: labels must be integers 0..K-1, each used at least once")
+    # the checks data read from files gets, so both ways in accept the same data
+    x, y, classes = check_pool(where, x, y)
+    counts = np.bincount(y, minlength=classes)
     if counts.min() < 2:
         raise DataError(f"{where}: class {int(counts.argmin())} has only one example")
     x = np.ascontiguousarray(x, dtype=np.float32)

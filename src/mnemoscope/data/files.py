@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -33,6 +34,12 @@ FOLDER_FORMATS = ("idx", "cifar10", "cifar100", "hf")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
 MAX_HF_FILES = 10_000
 """A ``datasets`` folder with more files than this is refused (each one is hashed)."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_SPAN = 1e30
+"""A feature (or channel) whose values span more than this is refused for ``standard``
+and ``unit`` scaling: divided by a spread down to 1e-8, it would overflow float32."""
+MAX_CLASSES = 100_000
+"""A label of this or more is refused: ``K`` classes make ``K`` logits per example."""
 
 
 @dataclass(frozen=True)
@@ -115,10 +122,13 @@ def source_files(source: FileSource) -> list[Path]:
         found = formats.cifar_files(path, source.format)
         return [*found["train"], *found["test"], *extra]
     if source.format == "hf":
-        files = sorted(p for p in path.rglob("*") if p.is_file())
+        # everything but folders, so a FIFO or a device among the files is refused when
+        # hashed rather than opened (and waited on) by the loader
+        files = sorted(p for p in path.rglob("*") if p.is_symlink() or not p.is_dir())
         if len(files) > MAX_HF_FILES:
             raise ConfigError(f"{path}: more than {MAX_HF_FILES} files")
-        return [*files, *extra]
+        formats.check_confined(path, files)
+        return [*(p for p in files if not p.is_dir()), *extra]  # a link to a folder inside
     return [path, *extra]
 
 
@@ -132,9 +142,9 @@ def source_digest(source: FileSource) -> str:
         except ValueError:  # test_path outside a folder source
             name = file.name
         try:
-            size = file.stat().st_size
-            digest.update(f"|{name}|{size}|".encode())
-            with file.open("rb") as handle:
+            with formats.open_regular(file) as handle:
+                size = os.fstat(handle.fileno()).st_size
+                digest.update(f"|{name}|{size}|".encode())
                 for block in iter(functools.partial(handle.read, 1 << 20), b""):
                     digest.update(block)
         except OSError as error:
@@ -168,10 +178,9 @@ def _load_checked(source: FileSource) -> FilePool:
                 f"{where}: test inputs have shape {x_test.shape[1:]}, training inputs {x.shape[1:]}"
             )
     fixed = {"cifar10": 10, "cifar100": 100 if source.label == "fine" else 20}
-    n_classes = fixed.get(source.format) or int(
-        max(y.max(), -1 if y_test is None else y_test.max()) + 1
-    )
-    _check_classes(source.path, y, n_classes)
+    n_classes = fixed.get(source.format) or class_count(source.path, y)
+    check_classes(source.path, y, n_classes)
+    check_spans(source.path, [x] if x_test is None else [x, x_test], source.normalize)
     if y_test is not None and y_test.max() >= n_classes:
         raise DataError(f"{where}: test label {y_test.max()} outside [0, {n_classes})")
     for array in (x, y, x_test, y_test):
@@ -224,24 +233,81 @@ def _checked_arrays(where: str, x: np.ndarray, y: np.ndarray) -> formats.Arrays:
             f"{where}: images of shape {x.shape} look channels-last; images are read "
             "channels-first [N, C, H, W] (np.moveaxis(x, -1, 1) converts them)"
         )
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{where}: inputs of dtype {x.dtype}; expected real numbers")
     if x.dtype.kind == "f":
-        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        rows = x.reshape(len(x), -1)
+        bad = ~np.isfinite(rows).all(axis=1)
         if bad.any():
             raise DataError(f"{where}: row {int(np.argmax(bad))} has a NaN or infinite input")
+        if x.dtype.itemsize > 4:  # inputs are trained on as float32
+            big = (np.abs(rows) > FLOAT32_MAX).any(axis=1)
+            if big.any():
+                raise DataError(
+                    f"{where}: row {int(np.argmax(big))} has an input beyond float32's range "
+                    f"(±{FLOAT32_MAX:.3g}), which training in float32 cannot hold"
+                )
     if y.min() < 0:
         row = int(np.argmax(y < 0))
         raise DataError(f"{where}: label {y[row]} at row {row} is negative; labels are 0..K-1")
     return x, y
 
 
-def _check_classes(where: str, y: np.ndarray, n_classes: int) -> None:
+def check_pool(
+    where: str, x: np.ndarray, y: np.ndarray, n_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(x, y, K)`` after every check data gets, however it comes in (files or
+    :func:`~mnemoscope.data.register_dataset`): integer labels, shapes, real finite inputs
+    that float32 holds, at most :data:`MAX_CLASSES` classes (``n_classes``, or the
+    largest label + 1), each with an example, and at least two."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 0 or y.ndim != 1:
+        raise DataError(f"{where}: inputs of shape {x.shape} and labels of shape {y.shape}")
+    x, y = _checked_arrays(where, x, formats.integer_labels(where, y, "labels"))
+    n_classes = n_classes or class_count(where, y)
+    check_classes(where, y, n_classes)
+    return x, y, n_classes
+
+
+def check_spans(where: str, arrays: list[np.ndarray], how: Normalize) -> None:
+    """:class:`DataError` when ``standard`` or ``unit`` scaling could overflow float32: a
+    feature or channel whose values (over every split) span more than :data:`MAX_SPAN`."""
+    if how == "none" or arrays[0].dtype.kind != "f":
+        return
+    axes = (0, *range(2, arrays[0].ndim))
+    low = np.min([a.min(axes) for a in arrays], axis=0).astype(np.float64)
+    high = np.max([a.max(axes) for a in arrays], axis=0).astype(np.float64)
+    span = high - low
+    if (span > MAX_SPAN).any():
+        feature = int(np.argmax(span > MAX_SPAN))
+        raise DataError(
+            f"{where}: feature {feature} spans {span[feature]:.3g}, more than {MAX_SPAN:g}: "
+            f"normalize: {how} would overflow float32 (rescale the data, or normalize: none)"
+        )
+
+
+def class_count(where: str, y: np.ndarray) -> int:
+    """``K``: the number of classes the labels present make (the largest + 1), at most
+    :data:`MAX_CLASSES`; found from the labels, never by allocating ``K`` of anything."""
+    largest = int(y.max())
+    if largest >= MAX_CLASSES:
+        row = int(np.argmax(y == largest))
+        raise DataError(
+            f"{where}: label {largest} at row {row}: at most {MAX_CLASSES} classes "
+            f"(labels 0..{MAX_CLASSES - 1})"
+        )
+    return largest + 1
+
+
+def check_classes(where: str, y: np.ndarray, n_classes: int) -> None:
     """Every class ``0..n_classes-1`` has a training example; at least two classes."""
     if y.max() >= n_classes:
         row = int(np.argmax(y >= n_classes))
         raise DataError(f"{where}: label {y[row]} at row {row} outside [0, {n_classes})")
-    present = np.unique(y)
+    present = np.unique(y)  # sorted: class i is missing where present[i] != i
     if len(present) < n_classes:
-        missing = int(np.setdiff1d(np.arange(n_classes), present)[0])
+        gaps = np.flatnonzero(present != np.arange(len(present)))
+        missing = int(gaps[0]) if len(gaps) else len(present)
         raise DataError(
             f"{where}: class {missing} has no training examples (labels 0..{n_classes - 1}); "
             "labels must be 0..K-1 with every class present"
@@ -269,11 +335,26 @@ def normalise(
         if how == "unit":
             return x_train, x_test
     axes = (0, *range(2, x_train.ndim))  # all but the feature / channel axis
+    with np.errstate(over="ignore", invalid="ignore"):
+        shift, scale = _statistics(x_train, how, axes)
+        if not (np.isfinite(shift).all() and np.isfinite(scale).all()):
+            # float32 sums of squares overflow past 1.8e19: the statistics in float64
+            shift, scale = _statistics(x_train.astype(np.float64), how, axes)
+        scaled = tuple(
+            ((part - shift) / scale).astype(np.float32, copy=False) for part in (x_train, x_test)
+        )
+    if not all(np.isfinite(part).all() for part in scaled):
+        raise DataError(f"normalize: {how} overflows float32 on these inputs; use none")
+    return scaled[0], scaled[1]
+
+
+def _statistics(
+    x_train: np.ndarray, how: Normalize, axes: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The shift and scale of ``standard`` or ``unit`` scaling, in ``x_train``'s float type."""
     if how == "standard":
         shift = x_train.mean(axes, keepdims=True)
-        scale = x_train.std(axes, keepdims=True) + np.float32(1e-8)
-    else:
-        shift = x_train.min(axes, keepdims=True)
-        span = x_train.max(axes, keepdims=True) - shift
-        scale = np.where(span > 0, span, np.float32(1))
-    return (x_train - shift) / scale, (x_test - shift) / scale
+        return shift, x_train.std(axes, keepdims=True) + x_train.dtype.type(1e-8)
+    shift = x_train.min(axes, keepdims=True)
+    span = x_train.max(axes, keepdims=True) - shift
+    return shift, np.where(span > 0, span, x_train.dtype.type(1))

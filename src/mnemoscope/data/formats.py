@@ -18,45 +18,123 @@ are made by :mod:`mnemoscope.data.files`.
 
 from __future__ import annotations
 
+import csv
 import gzip
+import json
+import os
 import re
+import stat
 import zipfile
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 
 from mnemoscope.errors import ConfigError, DataError
+from mnemoscope.resources import available_memory
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
-MAX_IDX_BYTES = 1 << 34
-"""An IDX header promising more than this (16 GiB) is refused before anything is read."""
+MAX_DATA_BYTES = 1 << 34
+"""A file (after gunzipping) or an array larger than this (16 GiB) is refused unread."""
+MAX_IDX_BYTES = MAX_DATA_BYTES
+"""An IDX header promising more than this is refused before anything is read."""
+MAX_COLUMNS = 100_000
+"""A table with more columns than this is refused before its rows are read."""
+MAX_HEADER_BYTES = 1 << 24
+"""A CSV whose first line (the column names) is longer than this (16 MiB) is refused."""
+DEFLATE_RATIO = 1032
+"""Deflate (gzip, zip) never expands data by more than this factor (RFC 1951: a
+258-byte match costs at least 2 bits), so a claim beyond it is a crafted header."""
 
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _CIFAR_IMAGE = 3 * 32 * 32
+_CHUNK = 1 << 20
 
 
-def _read_bytes(path: Path, limit: int) -> bytes:
-    """The file's bytes (gunzipped when it starts with the gzip magic), at most ``limit + 1``."""
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading, or :class:`DataError` unless it is a regular file (a
+    device such as ``/dev/zero`` never ends, a FIFO blocks; both are refused without
+    waiting: the file is opened non-blocking and checked before a byte is read)."""
     try:
-        with path.open("rb") as file:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
+        raise DataError(f"{path}: not a regular file ({kind}); only regular files are read")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def fits_in_memory(path: Path, nbytes: int, what: str) -> None:
+    """:class:`DataError` when ``what`` needs more than :data:`MAX_DATA_BYTES` or than the
+    memory this process can still allocate: checked before anything is allocated."""
+    budget = min(MAX_DATA_BYTES, available_memory())
+    if nbytes > budget:
+        raise DataError(
+            f"{path}: {what} needs {nbytes} bytes, more than the {budget} this process can "
+            f"hold (at most {MAX_DATA_BYTES} and the memory left to it)"
+        )
+
+
+def _read_bytes(path: Path, limit: int, excess: str) -> bytes | bytearray:
+    """The file's bytes (gunzipped when it starts with the gzip magic), or
+    :class:`DataError` ``path: excess`` when there are more than ``limit``: a plain file's
+    size is checked first, gzipped data is read in blocks as it comes (never allocated
+    from ``limit`` up front) and never beyond :data:`DEFLATE_RATIO` times the file."""
+    try:
+        with open_regular(path) as file:
+            size = os.fstat(file.fileno()).st_size
             gzipped = file.read(2) == b"\x1f\x8b"
-        if not gzipped:
-            with path.open("rb") as file:
-                return file.read(limit + 1)
-        with gzip.open(path, "rb") as file:
-            return file.read(limit + 1)
+            file.seek(0)
+            if not gzipped:
+                if size > limit:
+                    raise DataError(f"{path}: {excess}")
+                return file.read(size)
+            bound = min(limit, DEFLATE_RATIO * size)
+            out = bytearray()
+            with gzip.GzipFile(fileobj=file, mode="rb") as stream:
+                while block := stream.read(min(_CHUNK, bound + 1 - len(out))):
+                    out += block
+                    if len(out) > bound:
+                        raise DataError(f"{path}: {excess}")
+            return out
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
         raise DataError(f"{path}: corrupt or truncated gzip data ({error})") from None
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
 
 
+def _head(path: Path, n: int) -> bytes:
+    """The first ``n`` bytes of the file (of its gunzipped data when gzipped)."""
+    try:
+        with open_regular(path) as file:
+            if file.read(2) != b"\x1f\x8b":
+                file.seek(0)
+                return file.read(n)
+            file.seek(0)
+            with gzip.GzipFile(fileobj=file, mode="rb") as stream:
+                return stream.read(n)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise DataError(f"{path}: corrupt or truncated gzip data ({error})") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+
+
+def _stored_size(path: Path) -> tuple[int, bool]:
+    """The file's size on disk and whether it is gzipped."""
+    with open_regular(path) as file:
+        return os.fstat(file.fileno()).st_size, file.read(2) == b"\x1f\x8b"
+
+
 def read_idx(path: Path, ndim: int) -> np.ndarray:
     """The array of an IDX file of ``ndim`` dimensions (gzipped or not)."""
-    head = _read_bytes(path, 4 + 4 * 4)
+    head = _head(path, 4 + 4 * ndim)
     expected = f"0x{0x800 + ndim:08X} for bytes"
     if len(head) < 4:
         raise DataError(f"{path}: empty or truncated IDX file ({len(head)} bytes)")
@@ -74,19 +152,35 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     size = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if size > MAX_IDX_BYTES:
         raise DataError(f"{path}: IDX header promises {size} bytes (at most {MAX_IDX_BYTES})")
-    raw = _read_bytes(path, offset + size)
-    if len(raw) != offset + size:
-        problem = "truncated" if len(raw) < offset + size else "has bytes after the data"
+    stored, gzipped = _stored_size(path)
+    if gzipped and offset + size > DEFLATE_RATIO * stored:
+        raise DataError(
+            f"{path}: truncated or crafted: the header promises shape {shape} "
+            f"({offset + size} bytes), more than a gzip file of {stored} bytes can hold"
+        )
+    if not gzipped and stored != offset + size:
+        problem = "truncated" if stored < offset + size else "has bytes after the data"
         raise DataError(
             f"{path}: {problem}: the header promises shape {shape} ({offset + size} bytes), "
-            f"the file holds {len(raw) if len(raw) <= offset + size else 'more'} bytes"
+            f"the file holds {stored} bytes"
+        )
+    fits_in_memory(path, offset + size, f"shape {shape}")
+    excess = (
+        f"has bytes after the data: the header promises shape {shape} ({offset + size} "
+        "bytes), the file holds more"
+    )
+    raw = _read_bytes(path, offset + size, excess)
+    if len(raw) < offset + size:
+        raise DataError(
+            f"{path}: truncated: the header promises shape {shape} ({offset + size} bytes), "
+            f"the file holds {len(raw)} bytes"
         )
     return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(shape)
 
 
 def _idx_pair(images: Path, labels: Path) -> Arrays:
     x = read_idx(images, 3)
-    y = _labels(labels, read_idx(labels, 1), "labels")
+    y = integer_labels(labels, read_idx(labels, 1), "labels")
     if len(x) != len(y):
         raise DataError(f"{images}: {len(x)} images but {labels.name} has {len(y)} labels")
     return x[:, None, :, :], y
@@ -172,7 +266,10 @@ def read_cifar(files: list[Path], variant: str, label: str) -> Arrays:
     n_classes = {"cifar10": 10, "coarse": 20, "fine": 100}[label if n_labels == 2 else variant]
     xs, ys = [], []
     for path in files:
-        raw = _read_bytes(path, MAX_IDX_BYTES)
+        budget = min(MAX_DATA_BYTES, available_memory())
+        raw = _read_bytes(
+            path, budget, f"more than {budget} bytes, more than this process can hold"
+        )
         if not raw:
             raise DataError(f"{path}: empty file")
         if len(raw) % record:
@@ -199,7 +296,7 @@ def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _labels(path: Path, values: np.ndarray, what: str) -> np.ndarray:
+def integer_labels(path: Path | str, values: np.ndarray, what: str) -> np.ndarray:
     """``values`` as int64 labels, or :class:`DataError` for a missing or non-integer one."""
     if values.dtype == bool:
         return values.astype(np.int64)
@@ -225,6 +322,7 @@ def read_table(
 ) -> Arrays:
     """Features ``[N, d]`` and labels of a CSV or Parquet table (rows numbered from 0)."""
     try:
+        _check_table_size(path, fmt)
         if fmt == "csv":
             frame = pd.read_csv(path)
         else:
@@ -253,22 +351,96 @@ def read_table(
                 f"{path}: column '{column}' is not numeric (e.g. {sample!r}); list the numeric "
                 "columns in feature_columns"
             )
-    y = _labels(path, frame[label_column].to_numpy(), f"column '{label_column}'")
+    y = integer_labels(path, frame[label_column].to_numpy(), f"column '{label_column}'")
     return frame[features].to_numpy(dtype=np.float64), y
+
+
+def _check_table_size(path: Path, fmt: str) -> None:
+    """:class:`DataError` for a table of more than :data:`MAX_COLUMNS` columns, or one whose
+    values (as float64) cannot fit in memory: read from the CSV's first line or the
+    Parquet footer, before any row is parsed."""
+    with open_regular(path) as file:
+        size = os.fstat(file.fileno()).st_size
+        if fmt == "csv":
+            line = file.readline(MAX_HEADER_BYTES + 1)
+            if len(line) > MAX_HEADER_BYTES:
+                raise DataError(
+                    f"{path}: the first line (the column names) is longer than "
+                    f"{MAX_HEADER_BYTES} bytes"
+                )
+            text = line.decode("utf-8", errors="replace")
+            n_columns = len(next(csv.reader([text]), []))
+            n_values = size // 2  # each value takes at least a digit and a separator
+        else:
+            import pyarrow.parquet as pq
+
+            metadata = pq.ParquetFile(file).metadata
+            n_columns, n_values = metadata.num_columns, metadata.num_rows * metadata.num_columns
+    if n_columns > MAX_COLUMNS:
+        raise DataError(f"{path}: {n_columns} columns (at most {MAX_COLUMNS})")
+    fits_in_memory(path, 8 * n_values, f"{n_values} values as float64")
+
+
+def _npz_member(path: Path, archive: zipfile.ZipFile, key: str) -> zipfile.ZipInfo:
+    """The archive member of array ``key``, after checking what it claims (its size and its
+    ``.npy`` header's shape and dtype) against the archive's size and this process's
+    memory; nothing is allocated from a claim."""
+    names = {name.removesuffix(".npy"): name for name in archive.namelist()}
+    if key not in names:
+        shown = ", ".join(list(names)[:10]) or "none"
+        raise DataError(f"{path}: no array '{key}' (arrays: {shown})")
+    info = archive.getinfo(names[key])
+    stored = os.path.getsize(path)
+    if info.compress_type == zipfile.ZIP_STORED:
+        ratio = 1
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        ratio = DEFLATE_RATIO
+    else:
+        raise DataError(
+            f"{path}: array '{key}' is compressed with zip method {info.compress_type}; "
+            "only stored or deflated arrays are read (np.savez, np.savez_compressed)"
+        )
+    if info.compress_size > stored or info.file_size > ratio * info.compress_size + 1024:
+        raise DataError(
+            f"{path}: array '{key}' claims {info.file_size} bytes, more than its "
+            f"{info.compress_size} stored bytes can hold (a crafted or damaged archive)"
+        )
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise DataError(f"{path}: array '{key}': .npy format {version} is not read")
+        header = member.tell()
+    if dtype.hasobject:
+        raise DataError(
+            f"{path}: an array holds Python objects; only numeric arrays are read "
+            "(nothing is unpickled)"
+        )
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if header + nbytes != info.file_size:
+        raise DataError(
+            f"{path}: array '{key}': its header promises shape {shape} of {dtype} "
+            f"({nbytes} bytes), the archive holds {info.file_size - header}"
+        )
+    fits_in_memory(path, nbytes, f"array '{key}' of shape {shape}")
+    return info
 
 
 def read_npz(path: Path, x_key: str, y_key: str) -> Arrays:
     """Arrays ``x_key`` and ``y_key`` of an ``.npz`` archive (never unpickled)."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
+        with open_regular(path) as file:
+            if file.read(6) == b"\x93NUMPY":
                 raise DataError(f"{path}: not an .npz archive (a single .npy array?)")
-            arrays = {}
-            for key in (x_key, y_key):
-                if key not in archive.files:
-                    shown = ", ".join(archive.files[:10]) or "none"
-                    raise DataError(f"{path}: no array '{key}' (arrays: {shown})")
-                arrays[key] = archive[key]
+            file.seek(0)
+            with zipfile.ZipFile(file) as archive:
+                arrays = {}
+                for key in (x_key, y_key):
+                    with archive.open(_npz_member(path, archive, key)) as member:
+                        arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
     except DataError:
         raise
     except ValueError as error:
@@ -278,14 +450,77 @@ def read_npz(path: Path, x_key: str, y_key: str) -> Arrays:
                 "(nothing is unpickled)"
             ) from None
         raise DataError(f"{path}: not a readable .npz archive ({error})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as error:
         raise DataError(f"{path}: not a readable .npz archive ({error})") from None
     x, y = arrays[x_key], arrays[y_key]
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.iscomplexobj(x):
         raise DataError(f"{path}: array '{x_key}' has dtype {x.dtype}; expected numbers")
+    if x.ndim == 0:
+        raise DataError(f"{path}: array '{x_key}' is a single value; expected [N, ...] inputs")
     if y.ndim != 1:
         raise DataError(f"{path}: labels '{y_key}' have shape {y.shape}; expected [N]")
-    return x, _labels(path, y, f"array '{y_key}'")
+    return x, integer_labels(path, y, f"array '{y_key}'")
+
+
+def check_confined(folder: Path, files: list[Path]) -> None:
+    """:class:`DataError` for a file of ``folder`` (a symbolic link) whose target is
+    outside it: every file a dataset reads lies inside its path, so its hash covers it."""
+    root = folder.resolve()
+    for file in files:
+        target = file.resolve()
+        if not target.is_relative_to(root):
+            raise DataError(
+                f"{file}: links to {target}, outside the dataset's folder {folder}; every "
+                "file read must be inside it"
+            )
+
+
+_MAX_JSON_BYTES = 1 << 26
+
+
+def _json(path: Path) -> object:
+    try:
+        with open_regular(path) as file:
+            if os.fstat(file.fileno()).st_size > _MAX_JSON_BYTES:
+                raise DataError(f"{path}: larger than {_MAX_JSON_BYTES} bytes")
+            return json.loads(file.read())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from None
+
+
+def _check_hf_references(folder: Path) -> None:
+    """:class:`DataError` unless every split (``dataset_dict.json``) and every Arrow file
+    (each split's ``state.json``) that ``load_from_disk`` would open is inside
+    ``folder``: a name such as ``../other/x.arrow`` or ``/etc/passwd`` is refused."""
+    root = folder.resolve()
+
+    def inside(path: Path, where: Path, what: str) -> Path:
+        if not path.resolve().is_relative_to(root):
+            raise DataError(
+                f"{where}: {what} {str(path)!r} is outside the dataset's folder {folder}; "
+                "every file read must be inside it"
+            )
+        return path
+
+    splits = [folder]
+    listing = folder / "dataset_dict.json"
+    if listing.is_file():
+        names = _json(listing)
+        names = names.get("splits") if isinstance(names, dict) else None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DataError(f"{listing}: 'splits' is not a list of names")
+        splits = [inside(folder / name, listing, "split") for name in names]
+    for split in splits:
+        state_file = split / "state.json"
+        if not state_file.is_file():
+            continue  # load_from_disk says what is missing
+        state = _json(state_file)
+        entries = state.get("_data_files") if isinstance(state, dict) else None
+        for entry in entries if isinstance(entries, list) else []:
+            name = entry.get("filename") if isinstance(entry, dict) else None
+            if not isinstance(name, str):
+                raise DataError(f"{state_file}: a data file without a filename")
+            inside(split / name, state_file, "data file")
 
 
 def read_hf(
@@ -300,9 +535,11 @@ def read_hf(
             f"{folder}: format hf needs the Hugging Face datasets package: "
             "pip install 'mnemoscope[hf]'"
         ) from None
+    _check_hf_references(folder)
     try:
         loaded = datasets.load_from_disk(str(folder))
-    except (FileNotFoundError, ValueError, OSError) as error:
+    except (ValueError, OSError, KeyError, TypeError, AttributeError) as error:
+        # a crafted state.json or Arrow file fails inside datasets or pyarrow in many ways
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"{folder}: not a datasets save_to_disk folder ({first})") from None
     if isinstance(loaded, datasets.DatasetDict):
@@ -328,6 +565,8 @@ def _hf_arrays(
     feature_columns: list[str] | None,
 ) -> Arrays:
     columns = list(part.column_names)  # type: ignore[attr-defined]
+    n_rows = int(part.num_rows)  # type: ignore[attr-defined]
+    fits_in_memory(folder, 8 * n_rows * len(columns), f"{n_rows} rows of {len(columns)} columns")
     for column in [
         label_column,
         *([image_column] if image_column else []),
@@ -335,10 +574,12 @@ def _hf_arrays(
     ]:
         if column not in columns:
             raise DataError(f"{folder}: no column '{column}' (columns: {', '.join(columns)})")
-    y = _labels(folder, np.asarray(part[label_column]), f"column '{label_column}'")  # type: ignore[index]
+    y = integer_labels(folder, np.asarray(part[label_column]), f"column '{label_column}'")  # type: ignore[index]
     if image_column:
         try:
-            images = [np.asarray(image) for image in part[image_column]]  # type: ignore[index]
+            images = [np.asarray(image) for image in _hf_images(folder, part, image_column)]
+        except DataError:
+            raise
         except Exception as error:  # a decoder's own error on a corrupt image
             raise DataError(f"{folder}: column '{image_column}': cannot decode ({error})") from None
         shapes = {image.shape for image in images}
@@ -364,3 +605,24 @@ def _hf_arrays(
                 "or list numeric feature_columns"
             )
     return frame.to_numpy(dtype=np.float64), y
+
+
+def _hf_images(folder: Path, part: object, image_column: str) -> list[object]:
+    """The decoded images of an ``Image`` column from the bytes the folder stores; an
+    image stored as a path to a file elsewhere is refused, never opened."""
+    import datasets
+
+    feature = part.features[image_column]  # type: ignore[attr-defined]
+    if not isinstance(feature, datasets.Image):
+        return list(part[image_column])  # type: ignore[index]
+    cells = part.cast_column(image_column, datasets.Image(decode=False))[image_column]  # type: ignore[attr-defined]
+    images = []
+    for row, cell in enumerate(cells):
+        if cell is None or cell.get("bytes") is None:
+            named = None if cell is None else cell.get("path")
+            raise DataError(
+                f"{folder}: column '{image_column}': the image at row {row} is not stored in "
+                f"the folder (path {named!r}); only data inside the dataset's path is read"
+            )
+        images.append(feature.decode_example({"bytes": cell["bytes"], "path": None}))
+    return images

@@ -10,15 +10,13 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 from torch.func import functional_call
-from torch.nn import functional as F
 
 from mnemoscope.data import Dataset
-from mnemoscope.estimator import PlanContext, Scores, register
+from mnemoscope.estimator import Scores, register
+from mnemoscope.influence.adapters import layer_adapter
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
 from mnemoscope.influence.gradient_dot import GradDotConfig
-from mnemoscope.influence.gradients import per_example_grads, select_params
 from mnemoscope.task import Task
-from mnemoscope.train import EnsembleSpec
 
 if TYPE_CHECKING:
     from typing import Self
@@ -71,21 +69,7 @@ class KroneckerLayer:
 
     def inputs(self, a: torch.Tensor) -> torch.Tensor:
         """Layer input → ``[b, T, d_in]``: input patches per position, then a 1 for the bias."""
-        m, b = self.module, a.shape[0]
-        if isinstance(m, nn.Linear):
-            patches = a.reshape(b, -1, a.shape[-1])
-        elif isinstance(m, nn.Conv1d):
-            patches = F.unfold(
-                a.unsqueeze(2),
-                (1, m.kernel_size[0]),
-                dilation=(1, m.dilation[0]),
-                padding=(0, m.padding[0]),
-                stride=(1, m.stride[0]),
-            ).transpose(1, 2)
-        else:
-            patches = F.unfold(
-                a, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride
-            ).transpose(1, 2)
+        patches = layer_adapter(self.module, subclasses=True).patches(self.module, a)
         parts = [patches] if self.weight else []
         if self.bias:
             parts.append(patches.new_ones(*patches.shape[:2], 1))
@@ -93,9 +77,7 @@ class KroneckerLayer:
 
     def output_grads(self, delta: torch.Tensor) -> torch.Tensor:
         """Gradient w.r.t. the layer output → ``[b, T, d_out]``."""
-        if isinstance(self.module, nn.Linear):
-            return delta.reshape(delta.shape[0], -1, delta.shape[-1])
-        return delta.flatten(2).transpose(1, 2)
+        return layer_adapter(self.module, subclasses=True).positions(delta)
 
     def matrix(self, g: torch.Tensor) -> torch.Tensor:
         """``[b, size]`` flat gradient (weight flattened, then bias) → ``[b, d_out, d_in]``."""
@@ -128,13 +110,8 @@ def _kronecker_layers(
     selected, layers = set(names), []
     for path, m in module.named_modules():
         prefix = f"{path}." if path else ""
-        conv = (
-            isinstance(m, nn.Conv1d | nn.Conv2d)
-            and m.groups == 1
-            and not isinstance(m.padding, str)
-            and m.padding_mode == "zeros"
-        )
-        if not (isinstance(m, nn.Linear) or conv) or path not in called:
+        adapter = layer_adapter(m, subclasses=True)
+        if adapter is None or not adapter.kronecker(m) or path not in called:
             continue
         weight = f"{prefix}weight" if f"{prefix}weight" in selected else None
         bias = f"{prefix}bias" if m.bias is not None and f"{prefix}bias" in selected else None
@@ -200,21 +177,11 @@ class EKFAC(InfluenceEstimator):
     cache_fit = True
     config: EKFACConfig
 
-    def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
-        return {"model": EnsembleSpec.single(context.n_train, [])}
-
-    def check_model(self, module: nn.Module) -> None:
-        select_params(module, self.config.params)
-
     def _setup(self, ensembles, dataset: Dataset, task: Task, device) -> None:
-        self.device_ = torch.device(device)
-        self.task_, self.dataset_ = task, dataset
-        self.module_ = ensembles["model"].module().to(self.device_)
-        self.params_ = {k: v[0].to(self.device_) for k, v in ensembles["model"].params.items()}
-        names = select_params(self.module_, self.config.params)
+        self._hold_final_model(ensembles, dataset, task, device)
         probe = dataset.x_train[:1].to(self.device_)
         self.layers_, self.generic_names_ = _kronecker_layers(
-            self.module_, self.params_, names, probe
+            self.module_, self.params_, self.names_, probe
         )
         self.order_ = [p for layer in self.layers_ for p in (layer.weight, layer.bias) if p]
         self.order_ += self.generic_names_
@@ -338,15 +305,7 @@ class EKFAC(InfluenceEstimator):
         return torch.cat(parts, 1)
 
     def _gradients(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[torch.Tensor]:
-        return per_example_grads(
-            self.module_,
-            self.params_,
-            x.to(self.device_),
-            y.to(self.device_),
-            self.order_,
-            self.config.batch_size,
-            self.task_,
-        )
+        return self._example_grads(x, y, self.order_)
 
     def _corrected_eigenvalues(self) -> torch.Tensor:
         """``[P]``: mean over examples and label draws of the squared eigen-coordinates."""
@@ -382,7 +341,7 @@ class EKFAC(InfluenceEstimator):
             for g in self._gradients(data.x_train, data.y_train)
         ]
         score = torch.cat(values) / data.n_train
-        return Scores(self.name, self.family, data.train_ids.numpy(), score.numpy())
+        return self._scores(score)
 
     def influence(
         self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET
@@ -392,14 +351,16 @@ class EKFAC(InfluenceEstimator):
         ``memory_budget`` (at least one), against training gradients a batch at a time."""
         data, inverse = self.dataset_, self._inverse_curvature()
         per_target = 20 * len(inverse)
-        width = max(1, min(len(y_target), memory_budget // 2 // per_target))
-        for start in range(0, len(y_target), width):
-            targets = slice(start, min(start + width, len(y_target)))
-            grads = self._gradients(x_target[targets], y_target[targets])
-            preconditioned = torch.cat([self._coordinates(g) for g in grads]) * inverse
-            row = 0
-            for g in self._gradients(data.x_train, data.y_train):
-                values = self._coordinates(g) @ preconditioned.T / data.n_train
-                rows = slice(row, row + values.shape[0])
-                row = rows.stop
-                yield InfluenceBlock(rows, targets, values.cpu())
+        return self.streamed_blocks(
+            x_target,
+            y_target,
+            memory_budget,
+            2 * per_target,
+            held=lambda x, y: (
+                torch.cat([self._coordinates(g) for g in self._gradients(x, y)]) * inverse
+            ),
+            train=lambda: self._gradients(data.x_train, data.y_train),
+            pair=lambda g, preconditioned, _: (
+                self._coordinates(g) @ preconditioned.T / data.n_train
+            ),
+        )

@@ -27,7 +27,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from mnemoscope.data import Dataset
 from mnemoscope.errors import ConfigError
-from mnemoscope.estimator import PlanContext, Scores, register
+from mnemoscope.estimator import Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
 from mnemoscope.influence.curvature import (
     Curvature,
@@ -40,9 +40,8 @@ from mnemoscope.influence.curvature import (
     spectral_solve,
 )
 from mnemoscope.influence.gradient_dot import GradDotConfig
-from mnemoscope.influence.gradients import per_example_grads, select_params
+from mnemoscope.influence.gradients import select_params
 from mnemoscope.task import Measurement, Task
-from mnemoscope.train import EnsembleSpec
 
 if TYPE_CHECKING:
     from typing import Self
@@ -50,6 +49,9 @@ if TYPE_CHECKING:
 MAX_EXACT_PARAMS = 10_000
 """Most selected parameters ``if_exact`` accepts: its dense matrix is P² float64 (800 MB
 at 10⁴) and its eigendecomposition O(P³)."""
+FIT_WORKSPACE = 3
+"""Dense float64 matrices an exact influence function's fit holds at once: the
+Hessian, its eigenvectors and the solver's workspace."""
 BYTES_PER_TARGET_PARAM = 8 * 6
 """float64 copies of a target's P-vector held while its block is solved (gradient,
 solution and the solvers' work vectors)."""
@@ -116,11 +118,6 @@ class InfluenceFunction(InfluenceEstimator):
     config: IFExactConfig
     measurement: ClassVar[Measurement] = "loss"
     sign: ClassVar[float] = 1.0
-    _cached: ClassVar[tuple[str, ...]] = ()
-    """Fitted tensors (attributes ``<name>_``) that :meth:`fitted_state` keeps."""
-
-    def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
-        return {"model": EnsembleSpec.single(context.n_train, [])}
 
     def check_model(self, module) -> None:
         names = select_params(module, self.config.params)
@@ -134,18 +131,8 @@ class InfluenceFunction(InfluenceEstimator):
         self._fit_curvature()
         return self
 
-    def load_fitted(self, state, ensembles, dataset, task, device="cpu") -> Self:
-        self._prepare(ensembles, dataset, task, device)
-        for key in self._cached:
-            setattr(self, f"{key}_", state[key].to(self.device_))
-        return self
-
-    def fitted_state(self) -> dict[str, torch.Tensor]:
-        return {key: getattr(self, f"{key}_").cpu().contiguous() for key in self._cached}
-
     def _prepare(self, ensembles, dataset: Dataset, task: Task, device) -> None:
         self._hold_final_model(ensembles, dataset, task, device)
-        self.names_ = select_params(self.module_, self.config.params)
         self.curvature_ = Curvature(
             self.module_,
             self.params_,
@@ -173,17 +160,7 @@ class InfluenceFunction(InfluenceEstimator):
 
     def _grads(self, x: torch.Tensor, y: torch.Tensor, measurement: Measurement = "loss"):
         """``[b, P]`` float64 gradients of ``measurement`` per example, batch after batch."""
-        curvature = self.curvature_
-        for g in per_example_grads(
-            self.module_,
-            self.params_,
-            x.to(self.device_, curvature.dtype),
-            y.to(self.device_),
-            self.names_,
-            self.config.batch_size,
-            self.task_,
-            measurement,
-        ):
+        for g in self._example_grads(x, y, None, measurement, self.curvature_.dtype):
             yield g.double()
 
     def _train_grads(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -205,7 +182,7 @@ class InfluenceFunction(InfluenceEstimator):
         normaliser = self._normaliser()
         if normaliser is not None:
             score = score / normaliser.cpu()
-        return Scores(self.name, self.family, data.train_ids.numpy(), score.numpy())
+        return self._scores(score)
 
     def influence(
         self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET
@@ -215,22 +192,23 @@ class InfluenceFunction(InfluenceEstimator):
         training gradients one batch at a time."""
         n_train = self.n_train_
         per_target = BYTES_PER_TARGET_PARAM * self.curvature_.n_params
-        width = max(1, min(len(y_target), memory_budget // 2 // per_target))
         normaliser = self._normaliser()
-        for start in range(0, len(y_target), width):
-            targets = slice(start, min(start + width, len(y_target)))
-            g_target = torch.cat(
-                list(self._grads(x_target[targets], y_target[targets], self.measurement))
-            )
-            solved = self.solve(g_target)
-            row = 0
-            for g, _ in self._train_grads():
-                values = self.sign / n_train * (g @ solved.T)
-                rows = slice(row, row + values.shape[0])
-                row = rows.stop
-                if normaliser is not None:
-                    values = values / normaliser[rows, None]
-                yield InfluenceBlock(rows, targets, values.cpu())
+
+        def pair(grads: tuple[torch.Tensor, torch.Tensor], solved, row: int) -> torch.Tensor:
+            values = self.sign / n_train * (grads[0] @ solved.T)
+            if normaliser is None:
+                return values
+            return values / normaliser[row : row + values.shape[0], None]
+
+        return self.streamed_blocks(
+            x_target,
+            y_target,
+            memory_budget,
+            2 * per_target,
+            held=lambda x, y: self.solve(torch.cat(list(self._grads(x, y, self.measurement)))),
+            train=self._train_grads,
+            pair=pair,
+        )
 
 
 class _SpectralInfluence(InfluenceFunction):
@@ -280,6 +258,12 @@ class IFExact(_SpectralInfluence):
     )
     summary = "influence function with the exact (dense, damped) inverse Hessian"
     cache_fit = True
+
+    def fit_bytes(self, module, n_train: int, n_classes: int) -> int:
+        """The dense ``[P, P]`` float64 curvature, its eigenvectors and the solver's
+        workspace (``FIT_WORKSPACE`` such matrices)."""
+        names = select_params(module, self.config.params)
+        return FIT_WORKSPACE * 8 * sum(module.get_parameter(k).numel() for k in names) ** 2
 
     def _check_size(self, n_params: int) -> None:
         if n_params > MAX_EXACT_PARAMS:

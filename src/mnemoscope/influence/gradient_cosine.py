@@ -8,12 +8,10 @@ import torch
 from torch.nn import functional as F
 
 from mnemoscope.data import Dataset
-from mnemoscope.estimator import PlanContext, Scores, register
-from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
+from mnemoscope.estimator import Scores, register
+from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceEstimator
 from mnemoscope.influence.gradient_dot import DenseGradientsConfig
-from mnemoscope.influence.gradients import per_example_grads, select_params
 from mnemoscope.task import Task
-from mnemoscope.train import EnsembleSpec
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -56,28 +54,13 @@ class GradCos(InfluenceEstimator):
     summary = "gradient cosine at the final model; per example: 1 − mean cosine with its class"
     config: GradCosConfig
 
-    def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
-        return {"model": EnsembleSpec.single(context.n_train)}
-
-    def check_model(self, module) -> None:
-        select_params(module, self.config.params)
-
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
         self._hold_final_model(ensembles, dataset, task, device)
-        self.names_ = select_params(self.module_, self.config.params)
         return self
 
     def _unit_grads(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[torch.Tensor]:
         """``[b, P]`` float64 loss gradients scaled to unit length (zero stays zero)."""
-        for g in per_example_grads(
-            self.module_,
-            self.params_,
-            x.to(self.device_),
-            y.to(self.device_),
-            self.names_,
-            self.config.batch_size,
-            self.task_,
-        ):
+        for g in self._example_grads(x, y):
             yield F.normalize(g.double(), dim=1)
 
     def influence(self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET):
@@ -85,15 +68,15 @@ class GradCos(InfluenceEstimator):
         most half of ``memory_budget`` (at least one target)."""
         data = self.dataset_
         n_params = sum(self.module_.get_parameter(k).numel() for k in self.names_)
-        width = max(1, min(len(y_target), memory_budget // 2 // (8 * n_params)))
-        for start in range(0, len(y_target), width):
-            targets = slice(start, min(start + width, len(y_target)))
-            g_target = torch.cat(list(self._unit_grads(x_target[targets], y_target[targets])))
-            row = 0
-            for g in self._unit_grads(data.x_train, data.y_train):
-                rows = slice(row, row + g.shape[0])
-                row = rows.stop
-                yield InfluenceBlock(rows, targets, (g @ g_target.T).cpu())
+        return self.streamed_blocks(
+            x_target,
+            y_target,
+            memory_budget,
+            2 * 8 * n_params,
+            held=lambda x, y: torch.cat(list(self._unit_grads(x, y))),
+            train=lambda: self._unit_grads(data.x_train, data.y_train),
+            pair=lambda g, g_target, _: g @ g_target.T,
+        )
 
     def self_influence(self) -> Scores:
         """One minus the mean cosine with the other examples of the same class."""
@@ -108,4 +91,4 @@ class GradCos(InfluenceEstimator):
             # ĝ_i · Σ_j ĝ_j − ĝ_i · ĝ_i: the cosines with the others only
             own = torch.cat([g @ total - (g * g).sum(1) for g in self._unit_grads(x, y)])
             score[members] = 1 - own.cpu() / (len(members) - 1)
-        return Scores(self.name, self.family, data.train_ids.numpy(), score.numpy())
+        return self._scores(score)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field
 
 from mnemoscope.data import Dataset
 from mnemoscope.errors import ConfigError
 from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
-from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
-from mnemoscope.influence.gradients import Params, ParamSelection, select_params
+from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceEstimator
+from mnemoscope.influence.gradients import Params
 from mnemoscope.influence.layerwise import GradientFactors, LayerwiseGradients
+from mnemoscope.params import ParamsSetting
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, TrainedEnsemble
 
@@ -27,23 +28,8 @@ class GradDotConfig(MethodConfig):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     method: Literal["grad_dot"] = "grad_dot"
-    params: ParamSelection = "all"
+    params: ParamsSetting = "all"
     """Parameters to differentiate: 'all', 'last_layer' or a non-empty list of names."""
-
-    @field_validator("params", mode="before")
-    @classmethod
-    def _some_params(cls, params: Any) -> Any:
-        if isinstance(params, str) and params in ("all", "last_layer"):
-            return params
-        if isinstance(params, tuple):  # a list from Python code may come as a tuple
-            params = list(params)
-        if (
-            isinstance(params, list)
-            and params
-            and all(isinstance(name, str) and name for name in params)
-        ):
-            return params
-        raise ValueError("expected 'all', 'last_layer' or a non-empty list of parameter names")
 
     batch_size: int = Field(512, gt=0, le=1_000_000)
     """Examples per batched forward and backward pass (bounds memory; at most 10⁶). The
@@ -109,16 +95,12 @@ class GradientDot(InfluenceEstimator):
         """Checkpoint epochs to read; the final model is read from its parameters."""
         return []
 
-    def check_model(self, module) -> None:
-        select_params(module, self.config.params)  # unknown names: ConfigError, before training
-
     @abstractmethod
     def _weighted_params(self, model: TrainedEnsemble) -> list[tuple[float, Params]]:
         """The ``(w_c, θ_c)`` pairs: weights and single-model parameters."""
 
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
         self._hold_final_model(ensembles, dataset, task, device)
-        self.names_ = select_params(self.module_, self.config.params)
         self.layerwise_ = LayerwiseGradients(self.module_, self.names_, task)
         self.weighted_ = [
             (weight, {k: v.to(self.device_) for k, v in params.items()})
@@ -138,7 +120,7 @@ class GradientDot(InfluenceEstimator):
         for weight, params in self.weighted_:
             norms = [f.sq_norms().cpu() for f in self._factors(params, data.x_train, data.y_train)]
             total += weight * torch.cat(norms)
-        return Scores(self.name, self.family, data.train_ids.numpy(), total.numpy())
+        return self._scores(total)
 
     def influence(self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET):
         """Blocks of ``[batch_size, b_t]``: training gradients one batch at a time against
@@ -147,22 +129,21 @@ class GradientDot(InfluenceEstimator):
         data = self.dataset_
         n_params = sum(self.module_.get_parameter(k).numel() for k in self.names_)
         per_target = 4 * n_params * len(self.weighted_)
-        width = max(1, min(len(y_target), memory_budget // 2 // max(per_target, 1)))
-        for start in range(0, len(y_target), width):
-            targets = slice(start, min(start + width, len(y_target)))
-            held = [
-                GradientFactors.cat(list(self._factors(p, x_target[targets], y_target[targets])))
-                for _, p in self.weighted_
-            ]
-            row = 0
-            batches = zip(
+        return self.streamed_blocks(
+            x_target,
+            y_target,
+            memory_budget,
+            2 * per_target,
+            held=lambda x, y: [
+                GradientFactors.cat(list(self._factors(p, x, y))) for _, p in self.weighted_
+            ],
+            train=lambda: zip(
                 *[self._factors(p, data.x_train, data.y_train) for _, p in self.weighted_]
-            )
-            for trains in batches:
-                values = sum(w * f.dots(t) for (w, _), f, t in zip(self.weighted_, trains, held))
-                rows = slice(row, row + values.shape[0])
-                row = rows.stop
-                yield InfluenceBlock(rows, targets, values.cpu())
+            ),
+            pair=lambda trains, held, _: sum(
+                w * f.dots(t) for (w, _), f, t in zip(self.weighted_, trains, held)
+            ),
+        )
 
 
 @register

@@ -7,33 +7,17 @@ gets them from one batched backward pass instead (and falls back to this module)
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.func import grad, vmap
 
-from mnemoscope.errors import ConfigError
-from mnemoscope.models import last_layer_names
+from mnemoscope.params import ParamSelection, select_params
 from mnemoscope.task import Measurement, Task
 
-ParamSelection = Literal["all", "last_layer"] | list[str]
+__all__ = ["ParamSelection", "Params", "per_example_grads", "select_params"]
+
 Params = dict[str, torch.Tensor]
-
-
-def select_params(module: nn.Module, selection: ParamSelection) -> list[str]:
-    """Names of the parameters to differentiate: ``'all'``, ``'last_layer'`` or a list."""
-    names = [name for name, _ in module.named_parameters()]
-    if selection == "all":
-        return names
-    if selection == "last_layer":
-        return last_layer_names(module)
-    if not selection:
-        raise ConfigError("params: the list of parameter names is empty")
-    unknown = [name for name in selection if name not in names]
-    if unknown:
-        raise ConfigError(f"params: unknown parameter names {unknown}; the model has {names}")
-    return list(selection)
 
 
 def per_example_grads(

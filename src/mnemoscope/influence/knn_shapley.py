@@ -8,15 +8,12 @@ import torch
 from pydantic import ConfigDict, Field
 
 from mnemoscope.data import Dataset
-from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
+from mnemoscope.estimator import MethodConfig, Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
 from mnemoscope.task import Task
-from mnemoscope.train import EnsembleSpec
 
 if TYPE_CHECKING:
     from typing import Self
-
-FEATURE_BATCH = 1024
 
 
 class KNNShapleyConfig(MethodConfig):
@@ -115,9 +112,6 @@ class KNNShapley(InfluenceEstimator):
     summary = "exact Shapley value of each example for a K-nearest-neighbour classifier"
     config: KNNShapleyConfig
 
-    def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
-        return {"model": EnsembleSpec.single(context.n_train)}
-
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
         self._hold_final_model(ensembles, dataset, task, device)
         self.train_features_ = self._features(dataset.x_train)
@@ -129,16 +123,11 @@ class KNNShapley(InfluenceEstimator):
         """``[b, ...]`` inputs → ``[b, d]`` float64 points of the distance space."""
         if self.config.features == "input":
             return x.flatten(1).to(self.device_, torch.float64)
-        return torch.cat(
-            [
-                self.task_.features(self.module_, self.params_, xb.to(self.device_)).double()
-                for xb in x.split(FEATURE_BATCH)
-            ]
-        )
+        return self._penultimate(x)
 
-    def _width(self, n_targets: int, memory_budget: int) -> int:
-        """Targets per block: distances, sort indices, matches and values, 8 bytes each."""
-        return max(1, min(n_targets, memory_budget // (5 * 8 * self.n_train_)))
+    def _blocks(self, n_targets: int, memory_budget: int) -> list[slice]:
+        """Blocks of targets: distances, sort indices, matches and values, 8 bytes each."""
+        return self.target_slices(n_targets, 5 * 8 * self.n_train_, memory_budget)
 
     def _columns(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         distances = torch.cdist(self.train_features_, features)
@@ -148,9 +137,7 @@ class KNNShapley(InfluenceEstimator):
 
     def influence(self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET):
         """Blocks of all training rows × as many targets as fit ``memory_budget``."""
-        width = self._width(len(y_target), memory_budget)
-        for start in range(0, len(y_target), width):
-            targets = slice(start, min(start + width, len(y_target)))
+        for targets in self._blocks(len(y_target), memory_budget):
             values = self._columns(self._features(x_target[targets]), y_target[targets])
             yield InfluenceBlock(slice(0, self.n_train_), targets, values.cpu())
 
@@ -158,12 +145,11 @@ class KNNShapley(InfluenceEstimator):
         """The diagonal of the train×train values, block by block."""
         n = self.n_train_
         diagonal = torch.empty(n, dtype=torch.float64)
-        width = self._width(n, DEFAULT_MEMORY_BUDGET)
-        for start in range(0, n, width):
-            rows = torch.arange(start, min(start + width, n), device=self.device_)
+        for block in self._blocks(n, DEFAULT_MEMORY_BUDGET):
+            rows = torch.arange(block.start, block.stop, device=self.device_)
             values = self._columns(self.train_features_[rows], self.train_labels_[rows])
-            diagonal[start : start + len(rows)] = values[rows, torch.arange(len(rows))].cpu()
-        return Scores(self.name, self.family, self.dataset_.train_ids.numpy(), diagonal.numpy())
+            diagonal[block] = values[rows, torch.arange(len(rows))].cpu()
+        return self._scores(diagonal)
 
     def test_mean_value(self) -> Scores:
         """Mean value of each training example over the test split (Jia et al.'s data value)."""
@@ -171,7 +157,7 @@ class KNNShapley(InfluenceEstimator):
         total = torch.zeros(self.n_train_, dtype=torch.float64)
         for block in self.influence(data.x_test, data.y_test):
             total += block.values.sum(1)
-        return Scores(self.name, self.family, data.train_ids.numpy(), (total / data.n_test).numpy())
+        return self._scores(total / data.n_test)
 
     def score(self) -> Scores:
         return self.self_influence() if self.config.score == "self" else self.test_mean_value()

@@ -41,78 +41,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import torch
 from torch import nn
 from torch.func import functional_call
-from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from mnemoscope.errors import ConfigError
+from mnemoscope.influence.adapters import Dense, Outer, Piece, layer_adapter
 from mnemoscope.influence.gradients import Params, per_example_grads
 from mnemoscope.task import Measurement, Task
-
-_LAYERWISE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)
-
-
-@dataclass
-class Dense:
-    """Per-example gradients ``g [b, p]`` of one parameter, flattened."""
-
-    g: torch.Tensor
-
-    @property
-    def dense(self) -> torch.Tensor:
-        return self.g
-
-    def sq_norms(self) -> torch.Tensor:
-        return self.g.square().sum(1).double()
-
-
-@dataclass
-class Outer:
-    """Per-example weight gradients ``D_i U_iᵀ`` kept as ``u [b, patch, P]``, ``d [b, out, P]``."""
-
-    u: torch.Tensor
-    d: torch.Tensor
-
-    @cached_property
-    def dense(self) -> torch.Tensor:
-        """``[b, out·patch]``, in the order of the weight's ``flatten()``."""
-        return torch.bmm(self.d, self.u.transpose(1, 2)).flatten(1)
-
-    def _gram_cost(self, positions: int) -> tuple[int, int]:
-        patch, out = self.u.shape[1], self.d.shape[1]
-        return positions * (patch + out), patch * out
-
-    def sq_norms(self) -> torch.Tensor:
-        gram, product = self._gram_cost(self.u.shape[2])
-        if gram >= product:
-            return Dense(self.dense).sq_norms()
-        if self.u.shape[2] == 1:
-            return self.u.square().sum((1, 2)).double() * self.d.square().sum((1, 2)).double()
-        u, d = self.u.double(), self.d.double()
-        return (torch.bmm(u.transpose(1, 2), u) * torch.bmm(d.transpose(1, 2), d)).sum((1, 2))
-
-    @property
-    def keeps_factors(self) -> bool:
-        """Dot products with another batch of the same shape are cheaper through the
-        Gram matrices than through the ``[out, patch]`` gradients (which then take less
-        memory too)."""
-        gram, product = self._gram_cost(self.u.shape[2] ** 2)
-        return gram < product
-
-    def dots(self, other: Outer) -> torch.Tensor:
-        gram, product = self._gram_cost(self.u.shape[2] * other.u.shape[2])
-        if gram >= product:
-            return self.dense.double() @ other.dense.double().T
-        uu = torch.einsum("bkp,tkq->btpq", self.u.double(), other.u.double())
-        dd = torch.einsum("bmp,tmq->btpq", self.d.double(), other.d.double())
-        return (uu * dd).sum((2, 3))
-
-
-Piece = Dense | Outer
 
 
 @dataclass
@@ -216,70 +154,6 @@ class _Recorder(TorchFunctionMode):
             handle.remove()
 
 
-def _supported(layer: nn.Module) -> bool:
-    if type(layer) not in _LAYERWISE:
-        return False
-    if isinstance(layer, nn.Conv1d | nn.Conv2d):
-        padding_ok = not isinstance(layer.padding, str) or layer.padding == "valid"
-        return layer.groups == 1 and layer.padding_mode == "zeros" and padding_ok
-    return True
-
-
-def _input_ok(layer: nn.Module, a: torch.Tensor, batch: int) -> bool:
-    if a.dim() < 2 or a.shape[0] != batch:
-        return False
-    if isinstance(layer, nn.Conv1d):
-        return a.dim() == 3
-    if isinstance(layer, nn.Conv2d):
-        return a.dim() == 4
-    if isinstance(layer, nn.LayerNorm):
-        return a.dim() > len(layer.normalized_shape)
-    return True
-
-
-def _patches(a: torch.Tensor, conv: nn.Conv1d | nn.Conv2d, positions: torch.Size) -> torch.Tensor:
-    """``a [b, C, *spatial]`` → ``[b, C·kernel, P]``, what ``F.unfold`` gives, as one copy of
-    a strided view ``[b, C, *kernel, *positions]`` (several times faster than ``im2col`` on
-    small maps)."""
-    padding = (0,) * len(positions) if isinstance(conv.padding, str) else conv.padding
-    if any(padding):
-        a = F.pad(a, [p for p in reversed(padding) for _ in range(2)])
-    a = a.contiguous()
-    spatial = a.stride()[2:]
-    view = a.as_strided(
-        (*a.shape[:2], *conv.kernel_size, *positions),
-        (
-            *a.stride()[:2],
-            *(s * d for s, d in zip(spatial, conv.dilation)),
-            *(s * t for s, t in zip(spatial, conv.stride)),
-        ),
-    )
-    return view.reshape(a.shape[0], -1, positions.numel())
-
-
-def _pieces(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> dict[str, Piece]:
-    """Per-example gradients of ``layer``'s parameters (by local name) from its input ``a``
-    and the output gradient ``delta``, both with the batch on dim 0."""
-    if isinstance(layer, nn.GroupNorm | nn.LayerNorm):
-        if isinstance(layer, nn.GroupNorm):
-            normalised = F.group_norm(a, layer.num_groups, None, None, layer.eps)
-            summed = tuple(range(2, a.dim()))
-        else:
-            normalised = F.layer_norm(a, layer.normalized_shape, None, None, layer.eps)
-            summed = tuple(range(1, a.dim() - len(layer.normalized_shape)))
-        weight = delta * normalised
-        if summed:  # an empty tuple would sum over every dimension, the batch included
-            weight, delta = weight.sum(summed), delta.sum(summed)
-        return {"weight": Dense(weight.flatten(1)), "bias": Dense(delta.flatten(1))}
-    if isinstance(layer, nn.Linear):
-        u = a.flatten(1, -2).transpose(1, 2) if a.dim() > 2 else a[:, :, None]
-        d = delta.flatten(1, -2).transpose(1, 2) if delta.dim() > 2 else delta[:, :, None]
-    else:
-        u = _patches(a, layer, delta.shape[2:])
-        d = delta.flatten(2)
-    return {"weight": Outer(u, d), "bias": Dense(d.sum(2))}
-
-
 def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
     prefix, _, local = name.rpartition(".")
     return module.get_submodule(prefix), local
@@ -324,7 +198,8 @@ class LayerwiseGradients:
         self.candidates: dict[nn.Module, list[str]] = {}
         for name in self.names:
             layer, _ = _owner(module, name)
-            if not cross_example and name not in self.tied and _supported(layer):
+            adapter = layer_adapter(layer)
+            if not cross_example and name not in self.tied and adapter and adapter.supports(layer):
                 self.candidates.setdefault(layer, []).append(name)
         self.local = {name: _owner(module, name)[1] for name in self.names}
         self._fast: dict[tuple, dict[nn.Module, list[str]]] = {}
@@ -382,7 +257,9 @@ class LayerwiseGradients:
             return (
                 recorder.calls[layer] == 1
                 and recorder.unchanged(layer)
-                and _input_ok(layer, recorder.seen[layer][0], len(y))
+                and (a := recorder.seen[layer][0]).dim() >= 2
+                and a.shape[0] == len(y)  # the batch on dim 0, the dims the adapter needs
+                and layer_adapter(layer).input_ok(layer, a)
             )
 
         if known is None:
@@ -402,7 +279,7 @@ class LayerwiseGradients:
             deltas = torch.autograd.grad(total, outputs, allow_unused=True)
             for (layer, group), output, delta in zip(fast.items(), outputs, deltas):
                 delta = torch.zeros_like(output) if delta is None else delta
-                local = _pieces(layer, recorder.seen[layer][0], delta.detach())
+                local = layer_adapter(layer).pieces(layer, recorder.seen[layer][0], delta.detach())
                 pieces.update({name: local[self.local[name]] for name in group})
         return fast
 

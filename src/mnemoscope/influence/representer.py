@@ -9,15 +9,13 @@ import torch
 from pydantic import ConfigDict, Field
 
 from mnemoscope.data import Dataset
-from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
+from mnemoscope.estimator import MethodConfig, Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
 from mnemoscope.task import Task
-from mnemoscope.train import EnsembleSpec
 
 if TYPE_CHECKING:
     from typing import Self
 
-FEATURE_BATCH = 1024
 GRADIENT_TOLERANCE = 1e-10
 """Refit stops when the objective's largest gradient entry falls below this (float64), or
 earlier where the line search can no longer lower the objective in float64 (seen near
@@ -77,10 +75,8 @@ class Representer(InfluenceEstimator):
     )
     summary = "share of each example in an L2-refitted last layer's logits (representer theorem)"
     cache_fit = True
+    _cached = ("alpha", "features")
     config: RepresenterConfig
-
-    def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
-        return {"model": EnsembleSpec.single(context.n_train)}
 
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
         self._hold_final_model(ensembles, dataset, task, device)
@@ -92,25 +88,15 @@ class Representer(InfluenceEstimator):
         self.alpha_ = -loss_gradient / (2 * self.config.l2 * dataset.n_train)
         return self
 
-    def fitted_state(self) -> dict[str, torch.Tensor]:
-        return {"alpha": self.alpha_.cpu(), "features": self.features_.cpu()}
-
     def load_fitted(self, state, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
-        self._hold_final_model(ensembles, dataset, task, device)
-        self.alpha_ = state["alpha"].to(self.device_)
-        self.features_ = state["features"].to(self.device_)
+        super().load_fitted(state, ensembles, dataset, task, device)
         self.weight_ = self.alpha_.T @ self.features_
         return self
 
     @torch.no_grad()
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """``[b, ...]`` → ``[b, d + 1]`` float64 penultimate features with a 1 appended."""
-        h = torch.cat(
-            [
-                self.task_.features(self.module_, self.params_, xb.to(self.device_)).double()
-                for xb in x.split(FEATURE_BATCH)
-            ]
-        )
+        h = self._penultimate(x)
         return torch.cat([h, torch.ones_like(h[:, :1])], dim=1)
 
     def _refit(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -143,9 +129,7 @@ class Representer(InfluenceEstimator):
     def influence(self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET):
         """Blocks of all training rows × as many targets as fit ``memory_budget``
         (kernel and values, 8 bytes each per training example and target)."""
-        width = max(1, min(len(y_target), memory_budget // (2 * 8 * self.n_train_)))
-        for start in range(0, len(y_target), width):
-            targets = slice(start, min(start + width, len(y_target)))
+        for targets in self.target_slices(len(y_target), 2 * 8 * self.n_train_, memory_budget):
             kernel = self.features_ @ self._features(x_target[targets]).T  # [n, b]
             alpha = self.alpha_[:, y_target[targets].to(self.device_)]  # [n, b]
             yield InfluenceBlock(slice(0, self.n_train_), targets, (alpha * kernel).cpu())
@@ -153,4 +137,4 @@ class Representer(InfluenceEstimator):
     def self_influence(self) -> Scores:
         own = self.alpha_.gather(1, self.dataset_.y_train.to(self.device_)[:, None])[:, 0]
         score = own * (self.features_**2).sum(1)
-        return Scores(self.name, self.family, self.dataset_.train_ids.numpy(), score.cpu().numpy())
+        return self._scores(score)

@@ -20,8 +20,7 @@ from mnemoscope.data import Dataset
 from mnemoscope.errors import ConfigError
 from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
-from mnemoscope.memorization.counterfactual import member_stats
-from mnemoscope.memorization.feldman_zhang import FeldmanZhangConfig, agresti_caffo
+from mnemoscope.subsets import FeldmanZhangConfig, agresti_caffo, member_stats
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, TrainedEnsemble, derive_seed, subset_masks
 
@@ -59,9 +58,6 @@ class _PartialRows(InfluenceEstimator):
         matrix = super().influence_matrix(x_target, y_target, memory_budget)
         matrix[~self.scored_] = float("nan")
         return matrix
-
-    def _target_width(self, n_targets: int, bytes_per_target: int, memory_budget: int) -> int:
-        return max(1, min(n_targets, memory_budget // max(bytes_per_target, 1)))
 
 
 class LooConfig(MethodConfig):
@@ -172,7 +168,7 @@ class Loo(_PartialRows):
         if len(per_repeat) > 1:
             stderr = np.full(data.n_train, np.nan)
             stderr[self.chosen_.numpy()] = per_repeat.std(0, ddof=1) / np.sqrt(len(per_repeat))
-        return Scores(self.name, self.family, data.train_ids.numpy(), score, stderr)
+        return self._scores(score, stderr)
 
     def influence(
         self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET
@@ -181,12 +177,10 @@ class Loo(_PartialRows):
         targets at a time as the logits of all models and the values fit ``memory_budget``."""
         n_models = len(self.chosen_) + 1
         per_target = 8 * (n_models * self.dataset_.n_classes + n_models)
-        width = self._target_width(len(y_target), per_target, memory_budget)
         position = torch.full((self.dataset_.n_train,), -1, dtype=torch.long)
         position[self.chosen_] = torch.arange(len(self.chosen_))  # example → row of values
         runs = self._runs()
-        for start in range(0, len(y_target), width):
-            targets = slice(start, min(start + width, len(y_target)))
+        for targets in self.target_slices(len(y_target), per_target, memory_budget):
             y = y_target[targets].to(self.device_)
             values = sum(
                 self._loss_change(e.logits(x_target[targets], self.device_), y).cpu()
@@ -280,7 +274,7 @@ class Downsampling(_PartialRows):
                 variance = var_in / k_in + var_out / k_out
         stderr = np.sqrt(variance)
         stderr[~self.scored_.numpy()] = np.nan
-        return Scores(self.name, self.family, data.train_ids.numpy(), mean_in - mean_out, stderr)
+        return self._scores(mean_in - mean_out, stderr)
 
     def influence(
         self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET
@@ -290,10 +284,8 @@ class Downsampling(_PartialRows):
         ``memory_budget``."""
         n_models, n_train = self.ensemble_.n_models, self.dataset_.n_train
         per_target = 8 * (n_models * self.dataset_.n_classes + n_models + n_train)
-        width = self._target_width(len(y_target), per_target, memory_budget)
         inside, runs = self.ensemble_.masks.double(), self._runs()
-        for start in range(0, len(y_target), width):
-            targets = slice(start, min(start + width, len(y_target)))
+        for targets in self.target_slices(len(y_target), per_target, memory_budget):
             logits = self.ensemble_.logits(x_target[targets], self.device_).cpu()
             measured = self._measured(logits, y_target[targets])  # [K, T]
             mean_in = (inside.T @ measured) / self.k_in_[:, None]

@@ -1,4 +1,4 @@
-"""TRAK (Park et al. 2023): randomly projected margin gradients of an ensemble, with a
+"""TRAK (Park et al. 2023): randomly projected log-odds gradients of an ensemble, with a
 kernel regression between them."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field
-from torch.func import functional_call, grad, vmap
 
 from mnemoscope.data import Dataset
 from mnemoscope.estimator import PlanContext, Scores, register
@@ -19,8 +18,9 @@ from mnemoscope.influence.gradient_dot import (
     checkpoints_or_error,
     evenly_spaced_epochs,
 )
-from mnemoscope.influence.gradients import Params, select_params
-from mnemoscope.task import Task
+from mnemoscope.influence.gradients import Params, per_example_grads, select_params
+from mnemoscope.projection import random_matrix
+from mnemoscope.task import Task, log_odds  # noqa: F401  (defined in the task; importable here)
 from mnemoscope.train import (
     EnsembleSpec,
     TrainedEnsemble,
@@ -64,21 +64,15 @@ class TRAKConfig(DenseGradientsConfig):
     default): the final models only."""
 
 
-def log_odds(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """``log(p / (1 − p))`` of class ``label`` from one example's ``[C]`` logits, computed
-    stably as the true logit minus the log-sum-exp of the others."""
-    true = torch.arange(logits.shape[-1], device=logits.device) == label  # vmap-safe one-hot
-    return (logits * true).sum(-1) - torch.logsumexp(logits.masked_fill(true, -math.inf), -1)
-
-
 @register
 class TRAK(InfluenceEstimator):
     """TRAK, Tracing with the Randomly-projected After Kernel (Park, Georgiev, Ilyas,
     Leclerc, Mądry 2023, ICML, Alg. 1).
 
     For each of M models ``θ_m``: features ``φ_i = Pᵀ ∇_θ f(z_i; θ_m)`` with ``f`` the
-    margin ``log(p_i / (1 − p_i))`` of the true class and ``P`` a seeded random
-    ``[#params, k]`` projection; ``Φ = [φ_1 .. φ_n]`` over the training set. Then
+    log-odds ``log(p_i / (1 − p_i))`` of the true class (the task's ``'log_odds'``
+    measurement: Park et al.'s model output function for classification) and ``P`` a
+    seeded random ``[#params, k]`` projection; ``Φ = [φ_1 .. φ_n]`` over the training set. Then
 
         ``τ(z_i, z_t) = mean_m(φ_tᵀ (ΦᵀΦ + λI)⁻¹ φ_i) · mean_m(1 − p_i)``
 
@@ -89,9 +83,9 @@ class TRAK(InfluenceEstimator):
     for independently trained models.
 
     For logistic regression this is the one-step Newton estimate of how much the target's
-    margin would *drop* if i were removed (Park et al. §3, with the Hessian's ``p(1−p)``
+    log-odds would *drop* if i were removed (Park et al. §3, with the Hessian's ``p(1−p)``
     weights dropped): positive = removing i hurts the target, as everywhere; the unit is
-    the target's margin, not its loss (they move oppositely).
+    the target's log-odds, not its loss (they move oppositely).
 
     Self-influence: the diagonal ``mean_m(φ_iᵀ(ΦᵀΦ + λI)⁻¹φ_i) · mean_m(1 − p_i)`` ≥ 0, a
     leverage score times how badly i is fitted (high for mislabeled examples); computed
@@ -107,10 +101,11 @@ class TRAK(InfluenceEstimator):
 
     name = "trak"
     config_class = TRAKConfig
-    cost = "M trainings; M·n projected margin gradients; a k×k eigendecomposition per model"
+    cost = "M trainings; M·n projected log-odds gradients; a k×k eigendecomposition per model"
     reference = "Park et al. 2023, 'TRAK: Attributing Model Behavior at Scale', Alg. 1"
-    summary = "kernel regression on randomly projected margin gradients of an ensemble"
+    summary = "kernel regression on randomly projected log-odds gradients of an ensemble"
     cache_fit = True
+    _cached = ("preconditioned", "keep", "self_influence")
     config: TRAKConfig
 
     def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
@@ -143,14 +138,9 @@ class TRAK(InfluenceEstimator):
         per_checkpoint = [models.logits(x, params=stacked) for stacked in self.stacked_]
         return torch.stack(per_checkpoint, 1).flatten(0, 1)
 
-    def check_model(self, module) -> None:
-        select_params(module, self.config.params)
-
-    def _models(self, ensembles, dataset: Dataset, task: Task, device) -> None:
+    def _prepare(self, ensembles, dataset: Dataset, task: Task, device) -> None:
         models = ensembles["models"]
-        self.device_ = torch.device(device)
-        self.dataset_ = dataset
-        self.task_ = task
+        self.device_, self.dataset_, self.task_ = torch.device(device), dataset, task
         self.module_ = models.module().to(self.device_)
         self.names_ = select_params(self.module_, self.config.params)
         self.stacked_ = self._read(models)
@@ -166,11 +156,17 @@ class TRAK(InfluenceEstimator):
         keep = 4 * self.n_params_ * self.config.proj_dim * len(self.params_) <= PROJECTION_CACHE
         self.projections_: dict[tuple[int, int], torch.Tensor] | None = {} if keep else None
 
+    def fit_bytes(self, module, n_train: int, n_classes: int) -> int:
+        """The ``[M, n, k]`` float32 features kept, and one model's features and their
+        preconditioned version in float64 while it is computed."""
+        k = self.config.proj_dim
+        return 4 * self.config.n_models * n_train * k + 2 * 8 * n_train * k
+
     def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
-        self._models(ensembles, dataset, task, device)
+        self._prepare(ensembles, dataset, task, device)
         logits = self._train_logits(ensembles["models"], dataset.x_train)
         labels = dataset.y_train.to(logits.device)
-        probability = Task.measure(logits, labels.expand(logits.shape[0], -1), "probability")
+        probability = task.measure(logits, labels.expand(logits.shape[0], -1), "probability")
         self.keep_ = (1 - probability.double()).mean(0).to(self.device_)
         preconditioned, leverage = [], torch.zeros(dataset.n_train, dtype=torch.float64)
         for m in range(len(self.params_)):
@@ -180,20 +176,6 @@ class TRAK(InfluenceEstimator):
             preconditioned.append(psi.float())
         self.preconditioned_ = torch.stack(preconditioned)  # [M, n, k]
         self.self_influence_ = leverage.to(self.device_) * self.keep_
-        return self
-
-    def fitted_state(self) -> dict[str, torch.Tensor]:
-        return {
-            "preconditioned": self.preconditioned_.cpu(),
-            "keep": self.keep_.cpu(),
-            "self_influence": self.self_influence_.cpu(),
-        }
-
-    def load_fitted(self, state, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
-        self._models(ensembles, dataset, task, device)
-        self.preconditioned_ = state["preconditioned"].to(self.device_)
-        self.keep_ = state["keep"].to(self.device_)
-        self.self_influence_ = state["self_influence"].to(self.device_)
         return self
 
     def _inverse_kernel(self, phi: torch.Tensor) -> torch.Tensor:
@@ -218,34 +200,25 @@ class TRAK(InfluenceEstimator):
             return self.projections_[m, chunk]
         start, stop = self.chunks_[chunk]
         k = self.config.proj_dim
-        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, m, chunk))
-        if self.config.projection == "rademacher":
-            draw = torch.randint(0, 2, (stop - start, k), generator=generator).float() * 2 - 1
-        else:
-            draw = torch.randn(stop - start, k, generator=generator)
+        seed = derive_seed(self.config.seed, m, chunk)
+        draw = random_matrix(seed, stop - start, k, self.config.projection)
         matrix = (draw / math.sqrt(k)).to(self.device_)
         if self.projections_ is not None:
             self.projections_[m, chunk] = matrix
         return matrix
 
-    def _margin_grads(self, params: Params, x: torch.Tensor, y: torch.Tensor):
-        """``[b, #params]`` gradients of the log-odds margin, batch by batch."""
-        trainable = {k: params[k] for k in self.names_}
-        frozen = {k: v for k, v in params.items() if k not in trainable}
-
-        def margin(theta: Params, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-            logits = functional_call(self.module_, {**frozen, **theta}, (xi[None],))[0]
-            return log_odds(logits, yi)
-
-        per_example = vmap(grad(margin), in_dims=(None, 0, 0))
+    def _log_odds_grads(self, params: Params, x: torch.Tensor, y: torch.Tensor):
+        """``[b, #params]`` gradients of the task's log-odds, batch by batch."""
         size = self.config.batch_size
         for xb, yb in zip(x.split(size), y.split(size)):
-            g = per_example(trainable, xb.to(self.device_), yb.to(self.device_))
-            yield torch.cat([g[k].flatten(1) for k in self.names_], dim=1)
+            xb, yb = xb.to(self.device_), yb.to(self.device_)
+            yield from per_example_grads(
+                self.module_, params, xb, yb, self.names_, size, self.task_, "log_odds"
+            )
 
     def _features(self, m: int, x: torch.Tensor, y: torch.Tensor) -> Iterator[torch.Tensor]:
-        """``[b, k]`` float32 projected margin gradients under model m, batch by batch."""
-        for g in self._margin_grads(self.params_[m], x, y):
+        """``[b, k]`` float32 projected log-odds gradients under model m, batch by batch."""
+        for g in self._log_odds_grads(self.params_[m], x, y):
             phi = torch.zeros(g.shape[0], self.config.proj_dim, device=self.device_)
             for chunk, (start, stop) in enumerate(self.chunks_):
                 phi += g[:, start:stop] @ self._projection(m, chunk)
@@ -256,10 +229,8 @@ class TRAK(InfluenceEstimator):
         values and the targets' features of every model, 8 bytes each)."""
         n_models = len(self.params_)
         per_target = 8 * (self.n_train_ + n_models * self.config.proj_dim)
-        width = max(1, min(len(y_target), memory_budget // per_target))
-        for start in range(0, len(y_target), width):
-            targets = slice(start, min(start + width, len(y_target)))
-            values = torch.zeros(self.n_train_, targets.stop - start, dtype=torch.float64)
+        for targets in self.target_slices(len(y_target), per_target, memory_budget):
+            values = torch.zeros(self.n_train_, targets.stop - targets.start, dtype=torch.float64)
             values = values.to(self.device_)
             for m in range(n_models):
                 phi = torch.cat(list(self._features(m, x_target[targets], y_target[targets])))
@@ -268,9 +239,4 @@ class TRAK(InfluenceEstimator):
             yield InfluenceBlock(slice(0, self.n_train_), targets, values.cpu())
 
     def self_influence(self) -> Scores:
-        return Scores(
-            self.name,
-            self.family,
-            self.dataset_.train_ids.numpy(),
-            self.self_influence_.cpu().numpy(),
-        )
+        return self._scores(self.self_influence_)

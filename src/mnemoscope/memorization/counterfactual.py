@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from mnemoscope.estimator import Scores, register
 from mnemoscope.memorization.feldman_zhang import FeldmanZhang, FeldmanZhangConfig
+from mnemoscope.subsets import member_stats
 
 
 class CounterfactualConfig(FeldmanZhangConfig):
@@ -66,16 +66,3 @@ class Counterfactual(FeldmanZhang):
         with np.errstate(divide="ignore", invalid="ignore"):
             stderr = np.sqrt(var_in / k_in + var_out / k_out)
         return Scores(self.name, self.family, dataset.train_ids.numpy(), mean_in - mean_out, stderr)
-
-
-def member_stats(values: torch.Tensor, members: torch.Tensor) -> tuple[np.ndarray, ...]:
-    """Per example: mean and sample variance of ``values`` over the models in ``members``,
-    and their count (NaN mean for none, NaN variance for fewer than two)."""
-    count = members.sum(0).double()
-    total = (values * members).sum(0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = (total / count).numpy()
-        squares = (((values - torch.from_numpy(mean)) ** 2) * members).sum(0).numpy()
-        variance = squares / (count.numpy() - 1)
-    variance[count.numpy() < 2] = np.nan
-    return mean, variance, count.numpy()

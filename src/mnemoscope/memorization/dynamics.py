@@ -158,8 +158,9 @@ class NegativeMargin(_Dynamics):
     memorized, as for every score. Averaged over ``n_models``.
 
     Reference: an operational proxy (no single paper defines it as a memorization
-    score); the margin is the measurement TRAK attributes (Park et al. 2023, §3) and a
-    common example-difficulty signal.
+    score) and a common example-difficulty signal. Not TRAK's measurement: TRAK attributes
+    the log-odds ``log(p/(1 − p))`` (the task's ``'log_odds'``), which Park et al. call
+    the margin.
     """
 
     name = "margin"

@@ -4,8 +4,8 @@ leave-one-out update of a kernel ridge solution.
 The network linearized at ``θ0`` is ``f_lin(x; θ) = f(x; θ0) + J(x)(θ − θ0)``, with ``J(x)``
 the ``[k, P]`` Jacobian of the k logits. Stacking the training examples gives ``J``
 ``[n·k, P]`` (row ``i·k + c`` is output c of example i) and the neural tangent kernel
-``Θ = J Jᵀ``. Trained with a summed squared error and a ridge ``(λ/2)‖θ − θ0‖²`` to
-convergence, ``θ − θ0 = Jᵀ α`` with ``α = (Θ + λI)⁻¹ (Y − f0)``.
+``Θ = J Jᵀ``. Trained to convergence on ``½‖f_lin − Y‖² + (λ/2)‖θ − θ0‖²`` (half the summed
+squared error and a ridge), ``θ − θ0 = Jᵀ α`` with ``α = (Θ + λI)⁻¹ (Y − f0)``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
+from mnemoscope.errors import ConfigError
+from mnemoscope.projection import random_matrix
 from mnemoscope.train import derive_seed
 
 Params = dict[str, torch.Tensor]
@@ -38,8 +40,9 @@ class GaussianProjection:
         self.matrices: dict[str, torch.Tensor] = {}
         for position, (name, size) in enumerate(sizes.items()):
             if size > dim:
-                generator = torch.Generator().manual_seed(derive_seed(seed, 0x5A3F, position))
-                g = torch.randn(size, dim, generator=generator, dtype=torch.float64)
+                g = random_matrix(
+                    derive_seed(seed, 0x5A3F, position), size, dim, dtype=torch.float64
+                )
                 self.matrices[name] = g.to(device) / dim**0.5
 
     def columns(self, name: str, size: int) -> int:
@@ -87,7 +90,12 @@ def ridge_inverse(kernel: torch.Tensor, l2: float) -> torch.Tensor:
     """``(Θ + λI)⁻¹`` of a PSD ``[N, N]`` float64 kernel by Cholesky; ``kernel`` is
     overwritten (its diagonal raised by ``λ``) to spare an ``N × N`` copy."""
     kernel.diagonal().add_(l2)
-    factor = torch.linalg.cholesky(kernel)
+    factor, info = torch.linalg.cholesky_ex(kernel)
+    if info.item() != 0 or not torch.isfinite(factor).all():
+        raise ConfigError(
+            f"l2 {l2:g}: the kernel + l2·I is not positive definite in float64 (Cholesky "
+            f"failed at order {info.item()}); raise l2 (default 1e-3)"
+        )
     return torch.cholesky_inverse(factor)
 
 

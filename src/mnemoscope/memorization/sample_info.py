@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
@@ -15,8 +15,6 @@ from torch.nn import functional as F
 from mnemoscope.data import Dataset
 from mnemoscope.errors import ConfigError
 from mnemoscope.estimator import MethodConfig, PlanContext, Scores, register
-from mnemoscope.influence.gradient_dot import GradDotConfig
-from mnemoscope.influence.gradients import ParamSelection, select_params
 from mnemoscope.memorization.base import MemorizationEstimator
 from mnemoscope.memorization.ntk import (
     GaussianProjection,
@@ -25,6 +23,7 @@ from mnemoscope.memorization.ntk import (
     output_jacobian,
     ridge_inverse,
 )
+from mnemoscope.params import ParamsSetting, select_params
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, derive_seed, full_masks
 
@@ -47,25 +46,21 @@ class SampleInfoConfig(MethodConfig):
 
     method: Literal["sample_info_weights"] = "sample_info_weights"
     l2: float = Field(1e-3, gt=0, le=1e6)
-    """λ of the ridge ``(λ/2)‖θ − θ0‖²`` added to the *summed* squared error of the
-    linearized network (in (0, 10⁶]); it makes ``Θ + λI`` invertible."""
+    """λ of the ridge ``(λ/2)‖θ − θ0‖²`` added to half the summed squared error
+    ``½‖f_lin − Y‖²`` of the linearized network (in (0, 10⁶]); it makes ``Θ + λI``
+    invertible."""
     sigma2: float = Field(1.0, gt=0, le=1e12)
     """σ², variance of the isotropic Gaussian smoothing of the weights (SI) or of the
     outputs (F-SI); the scores scale as 1/σ² (in (0, 10¹²])."""
     proj_dim: int | None = Field(None, ge=1, le=1_000_000)
     """Random Gaussian projection of each parameter tensor's Jacobian to this many
     coordinates (tensors with fewer entries are kept exactly); ``null``: exact Jacobians."""
-    params: ParamSelection = "all"
+    params: ParamsSetting = "all"
     """Parameters to linearize in: 'all', 'last_layer' or a non-empty list of names."""
     batch_size: int = Field(32, gt=0, le=1_000_000)
     """Examples per vmapped Jacobian batch (memory ``batch_size · k · P`` floats)."""
     seed: int = Field(0, ge=0, le=2**32 - 1)
     """Seed of the projection and of the evaluation points."""
-
-    @field_validator("params", mode="before")
-    @classmethod
-    def _some_params(cls, params: Any) -> Any:
-        return GradDotConfig._some_params(params)
 
 
 class SampleInfoFunctionConfig(SampleInfoConfig):
@@ -174,8 +169,8 @@ class SampleInfo(MemorizationEstimator):
     """Smooth unique information of a training example, from the linearized network.
 
     The network linearized at its initial weights ``w0``, ``f_lin(x; w) = f(x; w0) +
-    J(x)(w − w0)``, trained to convergence on the *summed* squared error to the one-hot
-    labels plus ``(λ/2)‖w − w0‖²``, has the closed form ``w − w0 = Jᵀ α``,
+    J(x)(w − w0)``, trained to convergence on half the summed squared error to the one-hot
+    labels plus the ridge, ``½‖f_lin(X; w) − Y‖² + (λ/2)‖w − w0‖²``, has the closed form ``w − w0 = Jᵀ α``,
     ``α = (Θ + λI)⁻¹ (Y − f0)``, with ``Θ = J Jᵀ`` the ``[n·k, n·k]`` neural tangent kernel
     (Harutyunyan et al. 2021, §4, eqs. 10–11 at t → ∞). ``w_{−i}``, the solution without
     example i, comes from a block (Schur complement) update of ``(Θ + λI)⁻¹``, no re-solve.
@@ -205,6 +200,11 @@ class SampleInfo(MemorizationEstimator):
     cache_fit = True
     config: SampleInfoConfig
     on_function: ClassVar[bool]
+
+    def fit_bytes(self, module, n_train: int, n_classes: int) -> int:
+        """The kernel and its inverse, float64 (a larger one is refused by the fit)."""
+        outputs = min(n_train * n_classes, MAX_OUTPUTS)
+        return 2 * 8 * outputs**2
 
     def ensembles(self, context: PlanContext) -> dict[str, EnsembleSpec]:
         check_size(context.n_train, 2, self.name)  # every task has k ≥ 2 classes

@@ -232,6 +232,10 @@ def build_model(
     if not isinstance(module, nn.Module):
         raise ConfigError(f"arch '{arch}': the factory returned {type(module)}, not an nn.Module")
     _refuse_batchnorm(arch, module)
+    if not any(p.requires_grad for p in module.parameters()):
+        raise ConfigError(
+            f"arch '{arch}': the model has no trainable parameters; there is nothing to train"
+        )
     key = (arch, architecture.build, shape, n_classes, repr(sorted(settings.items())))
     if key not in _CHECKED:
         _check_vmap(arch, module, shape, n_classes)
@@ -259,8 +263,6 @@ def _refuse_batchnorm(arch: str, module: nn.Module) -> None:
 
 def _check_vmap(arch: str, module: nn.Module, shape: tuple[int, ...], n_classes: int) -> None:
     """Run the forward passes the trainer and the gradient methods run, on 3 examples."""
-    from mnemoscope.task import Task  # the task module imports this one
-
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(3, *shape, generator=generator)
     y = torch.arange(3) % n_classes
@@ -270,8 +272,10 @@ def _check_vmap(arch: str, module: nn.Module, shape: tuple[int, ...], n_classes:
     def forward(p: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
         return functional_call(module, p, (xb,))
 
-    def example_loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor):
-        return Task().example_loss(module, p, xi, yi)
+    def example_value(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor):
+        # a scalar of the [1, n_classes] logits of one example exercises vmap(grad) through
+        # the forward as a loss does (the loss belongs to the task, not imported here)
+        return functional_call(module, p, (xi[None],)).logsumexp(1).sum()
 
     checks = (
         ("on a batch [B, *input_shape]", lambda: forward(params, x), (3, n_classes)),
@@ -282,7 +286,7 @@ def _check_vmap(arch: str, module: nn.Module, shape: tuple[int, ...], n_classes:
         ),
         (
             "on single examples under torch.func.vmap(grad) (per-example gradients)",
-            lambda: vmap(grad(example_loss), in_dims=(None, 0, 0))(params, x, y),
+            lambda: vmap(grad(example_value), in_dims=(None, 0, 0))(params, x, y),
             None,
         ),
     )
@@ -303,18 +307,3 @@ def _check_vmap(arch: str, module: nn.Module, shape: tuple[int, ...], n_classes:
                 f"arch '{arch}': the forward pass {where} returns shape {list(out.shape)}, "
                 f"expected {list(expected)}; {hint}"
             )
-
-
-def last_layer_module(model: nn.Module) -> nn.Module:
-    """The model's last module that has parameters of its own (its classifier)."""
-    owners = [module for _, module in model.named_modules() if list(module.parameters(False))]
-    if not owners:
-        raise ConfigError("the model has no parameters")
-    return owners[-1]
-
-
-def last_layer_names(model: nn.Module) -> list[str]:
-    """Parameter names of the model's last module that has parameters (its classifier)."""
-    owners = [name for name, module in model.named_modules() if list(module.parameters(False))]
-    last = owners[-1]
-    return [f"{last}.{p}" if last else p for p, _ in model.get_submodule(last).named_parameters()]

@@ -8,9 +8,9 @@ from mnemoscope.config import StudyConfig, parse_config
 from mnemoscope.config.study import QuickConfig, quick_config
 from mnemoscope.runner.default_study import study_config
 
-DEMO = QuickConfig(n_samples=600, n_models=32, n_examples=10, n_bootstrap=200)
-"""What the demo keeps of the default study: every architecture, 600 examples per
-dataset, subset ensembles of 32 models."""
+DEMO = QuickConfig(n_samples=500, n_models=32, n_examples=4, n_bootstrap=200)
+"""What the demo keeps of the default study: every architecture, 500 examples per
+dataset, subset ensembles of 32 models, loo on 4 examples."""
 
 
 def demo_config(quick: bool = False) -> StudyConfig:

@@ -26,8 +26,9 @@ exact influence functions (``P × P`` float64 and its eigendecomposition), ``tra
 kernel and its inverse). Loading a dataset checks that its inputs are finite, which
 briefly takes ``VALIDATE_COPIES`` times the training inputs more.
 
-A run whose peak does not fit in the machine's memory is refused with the estimate in
-the message; ``--dry-run`` prints it. The figures are estimates, within a factor of
+A run whose peak does not fit in the memory its process may use (the least of the
+machine's memory, the cgroup's limit and the address-space limit, ``ulimit -v``) is
+refused with the estimate in the message; ``--dry-run`` prints it. The figures are estimates, within a factor of
 about 2 (checked against the measured peak resident memory of training resnets on
 50,000 CIFAR-shaped examples in ``tests/train/test_scale.py``): they exist to refuse
 ``epochs: 1e12`` before it grows memory until the allocator gives up, not to plan a
@@ -37,7 +38,6 @@ budget. Memory on a GPU is counted as if it were the machine's.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -47,8 +47,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from mnemoscope.config import DatasetConfig, StudyConfig
 from mnemoscope.data import layout
 from mnemoscope.errors import UserError
-from mnemoscope.estimator import REGISTRY, Estimator
+from mnemoscope.estimator import REGISTRY
 from mnemoscope.models import build_model
+from mnemoscope.resources import PHYSICAL, MemoryLimit, memory_limit
 from mnemoscope.store import DatasetInfo
 from mnemoscope.train.ensemble import DEFAULT_CHUNK
 from mnemoscope.train.options import TrainConfig
@@ -75,9 +76,6 @@ losses and correctness in schedule order, the schedule's indices and weights."""
 VALIDATE_COPIES = 1.5
 """Extra bytes, per byte of training inputs, while a loaded dataset is checked to be
 finite (``torch.isfinite`` makes a float copy and byte masks)."""
-FIT_WORKSPACE = 3
-"""Dense float64 matrices an exact influence function's fit holds at once: the
-Hessian, its eigenvectors and the solver's workspace."""
 
 
 @dataclass(frozen=True)
@@ -130,8 +128,9 @@ def human_time(flop: float) -> str:
 
 
 def machine_memory() -> int:
-    """Physical memory of this machine, in bytes."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    """The memory a stage's process may use, in bytes: the least of physical memory, the
+    cgroup limit and the address-space limit (:func:`mnemoscope.resources.memory_limit`)."""
+    return memory_limit().bytes
 
 
 @dataclass(frozen=True)
@@ -301,7 +300,7 @@ def estimate_study(config: StudyConfig) -> Estimate:
                 roles,
             )
             for estimator in estimators:
-                fitted = _fitted_bytes(estimator, module, n_train, n_classes)
+                fitted = estimator.fit_bytes(module, n_train, n_classes)
                 if fitted:
                     held = sum(stored[digest] for digest in roles[estimator.name].values())
                     items.append(
@@ -365,37 +364,18 @@ def _experiment_items(
     return items
 
 
-def _fitted_bytes(estimator: Estimator, module: nn.Module, n_train: int, n_classes: int) -> int:
-    """The largest matrices ``estimator`` builds when fitted, where they are known from
-    its config (0 for the others: their fits hold gradients a batch at a time)."""
-    from mnemoscope.influence.functions import IFExact
-    from mnemoscope.influence.gradients import select_params
-    from mnemoscope.influence.trak import TRAK
-    from mnemoscope.memorization.sample_info import MAX_OUTPUTS, SampleInfo
-
-    if isinstance(estimator, IFExact):
-        names = select_params(module, estimator.config.params)
-        n_params = sum(module.get_parameter(name).numel() for name in names)
-        return FIT_WORKSPACE * 8 * n_params**2
-    if isinstance(estimator, TRAK):
-        k = estimator.config.proj_dim
-        # [M, n, k] float32 kept, and one model's features and their preconditioned
-        # version in float64 while it is computed
-        return FLOATS * estimator.config.n_models * n_train * k + 2 * 8 * n_train * k
-    if isinstance(estimator, SampleInfo):
-        # the kernel and its inverse, float64; a larger one is refused by the estimator
-        outputs = min(n_train * n_classes, MAX_OUTPUTS)
-        return 2 * 8 * outputs**2
-    return 0
-
-
 def refuse_if_too_big(estimate: Estimate, memory: int | None = None) -> None:
-    """:class:`UserError` naming the largest stage when it cannot fit in memory."""
-    memory = machine_memory() if memory is None else memory
-    if estimate.peak_bytes > memory:
+    """:class:`UserError` naming the largest stage when it cannot fit in the memory this
+    process may use (``memory`` bytes of a machine, if given)."""
+    limit = memory_limit() if memory is None else MemoryLimit(memory, PHYSICAL)
+    if estimate.peak_bytes > limit.bytes:
         largest = max(estimate.items, key=lambda item: item.peak_bytes)
+        room = (
+            f"this machine's {human_bytes(limit.bytes)} of memory"
+            if limit.what == PHYSICAL
+            else f"the {human_bytes(limit.bytes)} that {limit.what} leaves this process"
+        )
         raise UserError(
             f"this run needs about {human_bytes(largest.peak_bytes)} for {largest.what}, "
-            f"more than this machine's {human_bytes(memory)} of memory; reduce its sizes "
-            "(see --dry-run)"
+            f"more than {room}; reduce its sizes (see --dry-run)"
         )

@@ -41,6 +41,12 @@ def run_stage(
         return record, time.perf_counter() - started
     except UserError as error:  # name the stage, keep the kind of error
         raise type(error)(f"{stage.name}: {error}") from None
+    except (MemoryError, torch.OutOfMemoryError) as error:
+        detail = str(error).strip().splitlines()
+        raise UserError(
+            f"{stage.name}: out of memory{f' ({detail[0]})' if detail else ''}; reduce the "
+            "run's sizes (see --dry-run)"
+        ) from None
     finally:
         torch.set_num_threads(before)
 

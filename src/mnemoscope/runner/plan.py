@@ -33,6 +33,7 @@ from mnemoscope.estimator import REGISTRY, Estimator, PlanContext
 from mnemoscope.models import arch_options, arch_source
 from mnemoscope.runner import stages as work
 from mnemoscope.runner import study_stages as study_work
+from mnemoscope.runner.dependencies import code_units
 from mnemoscope.store import DatasetInfo, RunDir, code_version, content_hash
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, derive_seed, merge_specs
@@ -133,9 +134,11 @@ def declared_ensembles(
 
 
 def estimator_code(estimator: Estimator) -> tuple[str, ...]:
-    """Modules an estimator's stages run: its class's modules and family package, the
-    estimator contract and the task. A class defined outside a file (a notebook cell)
-    is keyed by its source instead (:func:`estimator_source`)."""
+    """Modules an estimator's stages run: its class's modules, the estimator contract and
+    the task, and every module of the package these import, directly or not
+    (:func:`~mnemoscope.runner.dependencies.code_units`), so no edit of a helper they use
+    leaves a stale score. A class defined outside a file (a notebook cell) is keyed by its
+    source instead (:func:`estimator_source`)."""
     modules = {"mnemoscope.estimator", "mnemoscope.task", "mnemoscope.train"}
     for base in type(estimator).__mro__:
         module = sys.modules.get(base.__module__)
@@ -143,12 +146,10 @@ def estimator_code(estimator: Estimator) -> tuple[str, ...]:
             continue
         if base.__module__.startswith("mnemoscope.") or base is type(estimator):
             modules.add(base.__module__)
-            if base.__module__.startswith("mnemoscope."):
-                modules.add(".".join(base.__module__.split(".")[:2]))
     for part in vars(estimator).values():  # an estimator built on another (an attributor)
         if isinstance(part, Estimator):
             modules.update(estimator_code(part))
-    return tuple(sorted(modules))
+    return code_units(modules)
 
 
 def estimator_source(estimator: Estimator) -> str:
@@ -275,7 +276,7 @@ class Planner:
                 },
                 outputs=("fits.parquet",),
                 after=tuple(s.name for s in self.plan.stages if s.name.startswith("train/")),
-                code=("mnemoscope.runner.study_stages", "mnemoscope.train"),
+                code=code_units(("mnemoscope.runner.study_stages", "mnemoscope.train.fit")),
             )
         )
         self.plan.add(
@@ -474,7 +475,7 @@ class Planner:
                             f"data/{dataset}",
                             *(f"scores/{dataset}/{arch}/{m}" for m in methods),
                         ),
-                        code=(*code, *self._codes(methods)),
+                        code=code_units((*code, *self._codes(methods))),
                     )
                 )
                 removal.append((stage.name, file))
@@ -492,7 +493,7 @@ class Planner:
                         },
                         outputs=(file,),
                         after=(f"data/{dataset}",),
-                        code=(*code, *self._codes([part.method])),
+                        code=code_units((*code, *self._codes([part.method]))),
                     )
                 )
                 summarization.append((stage.name, file))
@@ -522,7 +523,7 @@ class Planner:
                 },
                 outputs=tuple(outputs),
                 after=("tables", "fits", *(name for name, _ in removal + summarization)),
-                code=("mnemoscope.analysis", "mnemoscope.runner.study_stages"),
+                code=code_units(("mnemoscope.analysis", "mnemoscope.runner.study_stages")),
             )
         )
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,6 +15,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from mnemoscope.store.tables import to_arrow
@@ -85,5 +88,16 @@ def write_parquet(path: Path, frame: pd.DataFrame, schema=None) -> Path:
 def write_safetensors(
     path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> Path:
+    """Write ``tensors``; a failed write (a full disk, a file-size limit) is the
+    :class:`OSError` it was in Rust, naming ``path``, not a ``SafetensorError``."""
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    return _write_with(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(contiguous, str(tmp), metadata=metadata)
+        except SafetensorError as error:
+            code = re.search(r"os error (\d+)|code: (\d+)", str(error))
+            number = int(next(g for g in code.groups() if g)) if code else errno.EIO
+            raise OSError(number, os.strerror(number), str(path)) from None
+
+    return _write_with(path, write)

@@ -16,9 +16,19 @@ def content_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _module_file(module_name: str) -> Path:
+    """The file of a module; ``package.__init__`` names a package's own file."""
+    if module_name.endswith(".__init__"):
+        return Path(importlib.import_module(module_name.removesuffix(".__init__")).__file__)
+    return Path(importlib.import_module(module_name).__file__)
+
+
 def _source_files(module_name: str) -> list[Path]:
-    """A module's file; for a package, every file under it (templates included)."""
-    path = Path(importlib.import_module(module_name).__file__)
+    """A module's file; for a package, every file under it (templates included); for
+    ``package.__init__``, the package's ``__init__.py`` alone."""
+    path = _module_file(module_name)
+    if module_name.endswith(".__init__"):
+        return [path]
     if path.name != "__init__.py":
         return [path]
     return sorted(
@@ -35,14 +45,15 @@ def _file_digest(path: Path, mtime_ns: int, size: int) -> bytes:
 
 def code_version(*modules: str) -> str:
     """SHA-256 of every file the named modules consist of: a module's source, or for a
-    package all its files (``.py``, templates, data), names relative to the package.
+    package all its files (``.py``, templates, data), names relative to the package
+    (``package.__init__``: that file alone).
 
     Part of every cache key, so changing a stage's code or a file it reads
     invalidates that stage only. Files are re-read whenever they change on disk.
     """
     digest = hashlib.sha256()
     for name in sorted(set(modules)):
-        root = Path(importlib.import_module(name).__file__).parent
+        root = _module_file(name).parent
         for file in _source_files(name):
             stat = file.stat()
             digest.update(str(file.relative_to(root)).encode())

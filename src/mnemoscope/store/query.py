@@ -16,13 +16,21 @@ The SQL sees the run's tables and nothing else, and cannot write anything:
   ``FROM ...``, ``VALUES``, ``DESCRIBE``, ``SHOW``, ``SUMMARIZE``, or ``EXPLAIN`` of one).
 
 At most ``limit`` rows are fetched (one more to know whether there are more); the
-result is streamed, never materialised whole in Python.
+result is streamed, never materialised whole in Python. The statement runs for at most
+``timeout`` seconds (:data:`DEFAULT_TIMEOUT`), then DuckDB is interrupted and the query
+fails in one line; SIGTERM, SIGHUP and Ctrl-C interrupt it the same way, so the spill
+directory is removed whatever ends the query.
 """
 
 from __future__ import annotations
 
 import re
+import signal
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +44,11 @@ from mnemoscope.store.rundir import RunDir
 from mnemoscope.store.tables import TABLES
 
 DEFAULT_LIMIT = 50
+DEFAULT_TIMEOUT = 120.0
+"""Seconds a query may run (``--timeout``)."""
+MAX_TIMEOUT = 86_400.0
+_STOP_GRACE = 30.0  # seconds an interrupted DuckDB gets to stop before the query gives up
+_TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 _READ = duckdb.StatementType.SELECT
 _EXPLAIN = re.compile(r"\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?", re.IGNORECASE)
 _LOCKDOWN = (
@@ -58,15 +71,20 @@ class QueryResult:
     truncated: bool
 
 
-def query(run_dir: Path, sql: str, limit: int = DEFAULT_LIMIT) -> QueryResult:
-    """Run one read-only statement ``sql`` over the run's tables; at most ``limit`` rows.
+def query(
+    run_dir: Path, sql: str, limit: int = DEFAULT_LIMIT, timeout: float = DEFAULT_TIMEOUT
+) -> QueryResult:
+    """Run one read-only statement ``sql`` over the run's tables; at most ``limit`` rows,
+    at most ``timeout`` seconds.
 
     Anything else (writes, ``COPY``, ``ATTACH``, ``INSTALL``/``LOAD``, ``SET``, several
-    statements, files outside the run's tables, invalid SQL) is a one-line
-    :class:`UserError`.
+    statements, files outside the run's tables, invalid SQL, a statement still running
+    after ``timeout``) is a one-line :class:`UserError`.
     """
     if limit < 1:
         raise UserError(f"query: the row limit must be at least 1 (got {limit})")
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise UserError(f"query: the time limit must be in (0, {MAX_TIMEOUT:g}] s (got {timeout})")
     if not sql.strip():
         raise UserError("query: empty SQL")
     try:
@@ -74,14 +92,12 @@ def query(run_dir: Path, sql: str, limit: int = DEFAULT_LIMIT) -> QueryResult:
     except UnicodeEncodeError:
         raise UserError("query: the SQL is not valid UTF-8 text") from None
     run = RunDir.existing(run_dir)
-    with tempfile.TemporaryDirectory(prefix="mnemoscope-query-") as spill:
+    with _terminate_as_exit(), tempfile.TemporaryDirectory(prefix="mnemoscope-query-") as spill:
         connection = duckdb.connect(":memory:")
         try:
             _open_tables(connection, run, Path(spill))
             _check_read_only(connection, sql)
-            cursor = connection.execute(sql)
-            rows = cursor.fetchmany(limit + 1)
-            columns = [str(column[0]) for column in cursor.description or []]
+            rows, columns = _fetch_in_time(connection, sql, limit + 1, timeout)
         except _FAILURES as error:
             lines = str(error).strip().splitlines() or [type(error).__name__]
             raise UserError(f"query failed: {lines[0]}") from None
@@ -89,6 +105,68 @@ def query(run_dir: Path, sql: str, limit: int = DEFAULT_LIMIT) -> QueryResult:
             connection.close()
     frame = pd.DataFrame.from_records(rows[:limit], columns=columns)
     return QueryResult(frame=frame, truncated=len(rows) > limit)
+
+
+@contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """While the query runs, SIGTERM and SIGHUP raise :class:`SystemExit` (exit status
+    128 + signal) instead of ending the process on the spot, so clean-up runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; its own stay in force
+        return
+
+    def exit_cleanly(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {number: signal.signal(number, exit_cleanly) for number in _TERMINATING}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _fetch_in_time(
+    connection: duckdb.DuckDBPyConnection, sql: str, n_rows: int, timeout: float
+) -> tuple[list[tuple], list[str]]:
+    """The first ``n_rows`` rows of ``sql`` and its column names, run in a worker thread
+    so this one can interrupt DuckDB when ``timeout`` passes or a signal arrives."""
+    outcome: dict[str, object] = {}
+    # an Event, not Thread.join: a join interrupted by a signal marks the thread stopped
+    # while it still runs (CPython 3.11)
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            cursor = connection.execute(sql)
+            outcome["rows"] = cursor.fetchmany(n_rows)
+            outcome["columns"] = [str(column[0]) for column in cursor.description or []]
+        except BaseException as error:  # handed to the caller's thread, raised there
+            outcome["error"] = error
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="mnemoscope-query", daemon=True).start()
+    try:
+        finished = done.wait(timeout)
+    except BaseException:  # Ctrl-C, or SIGTERM as SystemExit: stop DuckDB, then leave
+        _interrupt(connection, done)
+        raise
+    if not finished:
+        _interrupt(connection, done)
+        raise UserError(f"query: stopped at the time limit of {timeout:g} s (--timeout raises it)")
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["rows"], outcome["columns"]  # type: ignore[return-value]
+
+
+def _interrupt(connection: duckdb.DuckDBPyConnection, done: threading.Event) -> None:
+    """Interrupt DuckDB until the statement has stopped (an interrupt that arrives before
+    it starts is lost, so it is repeated), for at most ``_STOP_GRACE`` seconds."""
+    deadline = time.monotonic() + _STOP_GRACE
+    while not done.is_set() and time.monotonic() < deadline:
+        connection.interrupt()
+        done.wait(0.05)
 
 
 def _open_tables(connection: duckdb.DuckDBPyConnection, run: RunDir, spill: Path) -> None:

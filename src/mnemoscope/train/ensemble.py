@@ -166,8 +166,11 @@ def train_ensemble(
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
     arch_options: Mapping[str, Any] | None = None,
+    task: Task | None = None,
 ) -> TrainedEnsemble:
-    """Train models of ``arch``, model k on ``masks[k]``: all K, or the rows ``models``.
+    """Train models of ``arch``, model k on ``masks[k]``: all K, or the rows ``models``,
+    on the mean of ``task``'s per-example loss (default: cross-entropy; the optimizer adds
+    the L2 term of the objective, :class:`~mnemoscope.task.Task`).
 
     Models are trained ``config.chunk_size`` at a time. Model k's initial weights and
     data order depend only on ``(seed, k)`` (``init`` / ``order`` ``'per_model'``) or
@@ -229,6 +232,7 @@ def train_ensemble(
                 progress,
                 dict(arch_options or {}),
                 records.rows(slice(start, start + chunk)),
+                task or Task(),
             )
         )
     return TrainedEnsemble(
@@ -287,6 +291,7 @@ def _train_chunk(
     progress: Callable[[int], None] | None,
     arch_options: dict[str, Any],
     records: _Records,
+    task: Task,
 ) -> tuple[Params, list[Checkpoint]]:
     """Train models ``ks`` together, filling ``records`` (their rows); returns their
     final parameters and checkpoints."""
@@ -330,7 +335,7 @@ def _train_chunk(
             idx, w = index[:, step], weight[:, step]
             labels = y_train[idx]
             out = stack.forward(x_train[idx])
-            per_example = Task.loss(out, labels)
+            per_example = task.loss(out, labels)
             step_loss[:, step] = per_example.detach()
             step_correct[:, step] = out.argmax(-1) == labels
             batch_loss = (per_example * w).sum(1) / w.sum(1).clamp_min(1.0)

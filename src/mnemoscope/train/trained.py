@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.func import functional_call, vmap
 
+from mnemoscope.errors import DataError
 from mnemoscope.models import build_model
 from mnemoscope.store.atomic import write_safetensors
 from mnemoscope.train.optim import Params
@@ -139,6 +140,48 @@ class TrainedEnsemble:
 
     @classmethod
     def load(cls, path: Path) -> TrainedEnsemble:
+        """The ensemble of a file :meth:`save` wrote; :class:`DataError` naming the file
+        for one that is not (unreadable, keys or shapes that do not fit its architecture),
+        whatever its digest."""
+        from safetensors import SafetensorError
+
+        try:
+            ensemble = cls._read(path)
+            ensemble._check_shapes()
+        except DataError:
+            raise
+        except (SafetensorError, KeyError, TypeError, ValueError, AttributeError) as error:
+            detail = str(error).strip().splitlines()
+            raise DataError(
+                f"{path}: not a model file this version of mnemoscope wrote "
+                f"({type(error).__name__}{': ' + detail[0] if detail else ''}); delete it and "
+                "run again to retrain it"
+            ) from None
+        return ensemble
+
+    def _check_shapes(self) -> None:
+        """Parameters of the architecture's names and shapes for ``K`` models, and records
+        of ``K`` models, or :class:`ValueError`."""
+        k = self.n_models
+        expected = {name: (k, *p.shape) for name, p in self.module().named_parameters()}
+        for params in [self.params, *(c.params for c in self.checkpoints)]:
+            got = {name: tuple(tensor.shape) for name, tensor in params.items()}
+            if got != expected:
+                raise ValueError(f"parameters {got} do not fit arch '{self.arch}' ({expected})")
+        n = self.masks.shape[1] if self.masks.ndim == 2 else -1
+        shapes = {
+            "masks": (self.masks.shape, (k, n)),
+            "train_loss": (self.train_loss.shape[:1] + self.train_loss.shape[2:], (k, n)),
+            "train_correct": (self.train_correct.shape, self.train_loss.shape),
+            "train_logits": (self.train_logits.shape, (k, n, self.n_classes)),
+            "test_logits": (self.test_logits.shape[::2], (k, self.n_classes)),
+        }
+        for name, (got, want) in shapes.items():
+            if tuple(got) != tuple(want) or (name == "test_logits" and self.test_logits.ndim != 3):
+                raise ValueError(f"{name} has shape {tuple(got)}, expected {tuple(want)}")
+
+    @classmethod
+    def _read(cls, path: Path) -> TrainedEnsemble:
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as handle:
