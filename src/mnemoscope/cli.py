@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.table import Table
 from rich.text import Text
 
@@ -21,8 +22,43 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Per-example memorization and influence of neural networks, and how they relate.",
 )
-out_console = Console()
-err_console = Console(stderr=True)
+PIPE_WIDTH = 10_000
+"""Columns of a console whose output is not a terminal: piped output is never cut."""
+
+
+class PipeConsole(Console):
+    """A console that keeps the terminal's width on a terminal and does not wrap or cut
+    anything (names, table cells) to 80 columns when its output is piped or redirected."""
+
+    def _size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)
+        if self._width is None and not self.is_terminal:
+            return ConsoleDimensions(PIPE_WIDTH, size.height)
+        return size
+
+    size = property(_size, Console.size.fset)
+
+
+out_console = PipeConsole()
+err_console = PipeConsole(stderr=True)
+# every table a run can hold (mnemoscope.store.tables.TABLES; a test keeps them equal),
+# written out so that `--help` needs no pyarrow
+QUERY_TABLES = (
+    "examples",
+    "scores",
+    "correlations",
+    "detection",
+    "influence",
+    "attacks",
+    "score_parts",
+    "influence_eval",
+    "fits",
+    "overlap",
+    "cross_arch",
+    "leakage",
+    "applications",
+    "removal",
+)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -184,24 +220,23 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run directory.")
 @app.command()
 def datasets() -> None:
     """List the built-in datasets."""
-    from mnemoscope.data import BUILTIN
+    from mnemoscope.catalog import load_catalog  # not the data package: no torch to start
 
     table = Table("name", "kind", "classes", "description", title="built-in datasets")
-    for spec in BUILTIN.values():
-        table.add_row(spec.name, spec.kind, str(spec.n_classes), Text(spec.description))
+    for spec in load_catalog()["datasets"]:
+        table.add_row(spec["name"], spec["kind"], str(spec["n_classes"]), Text(spec["description"]))
     out_console.print(table)
 
 
 @app.command()
 def archs() -> None:
     """List the built-in architectures and their `arch_options` (with defaults)."""
-    from mnemoscope.models.registry import ARCHITECTURES
+    from mnemoscope.catalog import load_catalog
 
     table = Table("name", "description", "arch_options (default)", title="architectures")
-    for arch in ARCHITECTURES.values():
-        fields = arch.options.model_fields if arch.options else {}
-        options = ", ".join(f"{key} ({field.default})" for key, field in fields.items())
-        table.add_row(arch.name, Text(arch.description), Text(options or "none"))
+    for arch in load_catalog()["archs"]:
+        options = ", ".join(f"{key} ({default})" for key, default in arch["options"])
+        table.add_row(arch["name"], Text(arch["description"]), Text(options or "none"))
     out_console.print(table)
 
 
@@ -211,29 +246,33 @@ def methods(
     name: str = typer.Argument(None, help="One method: print its full description."),
 ) -> None:
     """List the memorization and influence estimators: summary, cost and reference."""
-    import inspect
+    from mnemoscope.catalog import load_catalog
 
-    from mnemoscope.config import StudyConfig  # noqa: F401  (registers every estimator)
-    from mnemoscope.estimator import REGISTRY
-
+    known = {method["name"]: method for method in load_catalog()["methods"]}
     if name is not None:
-        if name not in REGISTRY:
-            raise UserError(f"unknown method '{name}'; known: {', '.join(sorted(REGISTRY))}")
-        cls = REGISTRY[name]
-        out_console.print(f"{name} ({cls.family})\n", highlight=False)
-        out_console.print(inspect.getdoc(cls) or "", highlight=False, markup=False)
-        out_console.print(f"\ncost: {cls.cost}\nreference: {cls.reference}", highlight=False)
-        try:  # one hop to the code: the file and line of the class
-            lines, first = inspect.getsourcelines(cls)  # from its decorators on
-            offset = next(i for i, text in enumerate(lines) if text.startswith("class "))
-            where = f"{inspect.getsourcefile(cls)}:{first + offset}"
-        except (OSError, TypeError, StopIteration):
-            where = f"{cls.__module__}.{cls.__qualname__} (no source file)"
-        out_console.print(f"source: {where}", highlight=False, markup=False, soft_wrap=True)
+        if name not in known:
+            raise UserError(f"unknown method '{name}'; known: {', '.join(sorted(known))}")
+        from mnemoscope.plaintext import rst_to_text
+
+        method = known[name]
+        out_console.print(f"{name} ({method['family']})\n", highlight=False)
+        text = rst_to_text(method["doc"], min(out_console.width, 88))
+        out_console.print(text, highlight=False, markup=False, soft_wrap=True)
+        out_console.print(
+            f"\ncost: {method['cost']}\nreference: {method['reference']}",
+            highlight=False,
+            markup=False,
+        )
+        # one hop to the code: the file and line of the class
+        where = Path(__file__).parent / method["source"] if method["source"] else None
+        source = f"{where}:{method['line']}" if where else f"{method['qualname']} (no source file)"
+        out_console.print(f"source: {source}", highlight=False, markup=False, soft_wrap=True)
         return
     table = Table("method", "family", "what it measures", "cost", "reference", title="estimators")
-    for method, cls in sorted(REGISTRY.items(), key=lambda item: (item[1].family, item[0])):
-        table.add_row(method, cls.family, cls.summary, cls.cost, cls.reference)
+    for method in known.values():  # the catalog lists them by family, then name
+        table.add_row(
+            method["name"], method["family"], method["summary"], method["cost"], method["reference"]
+        )
     out_console.print(table)
     out_console.print(
         "Definitions, signs, normalisation, cost and references: docs/methods.md in the "
@@ -248,11 +287,18 @@ def query(
     run_dir: Path = typer.Argument(..., help="A run directory."),
     sql: str = typer.Argument(
         ...,
-        help="One read-only SELECT over the views examples, scores, correlations, detection, "
-        "influence.",
+        help="One read-only SELECT over the run's tables, each a view of its name: "
+        + ", ".join(QUERY_TABLES)
+        + " (the study's tables where the run is a study).",
     ),
     limit: int = typer.Option(
         50, "--limit", min=1, max=1_000_000, help="Print at most this many rows."
+    ),
+    output: str = typer.Option(
+        "table",
+        "--format",
+        help="table (aligned, for reading), csv or json (an array of row objects), for "
+        "other programs.",
     ),
     timeout: float = typer.Option(
         120.0, "--timeout", min=0.1, max=86_400, help="Stop the query after this many seconds."
@@ -261,12 +307,23 @@ def query(
     """Query a run's Parquet tables with one read-only DuckDB SELECT (no file access)."""
     from mnemoscope.store.query import query as run_query
 
+    if output not in ("table", "csv", "json"):
+        raise UserError(f"--format: expected table, csv or json, got {output!r}")
     result = run_query(run_dir, sql, limit, timeout)
-    table = Table()  # cells as Text: a value like '[/x]' is data, not Rich markup
-    for column in result.frame.columns:
-        table.add_column(Text(str(column)))
-    for row in result.frame.itertuples(index=False, name=None):
-        table.add_row(*[Text(f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row])
-    out_console.print(table)
-    if result.truncated:
-        out_console.print(f"(first {limit} rows; --limit raises it)", highlight=False)
+    note = f"(first {limit} rows; --limit raises it)"
+    if output == "csv":
+        sys.stdout.write(result.frame.to_csv(index=False))
+    elif output == "json":
+        records = json.loads(
+            result.frame.to_json(orient="records", date_format="iso", double_precision=15)
+        )
+        sys.stdout.write(json.dumps(records, ensure_ascii=False) + "\n")
+    else:
+        table = Table()  # cells as Text: a value like '[/x]' is data, not Rich markup
+        for column in result.frame.columns:
+            table.add_column(Text(str(column)))
+        for row in result.frame.itertuples(index=False, name=None):
+            table.add_row(*[Text(f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row])
+        out_console.print(table)
+    if result.truncated:  # on stderr for csv and json: their output stays parseable
+        (out_console if output == "table" else err_console).print(note, highlight=False)

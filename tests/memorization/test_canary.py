@@ -125,7 +125,7 @@ def test_a_study_plants_marks_and_scores_canaries(tmp_path):
     assert set(scores.loc[scores["method"] == "canary", "example_id"]) == set(canaries)
     assert len(list((tmp_path / "models").glob("*.safetensors"))) == 1  # shared with FZ
     report = (tmp_path / "report.html").read_text()
-    assert "<h2>Canaries</h2>" in report
+    assert "<summary>Canaries</summary>" in report
 
 
 def test_canaries_beyond_the_class_fail_the_run_in_one_line(tmp_path):

@@ -176,3 +176,13 @@ def test_removing_the_most_memorized_clean_digits_costs_more_than_random(tmp_pat
     removal = table(tmp_path / "run", "removal").set_index(["direction", "k"])
     top = removal.loc[("top", 0.1)]
     assert top["delta_vs_random"] < 0 and top["delta_high"] < 0.005, top.to_dict()
+
+
+def test_the_quick_studys_report_in_chromium(quick, tmp_path):
+    """The report of the quick study, opened in headless Chromium: the answer and the
+    headline figure on the first screen, every section and the study's figures present
+    (the quick study computes no LDS), no console error."""
+    from tests.report.test_report_study import EVIDENCE, check_in_browser
+
+    out, _ = quick
+    check_in_browser(out / "report.html", tmp_path, tuple(k for k in EVIDENCE if k != "lds"))

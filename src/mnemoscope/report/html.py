@@ -1,12 +1,18 @@
 """Render a finished run directory as one self-contained ``report.html``.
 
-The report computes no statistics: correlations and AUCs come precomputed from the
+The page opens with the answer (:mod:`mnemoscope.report.answer`, written from the
+tables) beside a forest plot of ρ [CI] by architecture, then gives the evidence
+(:mod:`mnemoscope.report.evidence`, :mod:`mnemoscope.report.outcomes`), the galleries
+of the most memorized, most LiRA-vulnerable and most influential examples, the caveats
+with their references, and the run's details last.
+
+The report computes no statistics: correlations, AUCs and CIs come precomputed from the
 run's tables. :mod:`mnemoscope.report.run` reads the run (only through
 :class:`~mnemoscope.store.rundir.RunDir`: its typed manifest and schema-checked
 tables), :mod:`mnemoscope.report.tables` selects, sorts and formats the rows, and this
-module draws the figures (with :mod:`mnemoscope.report.figures`) and the page. The one
-aggregation it does is for display: when a score was stored for several seeds, the
-per-example mean is drawn.
+module draws the galleries and scatter plots (with :mod:`mnemoscope.report.figures`)
+and the page. The one aggregation it does is for display: when a score was stored for
+several seeds, the per-example mean is drawn.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import pandas as pd
 from safetensors import SafetensorError, safe_open
 
 from mnemoscope.errors import UserError
-from mnemoscope.report import figures
+from mnemoscope.report import evidence, figures, outcomes
+from mnemoscope.report.answer import answer_facts, headline_pairs
 from mnemoscope.report.run import Run, load_run
 from mnemoscope.report.tables import (
     INFLUENCE_TOP,
@@ -56,13 +63,16 @@ def most_memorized(
 ) -> pd.DataFrame:
     """The ``k`` examples with the highest ``method`` score, highest first.
 
-    Returns columns ``example_id, score, stderr``; ties are broken by example id so the
-    selection is reproducible, and examples without a finite score are never selected.
+    Returns columns ``example_id, score, stderr``; ties are broken by the smaller stderr
+    (a missing one last), then by example id, so the selection is reproducible; examples
+    without a finite score are never selected.
     """
     frame = per_example_scores(scores, dataset, arch, method)
     frame = frame[np.isfinite(frame["score"])]
-    frame = frame.sort_values(["score", "example_id"], ascending=[False, True], kind="stable")
-    return frame.head(k).reset_index(drop=True)
+    frame = frame.assign(_se=frame["stderr"].fillna(np.inf)).sort_values(
+        ["score", "_se", "example_id"], ascending=[False, True, True], kind="stable"
+    )
+    return frame.drop(columns="_se").head(k).reset_index(drop=True)
 
 
 class FigureSink:
@@ -82,6 +92,14 @@ class FigureSink:
         write_bytes(self.directory / f"{unique}.png", png)
         uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         return {"file": f"figures/{unique}.png", "uri": uri, "caption": caption}
+
+    def remove_stale(self) -> None:
+        """Delete the PNGs of ``figures/`` this rendering did not write (an earlier
+        report's), so the folder holds exactly the report's figures."""
+        if self.directory.is_dir():
+            for path in self.directory.glob("*.png"):
+                if path.stem not in self.used:
+                    path.unlink()
 
 
 def _panels(run: Run, dataset: str, mem: str, inf: str | None) -> list[figures.Panel]:
@@ -140,7 +158,32 @@ def _read_rows(run: Run, dataset: str, ids: np.ndarray) -> np.ndarray:
         raise UserError(f"{path}: not a readable safetensors file ({first})") from None
 
 
-def _gallery(run: Run, sink: FigureSink, dataset: str, arch: str, method: str) -> dict | None:
+GALLERIES = ("most memorized", "most vulnerable", "most influential")
+"""The galleries' kinds: by the headline memorization score, by LiRA, by the arch's
+headline influence score."""
+
+
+def _gallery_methods(run: Run, dataset: str, arch: str) -> list[tuple[str, str]]:
+    """(kind, method) of each gallery of ``dataset`` × ``arch`` whose method was stored."""
+    mems = run.methods(dataset, "memorization")
+    infs = run.methods(dataset, "influence")
+    chosen = []
+    memorization = evidence.headline_memorization(run)
+    if memorization in mems:
+        chosen.append((GALLERIES[0], memorization))
+    if "lira" in mems:
+        chosen.append((GALLERIES[1], "lira"))
+    pairs = headline_pairs(run.correlations, run.scores, memorization or "")
+    pairs = pairs[(pairs["dataset"] == dataset) & (pairs["arch"] == arch)]
+    influence = pairs["influence"].iloc[0] if len(pairs) else (infs[0] if infs else None)
+    if influence is not None:
+        chosen.append((GALLERIES[2], influence))
+    return chosen
+
+
+def _gallery(
+    run: Run, sink: FigureSink, dataset: str, arch: str, kind: str, method: str
+) -> dict | None:
     top = most_memorized(run.scores, dataset, arch, method)
     if top.empty:
         return None
@@ -151,7 +194,7 @@ def _gallery(run: Run, sink: FigureSink, dataset: str, arch: str, method: str) -
     if missing:
         raise UserError(f"examples.parquet has no {dataset!r} training rows for ids {missing[:5]}")
     inputs = _read_rows(run, dataset, top["example_id"].to_numpy())
-    kind = _kind(run, dataset, inputs.ndim - 1)
+    data_kind = _kind(run, dataset, inputs.ndim - 1)
     items = [
         figures.GalleryItem(
             x=x,
@@ -159,56 +202,66 @@ def _gallery(run: Run, sink: FigureSink, dataset: str, arch: str, method: str) -
             original_label=int(labels.at[row.example_id, "original_label"]),
             score=float(row.score),
             mislabeled=bool(labels.at[row.example_id, "is_mislabeled"]),
+            example_id=int(row.example_id),
         )
         for x, row in zip(inputs, top.itertuples(), strict=True)
     ]
-    png = figures.gallery(items, kind, f"{dataset} / {arch}: top {len(items)} by {method}")
     caption = (
         f"The {len(items)} training examples of {dataset} with the highest {method} score "
-        f"under {arch}, highest first; titles give the trained label, the original label and "
-        "the score; red titles mark flipped (mislabeled) examples."
+        f"under {arch}, highest first (ties: smaller stderr, then smaller id); each gives "
+        "its example id, the trained label, the original label and the score; red marks "
+        "flipped (mislabeled) examples."
     )
-    fig = sink.add(f"gallery_{dataset}_{arch}_{method}", png, caption)
-    return {"arch": arch, "method": method, "figure": fig}
+    item = {"arch": arch, "kind": kind, "method": method, "caption": caption}
+    if data_kind == "tabular":  # feature values read better as numbers than as bars
+        n_features = int(np.prod(inputs.shape[1:]))
+        item["features"] = [f"x{j}" for j in range(n_features)]
+        item["rows"] = [
+            {
+                "example_id": it.example_id,
+                "label": it.label,
+                "original_label": it.original_label,
+                "score": f"{it.score:.3g}",
+                "mislabeled": it.mislabeled,
+                "cells": [f"{v:.3g}" for v in it.x.reshape(-1)],
+            }
+            for it in items
+        ]
+        return item
+    png = figures.gallery(items, data_kind, f"{dataset} / {arch}: {kind} ({method})")
+    item["figure"] = sink.add(f"gallery_{dataset}_{arch}_{method}", png, caption)
+    return item
 
 
-def dataset_sections(run: Run, sink: FigureSink) -> list[dict[str, Any]]:
-    """Per dataset: scatter plots, histograms and the galleries of the most memorized."""
+def scatter_figures(run: Run, sink: FigureSink) -> list[dict[str, str]]:
+    """Memorization against self-influence for the answer's headline pairs only."""
+    out = []
+    for dataset, mem, inf in evidence.headline_scatter_pairs(run):
+        panels = _panels(run, dataset, mem, inf)
+        if not panels:
+            continue
+        png = figures.scatter_grid(panels, mem, inf, f"{dataset}: {mem} vs {inf}")
+        caption = (
+            f"{mem} memorization (x) against {inf} self-influence (y, log scale; symlog "
+            f"where scores reach zero) of the training examples of {dataset}, one panel per "
+            "architecture: the answer's headline pair."
+        )
+        out.append(sink.add(f"scatter_{dataset}_{mem}_vs_{inf}", png, caption))
+    return out
+
+
+def gallery_sections(run: Run, sink: FigureSink) -> list[dict[str, Any]]:
+    """Per dataset: the galleries of each architecture (most memorized, most vulnerable to
+    LiRA, most influential)."""
     sections = []
     for dataset in run.datasets:
-        mems = run.methods(dataset, "memorization")
-        infs = run.methods(dataset, "influence")
-        scatters, histograms, galleries = [], [], []
-        for mem in mems:
-            for inf in infs:
-                panels = _panels(run, dataset, mem, inf)
-                if not panels:
-                    continue
-                png = figures.scatter_grid(panels, mem, inf, f"{dataset}: {mem} vs {inf}")
-                caption = (
-                    f"{mem} memorization (x) against {inf} self-influence (y, log scale; "
-                    f"symlog where scores reach zero) of the training examples of {dataset}, "
-                    "one panel per architecture."
-                )
-                scatters.append(sink.add(f"scatter_{dataset}_{mem}_vs_{inf}", png, caption))
-            panels = _panels(run, dataset, mem, None)
-            if panels:
-                png = figures.histogram_grid(panels, mem, f"{dataset}: {mem}")
-                caption = f"Distribution of {mem} scores on {dataset}, clean vs mislabeled."
-                histograms.append(sink.add(f"hist_{dataset}_{mem}", png, caption))
-        if mems:
-            for arch in run.archs(dataset):
-                item = _gallery(run, sink, dataset, arch, mems[0])
+        galleries = []
+        for arch in run.archs(dataset):
+            for kind, method in _gallery_methods(run, dataset, arch):
+                item = _gallery(run, sink, dataset, arch, kind, method)
                 if item is not None:
                     galleries.append(item)
-        sections.append(
-            {
-                "name": dataset,
-                "scatters": scatters,
-                "histograms": histograms,
-                "galleries": galleries,
-            }
-        )
+        sections.append({"name": dataset, "galleries": galleries})
     return sections
 
 
@@ -255,7 +308,8 @@ def header(run: Run) -> dict[str, Any]:
             "key": stage.key[:12],
             "fit": _fit(stage.record.get("fit")),
         }
-        for name, stage in manifest.stages.items()
+        # run order: a resumed run records its stages in the order they finished
+        for name, stage in sorted(manifest.stages.items(), key=lambda item: item[1].finished)
     ]
     return {
         "name": manifest.name or run.path.name,
@@ -286,20 +340,71 @@ def render_report(run_dir: Path) -> Path:
     """
     run = load_run(Path(run_dir))
     sink = FigureSink(run.path)
+    facts = answer_facts(run.path, evidence.headline_memorization(run) or "feldman_zhang")
     html = (
         _environment()
         .get_template("report.html.j2")
         .render(
             run=header(run),
+            answer=_answer_groups(facts),
+            forest=evidence.headline(run, sink),
+            evidence=evidence_sections(run, sink),
             correlations=correlation_tables(run),
             detection=detection_rows(run),
             attacks=attack_rows(run),
-            best=best_separators(run),
+            best=best_separators(run, outcomes.detection_intervals(run)),
             canaries=canary_rows(run),
-            sections=dataset_sections(run, sink),
+            sections=gallery_sections(run, sink),
             stderr_rows=stderr_rows(run),
             influence=influence_rows(run),
             influence_top=INFLUENCE_TOP,
         )
     )
+    sink.remove_stale()
     return write_text(run.path / "report.html", html)
+
+
+_ANSWER_TOPICS = {
+    "correlations": "Which influence scores track memorization",
+    "leakage": "Which cheap score finds the examples most exposed to LiRA",
+    "removal": "Removing the most memorized examples",
+    "fits": "Left out for not fitting their data",
+}
+
+
+def _answer_groups(facts: list[Any]) -> list[dict[str, Any]]:
+    """The answer's sentences grouped by the table they come from, in reading order."""
+    groups: dict[str, list[str]] = {}
+    for fact in facts:
+        groups.setdefault(fact.table, []).append(fact.text)
+    return [
+        {"table": table, "topic": _ANSWER_TOPICS.get(table, table), "sentences": sentences}
+        for table, sentences in groups.items()
+    ]
+
+
+EVIDENCE = (
+    ("heatmaps", "Influence × memorization per architecture", evidence.heatmaps),
+    ("cross-arch", "Agreement across architectures", evidence.cross_architecture),
+    ("leakage", "Leakage frontier: cost against precision", evidence.leakage_frontier),
+    ("roc-mislabel", "ROC: mislabel detection", evidence.mislabel_roc),
+    ("roc-attacks", "Membership inference", evidence.attack_roc),
+    ("removal", "Removal", outcomes.removal_curves),
+    ("summarization", "Summarization", outcomes.summarization_curves),
+    ("applications", "Sample information's applications", outcomes.applications),
+    ("lds", "Linear datamodeling score", outcomes.lds),
+    ("detection-auc", "Detection AUCs", outcomes.detection_aucs),
+)
+"""The evidence subsections in reading order: (id, heading, figure builder)."""
+
+
+def evidence_sections(run: Run, sink: FigureSink) -> list[dict[str, Any]]:
+    """The evidence's figures, in the order of :data:`EVIDENCE`, then the headline scatters;
+    a subsection whose tables the run lacks is left out."""
+    sections = [
+        {"id": key, "title": title, "figures": build(run, sink)} for key, title, build in EVIDENCE
+    ]
+    sections.append(
+        {"id": "scatter", "title": "Headline pairs", "figures": scatter_figures(run, sink)}
+    )
+    return [section for section in sections if section["figures"]]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +11,16 @@ from mnemoscope.store.manifest import Manifest
 from mnemoscope.store.rundir import RunDir
 
 _TABLES = ("examples", "scores", "correlations", "detection")
+STUDY_REPORT_TABLES = (
+    "fits",
+    "overlap",
+    "cross_arch",
+    "leakage",
+    "applications",
+    "removal",
+    "influence_eval",
+)
+"""Tables the report draws where the run has them (a study writes them all)."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,8 @@ class Run:
     """Train×target influence; ``None`` where the run has no ``influence.parquet``."""
     attacks: pd.DataFrame | None = None
     """Membership-inference attack metrics; ``None`` where the run has no ``attacks.parquet``."""
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    """The study's tables (:data:`STUDY_REPORT_TABLES`) that the run has, by name."""
 
     @property
     def path(self) -> Path:
@@ -67,4 +79,5 @@ def load_run(run_dir: Path) -> Run:
         name: store.table(name) if store.has_table(name) else None
         for name in ("influence", "attacks")
     }
-    return Run(store=store, **optional, **tables)
+    study = {name: store.table(name) for name in STUDY_REPORT_TABLES if store.has_table(name)}
+    return Run(store=store, **optional, **tables, tables=study)

@@ -91,23 +91,51 @@ def detection_rows(run: Run) -> list[dict[str, Any]]:
     ]
 
 
-def best_separators(run: Run) -> list[str]:
-    """Per dataset × arch, the score that separates flipped labels best, as sentences."""
-    frame = run.detection.dropna(subset=["auc"])
+def best_separators(run: Run, intervals: pd.DataFrame | None = None) -> list[str]:
+    """Per dataset × arch, the score that separates flipped labels best, as sentences.
+
+    ``intervals`` (columns dataset, arch, method, value, ci_low, ci_high) gives the AUCs
+    with their CIs; a score is "ahead of" the runner-up only where the two CIs do not
+    overlap, otherwise the scores whose CIs overlap the best one's are tied with it.
+    Without ``intervals`` the detection table's AUCs are used and nothing is ranked
+    ahead (ties cannot be told apart without CIs).
+    """
+    if intervals is None:
+        det = run.detection
+        intervals = pd.DataFrame(
+            {
+                "dataset": det["dataset"],
+                "arch": det["arch"],
+                "method": det["method"],
+                "value": det["auc"],
+                "ci_low": np.nan,
+                "ci_high": np.nan,
+            }
+        )
+    frame = intervals.dropna(subset=["value"])
     lines = []
     for (dataset, arch), group in frame.groupby(["dataset", "arch"], sort=False):
-        best = group.loc[group["auc"].idxmax()]
-        runner_up = group.drop(index=best.name)
-        after = (
-            f", ahead of {runner_up.loc[runner_up['auc'].idxmax(), 'method']} "
-            f"({runner_up['auc'].max():.3f})"
-            if not runner_up.empty
-            else ""
-        )
-        lines.append(
+        group = group.sort_values(["value", "method"], ascending=[False, True])
+        best, rest = group.iloc[0], group.iloc[1:]
+        text = (
             f"{dataset} / {arch}: {best['method']} separates the flipped labels best "
-            f"(AUC {best['auc']:.3f}{after})."
+            f"(AUC {format_estimate(best['value'], best['ci_low'], best['ci_high'])}"
         )
+        if not rest.empty:
+            separated = rest["ci_high"] < best["ci_low"]  # NaN compares False: a tie
+            tied = rest[~separated]
+            if tied.empty:
+                runner = rest.iloc[0]
+                text += (
+                    f"), ahead of {runner['method']} "
+                    f"({format_estimate(runner['value'], runner['ci_low'], runner['ci_high'])})."
+                )
+            else:
+                names = ", ".join(tied["method"].head(5)) + (" …" if len(tied) > 5 else "")
+                text += f"), tied within the CIs with {names}."
+        else:
+            text += ")."
+        lines.append(text)
     return lines
 
 

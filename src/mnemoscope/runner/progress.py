@@ -1,7 +1,10 @@
-"""Progress display for long stages: rich bars on a terminal, silence in tests."""
+"""Progress display for long stages: rich bars on a terminal, a line every
+``HEARTBEAT_SECONDS`` when the output is piped or logged, silence in tests."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -16,13 +19,22 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+HEARTBEAT_SECONDS = 10.0
+"""Off a terminal, a stage running longer than this prints a progress line this often."""
+
 
 class Reporter:
     """Where the runner says what it does; ``quiet`` prints nothing."""
 
-    def __init__(self, console: Console | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        console: Console | None = None,
+        quiet: bool = False,
+        heartbeat: float = HEARTBEAT_SECONDS,
+    ) -> None:
         self.console = console or Console(stderr=True)
         self.quiet = quiet
+        self.heartbeat = heartbeat
 
     def say(self, message: str) -> None:
         if not self.quiet:
@@ -34,14 +46,42 @@ class Reporter:
         if self.quiet:
             yield lambda units: None
             return
+        if not (self.console.is_terminal or self.console.is_jupyter):  # a notebook draws bars
+            with self._heartbeat(description, total) as advance:
+                yield advance
+            return
+        # without a total there is no bar to fill: a spinner and the time, never "0/?"
+        measured = [BarColumn(), MofNCompleteColumn()] if total else []
+        remaining = [TimeRemainingColumn()] if total else []
         columns = [
             SpinnerColumn(),
             TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
+            *measured,
             TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            *remaining,
         ]
         with Progress(*columns, console=self.console, transient=True) as progress:
             task = progress.add_task(description, total=total)
             yield lambda units: progress.advance(task, units)
+
+    @contextmanager
+    def _heartbeat(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        """Print ``description: done/total (seconds)`` every ``heartbeat`` seconds while the
+        stage runs (nothing for a stage that ends sooner): logs show a stage is alive."""
+        done = [0]
+        started = time.monotonic()
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.heartbeat):
+                elapsed = time.monotonic() - started
+                units = f"{done[0]}/{total}, " if total else ""
+                self.say(f"running {description} ({units}{elapsed:.0f} s)")
+
+        thread = threading.Thread(target=beat, name="mnemoscope-progress", daemon=True)
+        thread.start()
+        try:
+            yield lambda units: done.__setitem__(0, done[0] + units)
+        finally:
+            stop.set()
+            thread.join()

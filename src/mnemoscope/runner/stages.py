@@ -164,9 +164,8 @@ def train_part(root: Path, args: Args, reporter: Reporter) -> Args:
     masks = load_file(str(Path(root) / args["spec"]))["masks"]
     config = TrainConfig.model_validate(args["train"])
     start, stop = args["models"]
-    label = (
-        f"train {dataset.name}/{args['arch']}/{Path(args['output']).stem} ({stop - start} models)"
-    )
+    ensemble = Path(args["output"]).stem.split("__")[-1]  # the stem repeats dataset and arch
+    label = f"train {dataset.name}/{args['arch']}/{ensemble} ({stop - start} models)"
     with reporter.task(label, (stop - start) * config.epochs) as advance:
         trained = train_ensemble(
             args["arch"],
