@@ -28,7 +28,14 @@ PIPE_WIDTH = 10_000
 
 class PipeConsole(Console):
     """A console that keeps the terminal's width on a terminal and does not wrap or cut
-    anything (names, table cells) to 80 columns when its output is piped or redirected."""
+    anything (names, table cells) to 80 columns when its output is piped or redirected.
+    ``COLUMNS`` in the environment sizes a terminal only (Rich would fix the width from it
+    at construction, piped or not)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if kwargs.get("width") is None:
+            self._width = None  # Console.size reads COLUMNS on a terminal
 
     def _size(self) -> ConsoleDimensions:
         size = Console.size.fget(self)

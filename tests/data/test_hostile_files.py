@@ -170,7 +170,9 @@ def _hf_images_by_path(folder: Path, image: Path) -> Path:
     rows = {"img": [str(image)] * 4, "label": [0, 1, 0, 1]}
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(folder))
     arrow = next(folder.glob("*.arrow"))
-    with pa.ipc.open_stream(arrow) as reader:
+    # read from a copy in memory: the file is rewritten below, and a table read from the
+    # file itself may still point into it (the labels then came out as garbage)
+    with pa.ipc.open_stream(pa.BufferReader(arrow.read_bytes())) as reader:
         table = reader.read_all()
     paths = pa.array([{"bytes": None, "path": str(image)}] * 4, type=table.schema.field("img").type)
     table = table.set_column(table.schema.get_field_index("img"), "img", paths)
