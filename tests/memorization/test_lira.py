@@ -171,10 +171,29 @@ def test_random_members_of_models_trained_on_everything_are_not_recognised():
             assert abs(auc - 0.5) <= 0.05, (estimator.name, auc)
 
 
+def test_roc_on_the_grid_is_the_best_tpr_below_each_fpr():
+    from mnemoscope.memorization.attacks import roc_on_grid
+
+    rng = np.random.default_rng(0)
+    member = rng.random(2000) < 0.5
+    statistic = rng.normal(size=2000) + member
+    grid = (0.001, 0.01, 0.1, 0.5, 1.0)
+    tpr = roc_on_grid(statistic, member, grid)
+    for alpha, value in zip(grid, tpr, strict=True):  # brute force over every threshold
+        best = max(
+            (statistic[member] >= t).mean()
+            for t in statistic
+            if (statistic[~member] >= t).mean() <= alpha
+        )
+        assert value == best, alpha
+    assert np.isnan(roc_on_grid(statistic, np.ones(2000, bool), grid)).all()
+
+
 def test_a_study_writes_the_attacks_table(tmp_path):
     from mnemoscope.config import parse_config
+    from mnemoscope.memorization.attacks import ROC_FPRS
     from mnemoscope.runner import run_study
-    from mnemoscope.store import ATTACKS
+    from mnemoscope.store import ATTACK_ROC, ATTACKS
 
     config = {
         "name": "attacks",
@@ -196,6 +215,16 @@ def test_a_study_writes_the_attacks_table(tmp_path):
     ]
     assert (attacks["n_models"] == 4).all() and attacks["auc"].between(0, 1).all()
     assert (attacks["dataset"] == "digits").all() and (attacks["arch"] == "logreg").all()
+    # each attack's ROC curve on the log grid passes through the attacks table's points
+    curves = pd.read_parquet(tmp_path / "attack_roc.parquet")
+    assert list(curves.columns) == ATTACK_ROC.names
+    for row in attacks.itertuples():
+        curve = curves[(curves.method == row.method) & (curves.variant == row.variant)]
+        assert len(curve) == len(ROC_FPRS) and (np.diff(curve["tpr"].to_numpy()) >= 0).all()
+        at = curve.set_index("fpr")["tpr"]
+        assert at[ROC_FPRS[10]] == row.tpr_at_0_1pct_fpr  # 1e-3
+        assert at[ROC_FPRS[20]] == row.tpr_at_1pct_fpr  # 1e-2
+        assert at[1.0] == 1.0
     assert len(list((tmp_path / "models").glob("*.safetensors"))) == 1  # one shared ensemble
     report = (tmp_path / "report.html").read_text()
     assert "Membership inference" in report and "loss_attack" in report

@@ -17,6 +17,9 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 LOW_FPRS = (0.001, 0.01)
+ROC_FPRS = tuple(float(f) for f in np.logspace(-4, 0, 41))
+"""The false-positive rates at which ``attack_roc.parquet`` samples each attack's ROC
+curve: 10 per decade from 10⁻⁴ to 1, for log–log axes."""
 
 
 def logit_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -119,6 +122,23 @@ class AttackMetrics:
     tpr_at_0_1pct_fpr: float
     tpr_at_1pct_fpr: float
     n_pairs: int
+
+
+def roc_on_grid(
+    statistic: np.ndarray, is_member: np.ndarray, fprs: tuple[float, ...] = ROC_FPRS
+) -> np.ndarray:
+    """``[len(fprs)]`` TPR of ``statistic`` (higher = member) at each FPR of ``fprs``: the
+    highest TPR of a threshold whose FPR is at most it, as :func:`attack_metrics` reads
+    its two low-FPR points; NaN when one class is absent. Non-finite statistics are
+    dropped."""
+    statistic = np.asarray(statistic, dtype=np.float64).ravel()
+    is_member = np.asarray(is_member, dtype=bool).ravel()
+    kept = np.isfinite(statistic)
+    statistic, is_member = statistic[kept], is_member[kept]
+    if is_member.all() or not is_member.any():
+        return np.full(len(fprs), np.nan)
+    fpr, tpr, _ = roc_curve(is_member, statistic)
+    return np.array([float(tpr[fpr <= alpha].max()) for alpha in fprs])
 
 
 def attack_metrics(statistic: np.ndarray, is_member: np.ndarray) -> AttackMetrics:

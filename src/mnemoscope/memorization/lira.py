@@ -11,12 +11,14 @@ from pydantic import Field
 
 from mnemoscope.estimator import Scores, register
 from mnemoscope.memorization.attacks import (
+    ROC_FPRS,
     attack_metrics,
     fit_gaussians,
     leave_one_model_out,
     lira_statistic,
     logit_confidence,
     privacy_score,
+    roc_on_grid,
 )
 from mnemoscope.memorization.feldman_zhang import FeldmanZhang, FeldmanZhangConfig
 
@@ -46,6 +48,14 @@ class LossAttackConfig(FeldmanZhangConfig):
     """K models on random subsets, each attacked in turn."""
     subset_fraction: float = Field(0.5, gt=0, lt=1, validate_default=True)
     """Fraction each model sees; equal ``n_models`` and fraction share LiRA's ensemble."""
+
+
+def _roc_rows(method: str, variant: str, statistic, masks) -> pd.DataFrame:
+    """Rows of ``attack_roc``: the attack's TPR at each FPR of ``ROC_FPRS``."""
+    tpr = roc_on_grid(statistic.numpy(), masks.numpy())
+    return pd.DataFrame(
+        {"method": method, "variant": variant, "fpr": np.array(ROC_FPRS), "tpr": tpr}
+    )
 
 
 def _attack_row(method: str, variant: str, statistic, masks, n_models: int) -> dict:
@@ -93,7 +103,7 @@ class Lira(FeldmanZhang):
     cost = "K trainings on halves (shared at equal K and fraction); no gradients"
     reference = "Carlini et al. 2022, 'Membership Inference Attacks From First Principles', Alg. 1"
     summary = "LiRA per-example privacy score d, and attack AUC / TPR at low FPR"
-    extra_tables = ("attacks",)
+    extra_tables = ("attacks", "attack_roc")
     config: LiraConfig
 
     def _confidence(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,15 +121,28 @@ class Lira(FeldmanZhang):
         d = privacy_score(fitted).numpy()
         return Scores(self.name, self.family, self.dataset_.train_ids.numpy(), d)
 
+    def _statistics(self) -> dict[str, torch.Tensor]:
+        """Each variant's attack statistic ``[K, n]``, computed once per fitted ensemble
+        (both tables read it)."""
+        cached = getattr(self, "statistics_", None)
+        if cached is None or cached[0] is not self.ensemble_:
+            phi, masks = self._confidence()
+            reference = leave_one_model_out(phi, masks, self._global(phi.shape[0] - 1))
+            both = self.config.variant == "both"
+            variants = ["online", "offline"] if both else [self.config.variant]
+            cached = (self.ensemble_, {v: lira_statistic(phi, reference, v) for v in variants})
+            self.statistics_ = cached
+        return cached[1]
+
     def table_rows(self, table: str) -> pd.DataFrame:
-        phi, masks = self._confidence()
-        k = phi.shape[0]
-        reference = leave_one_model_out(phi, masks, self._global(k - 1))
-        variants = ["online", "offline"] if self.config.variant == "both" else [self.config.variant]
-        rows = [
-            _attack_row(self.name, v, lira_statistic(phi, reference, v), masks, k) for v in variants
-        ]
-        return pd.DataFrame(rows)
+        masks, k = self.ensemble_.masks, self.ensemble_.masks.shape[0]
+        statistics = self._statistics()
+        if table == "attack_roc":
+            return pd.concat(
+                [_roc_rows(self.name, v, s, masks) for v, s in statistics.items()],
+                ignore_index=True,
+            )
+        return pd.DataFrame([_attack_row(self.name, v, s, masks, k) for v, s in statistics.items()])
 
 
 @register
@@ -149,7 +172,7 @@ class LossAttack(FeldmanZhang):
     cost = "K trainings on subsets (shared at equal K and fraction); no gradients"
     reference = "Yeom et al. 2018, 'Privacy Risk in Machine Learning', Alg. 1"
     summary = "loss-threshold membership attack (baseline): −loss, attack AUC / TPR"
-    extra_tables = ("attacks",)
+    extra_tables = ("attacks", "attack_roc")
     config: LossAttackConfig
 
     def _neg_loss(self) -> torch.Tensor:
@@ -165,5 +188,6 @@ class LossAttack(FeldmanZhang):
 
     def table_rows(self, table: str) -> pd.DataFrame:
         neg_loss, masks = self._neg_loss(), self.ensemble_.masks
-        k = neg_loss.shape[0]
-        return pd.DataFrame([_attack_row(self.name, "loss", neg_loss, masks, k)])
+        if table == "attack_roc":
+            return _roc_rows(self.name, "loss", neg_loss, masks)
+        return pd.DataFrame([_attack_row(self.name, "loss", neg_loss, masks, neg_loss.shape[0])])

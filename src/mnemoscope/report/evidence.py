@@ -232,22 +232,40 @@ def mislabel_roc(run: Run, sink: Any) -> list[dict[str, str]]:
 
 
 def attack_roc(run: Run, sink: Any) -> list[dict[str, str]]:
-    """Membership attacks on log–log ROC axes, through the operating points the attacks
-    table stores (TPR at 0.1% and 1% FPR) up to (1, 1)."""
+    """Membership attacks' ROC curves on log–log axes, from ``attack_roc.parquet`` (each
+    attack's TPR on a grid of FPRs); a run without it draws the operating points the
+    attacks table stores (TPR at 0.1% and 1% FPR) up to (1, 1)."""
     frame = run.attacks
     if frame is None or frame.empty:
         return []
+    curves = run.tables.get("attack_roc")
     panels = []
     for (dataset, arch), cell in frame.groupby(["dataset", "arch"], sort=True):
-        series = [
-            Series(
-                f"{r.method} {r.variant} (AUC {r.auc:.2f})",
-                np.array([1e-3, 1e-2, 1.0]),
-                np.maximum([r.tpr_at_0_1pct_fpr, r.tpr_at_1pct_fpr, 1.0], FPR_FLOOR),
-            )
-            for r in cell.itertuples()
-            if math.isfinite(r.tpr_at_0_1pct_fpr) and math.isfinite(r.tpr_at_1pct_fpr)
-        ]
+        series = []
+        for r in cell.itertuples():
+            label = f"{r.method} {r.variant} (AUC {r.auc:.2f})"
+            if curves is not None and not curves.empty:
+                curve = curves[
+                    (curves["dataset"] == dataset)
+                    & (curves["arch"] == arch)
+                    & (curves["method"] == r.method)
+                    & (curves["variant"] == r.variant)
+                ].sort_values("fpr")
+                curve = curve[np.isfinite(curve["tpr"])]
+                if not curve.empty:
+                    fpr = curve["fpr"].to_numpy()
+                    series.append(
+                        Series(label, fpr, np.maximum(curve["tpr"].to_numpy(), FPR_FLOOR))
+                    )
+                    continue
+            if math.isfinite(r.tpr_at_0_1pct_fpr) and math.isfinite(r.tpr_at_1pct_fpr):
+                series.append(
+                    Series(
+                        label,
+                        np.array([1e-3, 1e-2, 1.0]),
+                        np.maximum([r.tpr_at_0_1pct_fpr, r.tpr_at_1pct_fpr, 1.0], FPR_FLOOR),
+                    )
+                )
         if series:
             panels.append(CurvePanel(cell_name(run, dataset, arch), series))
     if not panels:
@@ -262,8 +280,8 @@ def attack_roc(run: Run, sink: Any) -> list[dict[str, str]]:
     )
     caption = (
         "Membership-inference attacks on log–log ROC axes (as Carlini et al. 2022 draw "
-        "them): each line joins the stored operating points, the true-positive rate at 0.1% "
-        "and at 1% false-positive rate (pooled over models), to (1, 1); dashed: chance."
+        "them): the true-positive rate at each false-positive rate from 10⁻⁴ to 1 "
+        "(attack_roc.parquet; pooled over the (model, example) pairs); dashed: chance."
     )
     return [sink.add("roc_attacks", png, caption)]
 

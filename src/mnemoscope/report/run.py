@@ -19,6 +19,7 @@ STUDY_REPORT_TABLES = (
     "applications",
     "removal",
     "influence_eval",
+    "attack_roc",
 )
 """Tables the report draws where the run has them (a study writes them all)."""
 

@@ -40,7 +40,7 @@ from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, derive_seed, merge_specs
 from mnemoscope.train.ensemble import DEFAULT_CHUNK
 
-PART_TABLES = ("attacks", "score_parts")
+PART_TABLES = ("attacks", "attack_roc", "score_parts")
 """Tables gathered from estimators' :attr:`~mnemoscope.estimator.Estimator.extra_tables`;
 always written (empty when no estimator adds rows)."""
 

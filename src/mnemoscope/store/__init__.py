@@ -13,6 +13,7 @@ from mnemoscope.store.manifest import DatasetInfo, Manifest, StageRecord
 from mnemoscope.store.rundir import RunDir, safe_name
 from mnemoscope.store.tables import (
     APPLICATIONS,
+    ATTACK_ROC,
     ATTACKS,
     CORRELATIONS,
     CROSS_ARCH,
@@ -32,6 +33,7 @@ from mnemoscope.store.tables import (
 
 __all__ = [
     "APPLICATIONS",
+    "ATTACK_ROC",
     "ATTACKS",
     "CORRELATIONS",
     "CROSS_ARCH",

@@ -95,6 +95,19 @@ ATTACKS = pa.schema(
     ]
 )
 
+ATTACK_ROC = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("arch", pa.string()),
+        ("method", pa.string()),  # 'lira' | 'loss_attack'
+        ("variant", pa.string()),  # 'online' | 'offline' | 'loss'
+        ("fpr", pa.float64()),  # a point of the grid: 10 per decade from 1e-4 to 1
+        ("tpr", pa.float64()),  # the highest TPR of a threshold with FPR <= fpr
+        ("fit", pa.bool_()),  # False: the arch does not fit its data (see fits.parquet)
+    ]
+)
+"""Columns of ``attack_roc.parquet``: each membership attack's ROC curve on a log grid."""
+
 SCORE_PARTS = pa.schema(
     [
         ("dataset", pa.string()),
@@ -248,6 +261,7 @@ TABLES: dict[str, pa.Schema] = {
     "detection": DETECTION,
     "influence": INFLUENCE,
     "attacks": ATTACKS,
+    "attack_roc": ATTACK_ROC,
     "score_parts": SCORE_PARTS,
     "influence_eval": INFLUENCE_EVAL,
     "fits": FITS,
