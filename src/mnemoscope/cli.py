@@ -57,6 +57,7 @@ QUERY_TABLES = (
     "detection",
     "influence",
     "attacks",
+    "attack_roc",
     "score_parts",
     "influence_eval",
     "fits",
