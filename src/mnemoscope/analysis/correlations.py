@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from mnemoscope.analysis.resampling import resample_midranks
 from mnemoscope.store.tables import CORRELATIONS, without_fit
 
 STATISTICS: tuple[str, ...] = ("spearman", "pearson", "kendall")
@@ -76,16 +77,79 @@ def _bootstrap(a: np.ndarray, b: np.ndarray, n_bootstrap: int, seed: int) -> dic
         idx = rng.integers(0, n, size=(stop - start, n))  # [rows, n]
         ra, rb = a[idx], b[idx]
         out["pearson"][start:stop] = rowwise_pearson(ra, rb)
+        kendall = out["kendall"]
+        if n <= _KENDALL_MATRIX_MAX:
+            counts = _counts(idx, n)
+            out["spearman"][start:stop] = _spearman_resampled(a, b, counts)
+            kendall[start:stop] = _kendall_resampled(a, b, counts)
+            continue
         out["spearman"][start:stop] = rowwise_pearson(
             stats.rankdata(ra, axis=1), stats.rankdata(rb, axis=1)
         )
-        kendall = out["kendall"]
         for row in range(stop - start):
             if np.ptp(ra[row]) == 0 or np.ptp(rb[row]) == 0:
                 kendall[start + row] = np.nan
             else:
                 kendall[start + row] = stats.kendalltau(ra[row], rb[row], variant="b").statistic
     return out
+
+
+_KENDALL_MATRIX_MAX = 4096
+"""Up to this many examples, the rank statistics of every resample come from its counts
+of each example (Kendall's τ_b from one ``[n, n]`` sign matrix); beyond, one ``scipy``
+call per resample for Kendall and ranks of the resampled arrays for Spearman."""
+
+
+def _counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """``[rows, n]`` int: how often each example is drawn in each row of ``idx``."""
+    rows = idx.shape[0]
+    flat = (np.arange(rows)[:, None] * n + idx).ravel()
+    return np.bincount(flat, minlength=rows * n).reshape(rows, n)
+
+
+def _spearman_resampled(a: np.ndarray, b: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Spearman's ρ of every resample (rows of ``counts``): the Pearson correlation of the
+    resample's midranks, each example weighted by its count (equal to ranking the
+    resampled arrays); NaN where one side is constant."""
+    ranks_a, constant_a = resample_midranks(a, counts)
+    ranks_b, constant_b = resample_midranks(b, counts)
+    counts = counts.astype(np.float64)
+    total = counts.sum(1, keepdims=True)
+    da = ranks_a - (counts * ranks_a).sum(1, keepdims=True) / total
+    db = ranks_b - (counts * ranks_b).sum(1, keepdims=True) / total
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = (counts * da * db).sum(1) / np.sqrt(
+            (counts * da * da).sum(1) * (counts * db * db).sum(1)
+        )
+    rho[constant_a | constant_b] = np.nan
+    return np.clip(rho, -1.0, 1.0)
+
+
+def _kendall_resampled(a: np.ndarray, b: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Kendall's τ_b of every resample (rows of ``counts [rows, n]``, each example's
+    draws), equal to ``scipy.stats.kendalltau`` on the resampled arrays (NaN where one
+    side is constant).
+
+    A resample is a count ``w_i`` of each example. Copies of one example tie on both
+    sides, so the concordant-minus-discordant count is ``S = ½ wᵀ M w`` with ``M_ij =
+    sign(a_i − a_j)·sign(b_i − b_j)``, and the tie corrections are ``Σ_g t_g(t_g − 1)/2``
+    over the groups of equal values, ``t_g`` the resample's count in group g:
+    ``τ_b = S / sqrt((N₀ − T_a)(N₀ − T_b))``, ``N₀ = n(n − 1)/2``."""
+    n = a.size
+    counts = counts.astype(np.float64)
+    signs = np.sign(a[:, None] - a[None, :]) * np.sign(b[:, None] - b[None, :])
+    concordance = 0.5 * np.einsum("ri,ri->r", counts @ signs, counts)
+    pairs = n * (n - 1) / 2
+
+    def tied(values: np.ndarray) -> np.ndarray:
+        order = np.argsort(values, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(values[order]) != 0])
+        per_group = np.add.reduceat(counts[:, order], starts, axis=1)  # [rows, groups]
+        return (per_group * (per_group - 1) / 2).sum(1)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = concordance / np.sqrt((pairs - tied(a)) * (pairs - tied(b)))
+    return np.clip(tau, -1.0, 1.0)
 
 
 def correlation_with_ci(
