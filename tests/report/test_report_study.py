@@ -99,8 +99,15 @@ def test_answer_numbers_equal_the_tables(study):
     removal = pd.read_parquet(run / "removal.parquet")
     fits = pd.read_parquet(run / "fits.parquet")
     seen = {"correlations": set(), "leakage": set(), "removal": set(), "fits": set()}
+    headline = {}
     for sentence in sentences:
         if m := re.match(
+            r"Across the (\d+) \(dataset, arch\) cells whose models fit, the influence score "
+            r"closest to (\w+) reaches Spearman ρ from (-?[\d.]+) to (-?[\d.]+): (.*)\.$",
+            sentence,
+        ):
+            headline["synthesis"] = m.groups()
+        elif m := re.match(
             r"(\S+)/(\w+): (\w+) tracks (\w+) most closely, Spearman ρ = "
             r"(-?[\d.]+) \[(-?[\d.]+), (-?[\d.]+)\] \(n = (\d+)\)\.",
             sentence,
@@ -113,6 +120,7 @@ def test_answer_numbers_equal_the_tables(study):
             expected = [f"{best[c]:.2f}" for c in ("value", "ci_low", "ci_high")]
             assert list(m.group(5, 6, 7)) == expected and int(m.group(8)) == best["n"]
             seen["correlations"].add((dataset, arch))
+            headline[(dataset, arch)] = (inf, best["value"])
         elif m := re.match(
             r"(\S+)/(\w+): of the (\d+) examples most exposed to (\w+) \(top 5%\), (\w+) finds "
             r"a share of ([\d.]+) \[([\d.]+), ([\d.]+)\] among its own top 5% \(ROC AUC "
@@ -163,6 +171,17 @@ def test_answer_numbers_equal_the_tables(study):
             pytest.fail(f"an answer sentence this test cannot check: {sentence!r}")
     fitting = {(d, a) for d in (IMAGE, SEQUENCE) for a in ARCHS} - {UNFIT}
     assert seen["correlations"] == fitting and seen["leakage"] == fitting
+    # the synthesis sentence counts the cells' headline pairs and spans their ρ
+    cells, _, low, high, winners = headline.pop("synthesis")
+    values = [value for _, value in headline.values()]
+    assert int(cells) == len(fitting) and (low, high) == (
+        f"{min(values):.2f}",
+        f"{max(values):.2f}",
+    )
+    wins = pd.Series([method for method, _ in headline.values()]).value_counts()
+    assert winners == ", ".join(
+        f"{m} in {wins[m]}" for m in sorted(wins.index, key=lambda m: (-wins[m], m))
+    )
     assert seen["fits"] == {UNFIT}
     # both conditions of every fitting cell (the unfit one is left out of removal too)
     assert seen["removal"] == {(d, a, c) for d, a in fitting for c in ("as_configured", "clean")}

@@ -76,7 +76,14 @@ def test_the_answer_is_printed_and_its_numbers_are_the_tables(quick):
     assert "The answer:" in output
     facts = answer_facts(out)
     assert {f.table for f in facts} >= {"correlations", "leakage", "removal"}
+    headline = [f for f in facts if f.table == "correlations" and "influence" in f.row]
+    (synthesis,) = [f for f in facts if "cells" in f.row]
+    assert synthesis.row["cells"] == len(headline) and synthesis is facts[0]
+    assert synthesis.row["low"] == min(f.row["value"] for f in headline)
+    assert synthesis.row["high"] == max(f.row["value"] for f in headline)
     for fact in facts:
+        if fact is synthesis:
+            continue
         rows = table(out, fact.table)
         keys = [c for c in rows.columns if isinstance(fact.row.get(c), str) or c == "k"]
         match = rows[(rows[keys] == pd.Series({c: fact.row[c] for c in keys})).all(axis=1)]

@@ -83,6 +83,23 @@ def headline_pairs(
     return best.groupby(["dataset", "arch"], sort=True).head(1).sort_values(["dataset", "arch"])
 
 
+def _synthesis(pairs: pd.DataFrame) -> Fact:
+    """One sentence over every cell's headline pair: the range of ρ and which influence
+    score wins how many cells (most first, then by name)."""
+    wins = pairs["influence"].value_counts()
+    order = sorted(wins.index, key=lambda method: (-wins[method], method))
+    winners = ", ".join(f"{method} in {wins[method]}" for method in order)
+    low, high = pairs["value"].min(), pairs["value"].max()
+    memorization = pairs["memorization"].iloc[0]
+    text = (
+        f"Across the {len(pairs)} (dataset, arch) cells whose models fit, the influence "
+        f"score closest to {memorization} reaches Spearman ρ from {low:.2f} to {high:.2f}: "
+        f"{winners}."
+    )
+    row = {"cells": len(pairs), "low": float(low), "high": float(high), "wins": dict(wins)}
+    return Fact(text, "correlations", row)
+
+
 def answer_facts(run_dir: Path, memorization: str = "feldman_zhang") -> list[Fact]:
     """The answer's sentences with the rows behind them, in reading order;
     ``memorization``: the memorization score the influence scores are compared with."""
@@ -90,6 +107,8 @@ def answer_facts(run_dir: Path, memorization: str = "feldman_zhang") -> list[Fac
     facts: list[Fact] = []
     if "correlations" in tables and "scores" in tables:
         pairs = headline_pairs(tables["correlations"], tables["scores"], memorization)
+        if len(pairs) > 1:
+            facts.append(_synthesis(pairs))
         for row in pairs.to_dict("records"):
             facts.append(
                 Fact(
