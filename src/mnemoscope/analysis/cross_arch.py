@@ -27,6 +27,7 @@ from mnemoscope.analysis.resampling import (
     fit_lookup,
     mean_scores,
     method_families,
+    schema_frame,
     spearman_sides,
 )
 from mnemoscope.store.tables import CROSS_ARCH
@@ -159,18 +160,7 @@ def cross_arch_table(
             row["best"] = bool(value == top)
         rows.extend(cell)
         resamples.forget(_counts_only)
-    table = pd.DataFrame(rows, columns=CROSS_ARCH.names)
-    return table.astype(
-        {
-            "value": "float64",
-            "ci_low": "float64",
-            "ci_high": "float64",
-            "n": "int64",
-            "n_dropped": "int64",
-            "best": "bool",
-            "fit": "bool",
-        }
-    )
+    return schema_frame(rows, CROSS_ARCH)
 
 
 def _counts_only(key: Hashable) -> bool:
