@@ -101,6 +101,8 @@ def cross_arch_table(
         every proxy whose finite value is the highest.
     """
     _validate(n_bootstrap, confidence)
+    if isinstance(proxies, str):
+        raise ValueError(f"proxies must be a list of method names, got the string {proxies!r}")
     fit = fit_lookup(fits)
     per_example = mean_scores(scores)
     resamples = Resamples(n_bootstrap, seed)
