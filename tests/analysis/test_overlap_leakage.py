@@ -10,6 +10,9 @@ from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
 from mnemoscope.analysis import leakage_table, overlap_table
+from mnemoscope.analysis.correlations import percentile_interval
+from mnemoscope.analysis.leakage import leakage_resampled
+from mnemoscope.analysis.resampling import Resamples
 from mnemoscope.store import TABLES
 from mnemoscope.store.tables import to_arrow
 
@@ -179,3 +182,30 @@ def test_point_values_equal_brute_force_sets(pairs: list, k: float) -> None:
         assert leak["auc"] == pytest.approx(roc_auc_score(positive, b[kept]))
     else:
         assert np.isnan(leak["auc"])
+
+
+@pytest.mark.slow
+def test_leakage_intervals_cover_the_population_values() -> None:
+    """Over 100 fresh samples of n = 1,500, the 95% intervals cover the population value of
+    precision@0.1 (0.1 for an unrelated score; that of a correlated score, measured on
+    400,000 examples) and AUC 0.5 in at least 90 (measured: 97, 97, 98)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=400_000), rng.normal(size=400_000)
+    b += a
+    n_top = 40_000
+    population = np.isin(np.argsort(-b)[:n_top], np.argsort(-a)[:n_top]).mean()
+    covered = np.zeros(3, dtype=int)
+    for rep in range(100):
+        rng = np.random.default_rng(100 + rep)
+        reference = rng.normal(size=1500)
+        values = {"unrelated": rng.normal(size=1500), "related": reference + rng.normal(size=1500)}
+        out = leakage_resampled(np.arange(1500), reference, values, (0.1,), Resamples(300, rep))
+        checks = (
+            (out["precision"][1][0, 0], 0.1),
+            (out["auc"][1][0, 0], 0.5),
+            (out["precision"][1][1, 0], population),
+        )
+        for i, (boot, truth) in enumerate(checks):
+            low, high = percentile_interval(boot, 0.95)
+            covered[i] += low <= truth <= high
+    assert (covered >= 90).all(), covered

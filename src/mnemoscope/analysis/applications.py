@@ -30,6 +30,7 @@ from mnemoscope.analysis.resampling import (
     fit_lookup,
     mean_scores,
     resample_midranks,
+    schema_frame,
     t_interval,
     wide_cells,
 )
@@ -66,13 +67,6 @@ def _row(dataset, arch, application, method, group, metric, value, low, high, n,
         "n": int(n),
         "fit": bool(fit),
     }
-
-
-def _frame(rows: list[dict]) -> pd.DataFrame:
-    table = pd.DataFrame(rows, columns=APPLICATIONS.names)
-    return table.astype(
-        {"value": "float64", "ci_low": "float64", "ci_high": "float64", "n": "int64", "fit": "bool"}
-    )
 
 
 def _require(frame: pd.DataFrame, columns: Sequence[str], name: str) -> None:
@@ -146,7 +140,7 @@ def detection_by_kind(
                         fit(dataset, arch),
                     )
                 )
-    return _frame(rows)
+    return schema_frame(rows, APPLICATIONS)
 
 
 def _aucs(
@@ -263,7 +257,7 @@ def group_means(
                         fit(dataset, arch),
                     )
                 )
-    return _frame(rows)
+    return schema_frame(rows, APPLICATIONS)
 
 
 def _means(
@@ -329,4 +323,4 @@ def accuracy_curve_rows(
                 fit(dataset, arch),
             )
         )
-    return _frame(rows)
+    return schema_frame(rows, APPLICATIONS)

@@ -27,6 +27,7 @@ from mnemoscope.analysis.resampling import (
     fit_lookup,
     mean_scores,
     method_families,
+    schema_frame,
     spearman_sides,
 )
 from mnemoscope.store.tables import CROSS_ARCH
@@ -100,6 +101,8 @@ def cross_arch_table(
         every proxy whose finite value is the highest.
     """
     _validate(n_bootstrap, confidence)
+    if isinstance(proxies, str):
+        raise ValueError(f"proxies must be a list of method names, got the string {proxies!r}")
     fit = fit_lookup(fits)
     per_example = mean_scores(scores)
     resamples = Resamples(n_bootstrap, seed)
@@ -159,18 +162,7 @@ def cross_arch_table(
             row["best"] = bool(value == top)
         rows.extend(cell)
         resamples.forget(_counts_only)
-    table = pd.DataFrame(rows, columns=CROSS_ARCH.names)
-    return table.astype(
-        {
-            "value": "float64",
-            "ci_low": "float64",
-            "ci_high": "float64",
-            "n": "int64",
-            "n_dropped": "int64",
-            "best": "bool",
-            "fit": "bool",
-        }
-    )
+    return schema_frame(rows, CROSS_ARCH)
 
 
 def _counts_only(key: Hashable) -> bool:

@@ -39,6 +39,7 @@ from mnemoscope.analysis.resampling import (
     method_families,
     n_top_of,
     resample_midranks,
+    schema_frame,
     validate_ks,
     wide_cells,
 )
@@ -193,7 +194,4 @@ def leakage_table(
                     }
                 )
                 rows.append(row)
-    table = pd.DataFrame(rows, columns=LEAKAGE.names)
-    floats = [c for c, t in zip(LEAKAGE.names, LEAKAGE.types, strict=True) if str(t) == "double"]
-    ints = {"n_positive": "int64", "n": "int64", "n_dropped": "int64", "fit": "bool"}
-    return table.astype({c: "float64" for c in floats} | ints)
+    return schema_frame(rows, LEAKAGE)

@@ -31,6 +31,7 @@ from mnemoscope.analysis.resampling import (
     mean_scores,
     method_families,
     n_top_of,
+    schema_frame,
     validate_ks,
     wide_cells,
 )
@@ -172,11 +173,7 @@ def overlap_table(
                             "n_dropped": len(wide) - n,
                         }
                     )
-    table = pd.DataFrame(rows, columns=OVERLAP.names)
-    return table.astype({c: "float64" for c in OVERLAP.names[6:12]} | _INTS)
-
-
-_INTS = {"n_top": "int64", "n": "int64", "n_dropped": "int64", "fit": "bool"}
+    return schema_frame(rows, OVERLAP)
 
 
 def _overlap_stats(

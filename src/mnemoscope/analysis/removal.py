@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mnemoscope.analysis.correlations import _validate
-from mnemoscope.analysis.resampling import fit_lookup, t_interval
+from mnemoscope.analysis.resampling import fit_lookup, schema_frame, t_interval
 from mnemoscope.store.tables import REMOVAL
 
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -109,11 +109,7 @@ def removal_table(
                 "fit": fit(dataset, arch),
             }
         )
-    table = pd.DataFrame(rows, columns=REMOVAL.names)
-    floats = ["k", "accuracy", "ci_low", "ci_high", "delta_vs_random", "delta_low", "delta_high"]
-    return table.astype(
-        {c: "float64" for c in floats} | {"n_removed": "int64", "n_seeds": "int64", "fit": "bool"}
-    )
+    return schema_frame(rows, REMOVAL)
 
 
 def _select(baseline: pd.Series, key: tuple) -> pd.Series:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from scipy import stats
 
 # Resamples are drawn in blocks of about this many elements so that a 60k-example dataset
@@ -308,6 +309,14 @@ def fit_lookup(fits: pd.DataFrame | None) -> Callable[[str, str], bool]:
         for d, a, f in zip(fits["dataset"], fits["arch"], fits["fit"], strict=True)
     }
     return lambda dataset, arch: table.get((str(dataset), str(arch)), True)
+
+
+def schema_frame(rows: list[dict[str, object]], schema: pa.Schema) -> pd.DataFrame:
+    """``rows`` as a frame with exactly ``schema``'s columns, numbers and flags typed as in it
+    (so that an empty table has the right dtypes too)."""
+    dtypes = {pa.float64(): "float64", pa.int64(): "int64", pa.bool_(): "bool"}
+    table = pd.DataFrame(rows, columns=schema.names)
+    return table.astype({f.name: dtypes[f.type] for f in schema if f.type in dtypes})
 
 
 def validate_ks(ks: Sequence[float]) -> tuple[float, ...]:
