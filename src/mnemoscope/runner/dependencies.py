@@ -13,10 +13,15 @@ an import names the package itself.
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.util
+import inspect
+import sys
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
+
+from mnemoscope.estimator import Estimator
 
 PACKAGE = "mnemoscope"
 _ROOT = Path(importlib.util.find_spec(PACKAGE).origin).parent  # type: ignore[arg-type, union-attr]
@@ -94,3 +99,32 @@ def code_units(modules: Iterable[str]) -> tuple[str, ...]:
         found.add(unit)
         todo.extend(_imports_of(_file(unit), _package_of(unit)))
     return tuple(sorted(found))
+
+
+def estimator_code(estimator: Estimator) -> tuple[str, ...]:
+    """Modules an estimator's stages run: its class's modules, the estimator contract and
+    the task, and every module of the package these import, directly or not
+    (:func:`~mnemoscope.runner.dependencies.code_units`), so no edit of a helper they use
+    leaves a stale score. A class defined outside a file (a notebook cell) is keyed by its
+    source instead (:func:`estimator_source`)."""
+    modules = {"mnemoscope.estimator", "mnemoscope.task", "mnemoscope.train"}
+    for base in type(estimator).__mro__:
+        module = sys.modules.get(base.__module__)
+        if getattr(module, "__file__", None) is None:
+            continue
+        if base.__module__.startswith("mnemoscope.") or base is type(estimator):
+            modules.add(base.__module__)
+    for part in vars(estimator).values():  # an estimator built on another (an attributor)
+        if isinstance(part, Estimator):
+            modules.update(estimator_code(part))
+    return code_units(modules)
+
+
+def estimator_source(estimator: Estimator) -> str:
+    """SHA-256 of the estimator class's source where it can be read, else its name."""
+    cls = type(estimator)
+    try:
+        text = inspect.getsource(cls)
+    except (OSError, TypeError):
+        text = f"{cls.__module__}.{cls.__qualname__}"
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -16,9 +16,6 @@ per part. The runner never asks which family an estimator belongs to.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -34,7 +31,7 @@ from mnemoscope.models import arch_options, arch_source
 from mnemoscope.runner import stages as work
 from mnemoscope.runner import study_plan
 from mnemoscope.runner import study_stages as study_work
-from mnemoscope.runner.dependencies import code_units
+from mnemoscope.runner.dependencies import code_units, estimator_code, estimator_source
 from mnemoscope.store import DatasetInfo, RunDir, code_version, content_hash
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, derive_seed, merge_specs
@@ -132,35 +129,6 @@ def declared_ensembles(
             by_epochs[context.epochs] = ensemble_specs(estimators, context)
         declared[arch] = by_epochs[context.epochs]
     return declared
-
-
-def estimator_code(estimator: Estimator) -> tuple[str, ...]:
-    """Modules an estimator's stages run: its class's modules, the estimator contract and
-    the task, and every module of the package these import, directly or not
-    (:func:`~mnemoscope.runner.dependencies.code_units`), so no edit of a helper they use
-    leaves a stale score. A class defined outside a file (a notebook cell) is keyed by its
-    source instead (:func:`estimator_source`)."""
-    modules = {"mnemoscope.estimator", "mnemoscope.task", "mnemoscope.train"}
-    for base in type(estimator).__mro__:
-        module = sys.modules.get(base.__module__)
-        if getattr(module, "__file__", None) is None:
-            continue
-        if base.__module__.startswith("mnemoscope.") or base is type(estimator):
-            modules.add(base.__module__)
-    for part in vars(estimator).values():  # an estimator built on another (an attributor)
-        if isinstance(part, Estimator):
-            modules.update(estimator_code(part))
-    return code_units(modules)
-
-
-def estimator_source(estimator: Estimator) -> str:
-    """SHA-256 of the estimator class's source where it can be read, else its name."""
-    cls = type(estimator)
-    try:
-        text = inspect.getsource(cls)
-    except (OSError, TypeError):
-        text = f"{cls.__module__}.{cls.__qualname__}"
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def ensemble_specs(
