@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mnemoscope.analysis.resampling import resample_midranks
+from mnemoscope.analysis.resampling import resample_midranks, score_families
 from mnemoscope.store.tables import CORRELATIONS, without_fit
 
 STATISTICS: tuple[str, ...] = ("spearman", "pearson", "kendall")
@@ -265,23 +265,8 @@ def correlation_table(
             whose family is not exactly one of 'memorization' / 'influence'.
     """
     _validate(n_bootstrap, confidence)
-    missing = [
-        c
-        for c in ("dataset", "arch", "family", "method", "example_id", "score")
-        if c not in scores.columns
-    ]
-    if missing:
-        raise ValueError(f"scores table is missing columns {missing}")
-    families = scores.groupby("method", sort=False)["family"].unique()
-    bad = {
-        m: list(f)
-        for m, f in families.items()
-        if len(f) != 1 or f[0] not in ("memorization", "influence")
-    }
-    if bad:
-        raise ValueError(f"each method needs one family, 'memorization' or 'influence'; got {bad}")
-    family = {m: f[0] for m, f in families.items()}
-    method_order = list(families.index)
+    family = score_families(scores)
+    method_order = list(family)
 
     rows: list[dict[str, object]] = []
     for (dataset, arch), group in _mean_over_seeds(scores).groupby(["dataset", "arch"], sort=False):

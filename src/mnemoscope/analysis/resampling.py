@@ -254,14 +254,15 @@ def t_interval(values: np.ndarray, confidence: float) -> tuple[float, float, flo
     return mean, float(mean - half), float(mean + half)
 
 
-def mean_scores(scores: pd.DataFrame) -> pd.DataFrame:
-    """One score per (dataset, arch, family, method, example_id): the mean over seeds.
+SCORE_COLUMNS = ("dataset", "arch", "family", "method", "example_id", "score")
+"""The columns of the scores table the analyses read."""
 
-    NaN scores are skipped, so an example keeps a score if any seed scored it; infinite
-    ones are NaN first, so that every later "finite" test is a plain ``notna``.
-    """
-    required = ("dataset", "arch", "family", "method", "example_id", "score")
-    missing = [c for c in required if c not in scores.columns]
+
+def score_families(scores: pd.DataFrame) -> dict[str, str]:
+    """Each method's family, in table order, after checking that ``scores`` has
+    :data:`SCORE_COLUMNS` and that every method has exactly one family, 'memorization' or
+    'influence' (``ValueError`` otherwise)."""
+    missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
     if missing:
         raise ValueError(f"scores table is missing columns {missing}")
     families = scores.groupby("method", sort=False)["family"].unique()
@@ -272,7 +273,17 @@ def mean_scores(scores: pd.DataFrame) -> pd.DataFrame:
     }
     if bad:
         raise ValueError(f"each method needs one family, 'memorization' or 'influence'; got {bad}")
-    frame = scores[list(required)].copy()
+    return {m: f[0] for m, f in families.items()}
+
+
+def mean_scores(scores: pd.DataFrame) -> pd.DataFrame:
+    """One score per (dataset, arch, family, method, example_id): the mean over seeds.
+
+    NaN scores are skipped, so an example keeps a score if any seed scored it; infinite
+    ones are NaN first, so that every later "finite" test is a plain ``notna``.
+    """
+    score_families(scores)
+    frame = scores[list(SCORE_COLUMNS)].copy()
     frame["score"] = frame["score"].astype(np.float64).replace([np.inf, -np.inf], np.nan)
     keys = ["dataset", "arch", "family", "method", "example_id"]
     return frame.groupby(keys, sort=False, as_index=False)["score"].mean()
