@@ -104,15 +104,25 @@ def _batched_schedule(
     return index.view(shape), weight.view(shape)
 
 
+PRECISION = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+"""The compute dtype of each :attr:`TrainConfig.precision`."""
+
+
 class _Stack:
-    """K models as stacked parameters and a vmapped forward pass."""
+    """K models as stacked parameters and a vmapped forward pass, computed in
+    ``compute`` (mixed precision when it is not the parameters' dtype)."""
 
     def __init__(
-        self, modules: list[nn.Module], device: torch.device, example: torch.Tensor
+        self,
+        modules: list[nn.Module],
+        device: torch.device,
+        example: torch.Tensor,
+        compute: torch.dtype = torch.float32,
     ) -> None:
         params, _ = stack_module_state(modules)
         self.template = modules[0].to("meta")
         self.params = {k: v.detach().to(device) for k, v in params.items()}
+        self.compute = compute
         self._match_gradient_layout(example)
 
     def _match_gradient_layout(self, example: torch.Tensor) -> None:
@@ -138,8 +148,18 @@ class _Stack:
         return functional_call(self.template, params, (x,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [K, B, ...]`` → logits ``[K, B, C]``, model k on its own batch."""
-        return vmap(self._one)(self.params, x)
+        """``x [K, B, ...]`` → logits ``[K, B, C]``, model k on its own batch.
+
+        The parameters and floating inputs are cast to ``compute`` and the logits back to
+        the parameters' dtype; the casts are differentiable, so the gradients reach the
+        master parameters in their own dtype. In fp32 every cast returns its input as is:
+        the fp32 pass is exactly the uncast one.
+        """
+        params = {k: v.to(self.compute) for k, v in self.params.items()}
+        if x.is_floating_point():
+            x = x.to(self.compute)
+        master = next(iter(self.params.values())).dtype
+        return vmap(self._one)(params, x).to(master)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -308,7 +328,7 @@ def _train_chunk(
         )
         for k in ks
     ]
-    stack = _Stack(modules, device, x_train)
+    stack = _Stack(modules, device, x_train, PRECISION[config.precision])
     # a model's steps per epoch: its subset's batches, whatever the order sharing
     epoch_steps = [math.ceil(int(masks[k].sum()) / config.batch_size) for k in ks]
     total = [config.epochs * s for s in epoch_steps]
