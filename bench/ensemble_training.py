@@ -26,13 +26,15 @@ from mnemoscope.train import TrainConfig, epoch_orders, init_module, subset_mask
 
 def sequential(
     dataset, masks, config: TrainConfig, seed: int, device: torch.device, foreach: bool | None
-) -> None:
+) -> torch.Tensor:
     """The baseline: one model after another, nn.Module + torch.optim.SGD, recording the
     same things as the engine: each example's loss and correctness when its batch is
     presented, then the final logits on the training pool and the test split.
-    ``foreach=None`` leaves torch.optim's default; True forces the foreach kernels."""
+    ``foreach=None`` leaves torch.optim's default; True forces the foreach kernels.
+    Returns the final logits on the training pool, ``[K, n, C]``."""
     x, y = dataset.x_train.to(device), dataset.y_train.to(device)
     n = dataset.n_train
+    train_logits = []
     for k in range(masks.shape[0]):
         model = init_module("mlp", dataset.input_shape, dataset.n_classes, seed, k).to(device)
         opt = torch.optim.SGD(
@@ -54,8 +56,10 @@ def sequential(
                 per_example.mean().backward()
                 opt.step()
         with torch.no_grad():
-            model(x).cpu(), model(dataset.x_test.to(device)).cpu()
+            train_logits.append(model(x).cpu())
+            model(dataset.x_test.to(device)).cpu()
         losses.cpu(), correct.cpu()
+    return torch.stack(train_logits)
 
 
 def _timed(fn, *args) -> float:
