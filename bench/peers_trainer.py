@@ -4,13 +4,18 @@ torch.optim loop (:func:`ensemble_training.sequential`, torch.optim defaults), d
 
 Both sides record the same things (each example's loss and correctness at each
 presentation, the final logits on the training pool and the test split). The engine runs
-in ``precision: float32`` and ``bfloat16``; the baseline in fp32. Each pair is timed at 1
-and at 2 torch threads, the same count on both sides (the row restores the caller's count).
+in ``precision: float32`` and ``bfloat16``; the baseline in fp32. Each pair is timed at
+the same torch thread count on both sides: 1 (what ``peers.py`` sets), or each count in
+``PEERS_TRAINER_THREADS`` (e.g. ``1,2``); the row restores the caller's count afterwards.
+On a machine whose cores are busy with other work, more threads than free cores make
+both sides many times slower (OpenMP workers wait on each other): use 1 there.
 Agreement: the engine's final training logits against the baseline's (same initial weights
 and data order): equal to float rounding in fp32, within bf16's rounding in bf16.
 """
 
 from __future__ import annotations
+
+import os
 
 import peerlib
 import torch
@@ -32,7 +37,7 @@ def run(repeats: int, device: str) -> list[dict]:
     caller_threads = torch.get_num_threads()
     rows = []
     try:
-        for threads in (1, 2):
+        for threads in [int(t) for t in os.environ.get("PEERS_TRAINER_THREADS", "1").split(",")]:
             torch.set_num_threads(threads)
             logits = {
                 "sequential": sequential(dataset, masks, config, 0, torch.device(device), None)
