@@ -81,24 +81,36 @@ def _auc_interval(scores: np.ndarray, flipped: np.ndarray, seed: int = 0) -> tup
     return tuple(np.nanpercentile(aucs, [2.5, 97.5]))
 
 
+def _fz(ensemble, dataset) -> np.ndarray:
+    estimator = FeldmanZhang(FeldmanZhangConfig(n_models=ensemble.n_models))
+    return estimator.fit({"subsets": ensemble}, dataset, Task()).score().score
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    kept = np.isfinite(a) & np.isfinite(b)
+    return float(stats.spearmanr(a[kept], b[kept]).statistic)
+
+
 @pytest.mark.slow
 def test_bfloat16_feldman_zhang_scores_match_fp32():
-    """64 mlps on 70% subsets of all of digits (10% flipped labels): the FZ scores of the
-    bf16 run rank the examples as the fp32 run does and detect the flipped labels as well."""
+    """64 mlps on 70% subsets of all of digits (10% flipped labels), trained until they
+    fit the flipped labels (Adam, 40 epochs): the bf16 run's FZ scores rank the examples
+    as the fp32 run's do, no worse than a second fp32 run with another training seed
+    (another init and data order: the noise of the estimate itself), and detect the
+    flipped labels as well (each AUC in the other's 95% bootstrap interval)."""
     dataset = prepare("digits", seed=0, label_noise=0.1)
-    config = TrainConfig(epochs=10, batch_size=128, lr=0.05)
+    config = TrainConfig(epochs=40, batch_size=128, optimizer="adam", lr=0.01, weight_decay=0.0)
     masks = subset_masks(64, dataset.n_train, 0.7, 0)
-    fp32, bf16 = _pair(dataset, masks, config)
-    scores = {}
-    for name, ensemble in (("fp32", fp32), ("bf16", bf16)):
-        estimator = FeldmanZhang(FeldmanZhangConfig(n_models=64))
-        scores[name] = estimator.fit({"subsets": ensemble}, dataset, Task()).score().score
-    kept = np.isfinite(scores["fp32"]) & np.isfinite(scores["bf16"])
-    rho = stats.spearmanr(scores["fp32"][kept], scores["bf16"][kept]).statistic
-    assert rho > 0.9, rho
+    fp32, bf16 = (_fz(e, dataset) for e in _pair(dataset, masks, config))
+    reseeded = _fz(train_ensemble("mlp", dataset, masks, config, seed=2), dataset)
+    rho, rho_seeds = _spearman(fp32, bf16), _spearman(fp32, reseeded)
+    print(f"Spearman fp32~bf16 {rho:.3f}, fp32~fp32 (other seed) {rho_seeds:.3f}")
+    assert rho > 0.8 and rho >= rho_seeds - 0.02, (rho, rho_seeds)
     flipped = dataset.is_mislabeled.numpy()
-    auc = {name: detection_auc(s, flipped) for name, s in scores.items()}
-    low, high = _auc_interval(scores["fp32"], flipped)
+    auc = {name: detection_auc(s, flipped) for name, s in (("fp32", fp32), ("bf16", bf16))}
+    print(f"flipped-label AUC {auc}")
+    assert auc["fp32"] > 0.9  # the models memorize: the comparison means something
+    low, high = _auc_interval(fp32, flipped)
     assert low <= auc["bf16"] <= high, (auc, low, high)
-    low, high = _auc_interval(scores["bf16"], flipped)
+    low, high = _auc_interval(bf16, flipped)
     assert low <= auc["fp32"] <= high, (auc, low, high)
