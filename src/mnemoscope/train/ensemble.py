@@ -201,6 +201,9 @@ def train_ensemble(
     the parameters; ``keep_initial`` also keeps them before training, as epoch 0.
     ``progress(m)`` is called after each epoch with m models done with that epoch.
     ``arch_options`` are passed to :func:`~mnemoscope.models.build_model`.
+    ``config.precision`` says in which dtype the training passes compute
+    (:attr:`TrainConfig.precision`; bf16 on fp32 master weights and optimizer state);
+    the final logits are always those of the fp32 weights.
 
     Cost: ``K · epochs · |subset|`` forward/backward passes, then ``K · (n + n_test)``
     forward passes for the final logits. The per-presentation loss and correctness
