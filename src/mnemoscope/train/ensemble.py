@@ -332,6 +332,8 @@ def _train_chunk(
         for k in ks
     ]
     stack = _Stack(modules, device, x_train, PRECISION[config.precision])
+    # cast once, not each step's batch (in fp32 this is x_train itself)
+    x_step = x_train.to(stack.compute) if x_train.is_floating_point() else x_train
     # a model's steps per epoch: its subset's batches, whatever the order sharing
     epoch_steps = [math.ceil(int(masks[k].sum()) / config.batch_size) for k in ks]
     total = [config.epochs * s for s in epoch_steps]
@@ -357,7 +359,7 @@ def _train_chunk(
         for step in range(index.shape[1]):
             idx, w = index[:, step], weight[:, step]
             labels = y_train[idx]
-            out = stack.forward(x_train[idx])
+            out = stack.forward(x_step[idx])
             per_example = task.loss(out, labels)
             step_loss[:, step] = per_example.detach()
             step_correct[:, step] = out.argmax(-1) == labels
