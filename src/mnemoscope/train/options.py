@@ -62,7 +62,7 @@ class TrainConfig(BaseModel):
     stay fp32. The recorded losses and correctness come from those bf16 forward passes;
     the final logits are computed in fp32 from the fp32 weights. Faster on CPUs with bf16
     matrix units (Intel AMX) and on GPUs; the scores move by what bf16's 8-bit mantissa
-    changes in training (README: "Mixed precision")."""
+    changes in training (README, "Training settings"; BENCHMARKS.md)."""
 
     @model_serializer(mode="wrap")
     def _without_defaults_of_later_fields(
