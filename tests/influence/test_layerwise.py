@@ -268,6 +268,26 @@ def test_any_convolution_geometry(
     assert fallback == ([] if layerwise else [n for n in names if n.startswith("0.")])
 
 
+@pytest.mark.parametrize(
+    ("channels", "size", "dims", "channels_last"),
+    [(1, 8, 2, False), (8, 4, 2, True), (2, 9, 1, False), (6, 5, 1, True)],
+)
+def test_conv_weight_gradients_come_in_the_weights_order(channels, size, dims, channels_last):
+    # the patches are copied channels-last where kernel_w·C > the output's width; the
+    # per-example weight gradients must come back in the order of weight.flatten() either way
+    conv = (nn.Conv1d if dims == 1 else nn.Conv2d)(channels, 5, 3, padding=1)
+    module = nn.Sequential(conv, nn.Flatten(), nn.Linear(5 * size**dims, 3))
+    torch.manual_seed(0)
+    params = _perturbed(module)
+    x = torch.randn(7, channels, *[size] * dims, dtype=torch.float64)
+    y = torch.arange(7) % 3
+    piece = gradient_factors(module, params, x, y, ["0.weight"]).pieces["0.weight"]
+    assert (piece.channels_last is not None) == channels_last
+    expected = _loop_grads(module, params, x, y, ["0.weight"])
+    torch.testing.assert_close(piece.dense, expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(piece.sq_norms(), (expected**2).sum(1), rtol=1e-9, atol=1e-12)
+
+
 @settings(max_examples=20, deadline=None)
 @given(names=st.lists(st.text(min_size=0, max_size=8), max_size=3))
 def test_unknown_or_no_names_are_config_errors(names):

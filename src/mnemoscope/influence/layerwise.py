@@ -90,9 +90,10 @@ class GradientFactors:
         for name in parts[0].pieces:
             own = [part.pieces[name] for part in parts]
             if all(isinstance(p, Outer) and p.keeps_factors for p in own) and (
-                len({p.u.shape[2] for p in own}) == 1
+                len({(p.u.shape[2], p.channels_last) for p in own}) == 1
             ):
-                pieces[name] = Outer(torch.cat([p.u for p in own]), torch.cat([p.d for p in own]))
+                u, d = torch.cat([p.u for p in own]), torch.cat([p.d for p in own])
+                pieces[name] = Outer(u, d, own[0].channels_last)
             else:
                 pieces[name] = Dense(torch.cat([p.dense for p in own]))
         fallback = sorted({name for part in parts for name in part.fallback})
