@@ -14,6 +14,7 @@ from torch.func import functional_call
 from mnemoscope.data import prepare
 from mnemoscope.errors import ConfigError
 from mnemoscope.influence import TracIn, TracInConfig
+from mnemoscope.influence.adapters import _BLOCK_FLOATS, Outer
 from mnemoscope.influence.gradients import per_example_grads, select_params
 from mnemoscope.influence.layerwise import (
     LayerwiseGradients,
@@ -286,6 +287,16 @@ def test_conv_weight_gradients_come_in_the_weights_order(channels, size, dims, c
     expected = _loop_grads(module, params, x, y, ["0.weight"])
     torch.testing.assert_close(piece.dense, expected, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(piece.sq_norms(), (expected**2).sum(1), rtol=1e-9, atol=1e-12)
+
+
+def test_squared_norms_of_products_taken_in_blocks_of_rows():
+    # out·patch above the block size: one example's product at a time, the same norms
+    generator = torch.Generator().manual_seed(0)
+    u, d = (torch.randn(3, 400, 400, generator=generator, dtype=torch.float64) for _ in "ud")
+    piece = Outer(u, d)
+    assert piece.u.shape[1] * piece.d.shape[1] > _BLOCK_FLOATS
+    expected = torch.stack([(d[i] @ u[i].T).square().sum() for i in range(3)])
+    torch.testing.assert_close(piece.sq_norms(), expected, rtol=1e-12, atol=0)
 
 
 @settings(max_examples=20, deadline=None)
