@@ -17,10 +17,9 @@ from mnemoscope.influence import TracIn, TracInConfig
 from mnemoscope.influence.adapters import _BLOCK_FLOATS, Outer
 from mnemoscope.influence.gradients import per_example_grads, select_params
 from mnemoscope.influence.layerwise import (
+    GradientFactors,
     LayerwiseGradients,
     gradient_factors,
-    per_example_dots,
-    per_example_sq_norms,
 )
 from mnemoscope.models import build_model
 from mnemoscope.task import Task
@@ -50,14 +49,28 @@ def _loop_grads(module, params, x, y, names, measurement="loss") -> torch.Tensor
     return torch.stack(rows)
 
 
+def _batched_factors(module, params, x, y, names, batch, measurement="loss") -> list:
+    """The factors of consecutive batches of ``batch`` examples, as tracin takes them."""
+    factors = LayerwiseGradients(module, names, Task(), measurement)
+    return [factors(params, xb, yb) for xb, yb in zip(x.split(batch), y.split(batch))]
+
+
+def _sq_norms(module, params, x, y, names, batch, measurement="loss") -> torch.Tensor:
+    parts = _batched_factors(module, params, x, y, names, batch, measurement)
+    return torch.cat([f.sq_norms() for f in parts])
+
+
 def _assert_matches(module, params, x, y, x_t, y_t, names, measurement="loss", batch=10):
     expected = _loop_grads(module, params, x, y, names, measurement)
     expected_t = _loop_grads(module, params, x_t, y_t, names, measurement)
-    norms = per_example_sq_norms(module, params, x, y, names, batch, Task(), measurement)
+    norms = _sq_norms(module, params, x, y, names, batch, measurement)
     torch.testing.assert_close(norms, (expected**2).sum(1), rtol=1e-9, atol=1e-12)
-    dots = torch.cat(
-        list(per_example_dots(module, params, x, y, x_t, y_t, names, batch, Task(), measurement))
+    # the targets' factors held as one batch (GradientFactors.cat), the training ones streamed
+    targets = GradientFactors.cat(
+        _batched_factors(module, params, x_t, y_t, names, batch, measurement)
     )
+    train = _batched_factors(module, params, x, y, names, batch, measurement)
+    dots = torch.cat([f.dots(targets) for f in train])
     torch.testing.assert_close(dots, expected @ expected_t.T, rtol=1e-9, atol=1e-12)
     return expected
 
@@ -95,7 +108,7 @@ def test_layerwise_equals_vmap_grad_in_float32(digits_small, arch):
     names = list(params)
     x, y = digits_small.x_train[:64], digits_small.y_train[:64]
     grads = torch.cat(list(per_example_grads(module, params, x, y, names, 32))).double()
-    norms = per_example_sq_norms(module, params, x, y, names, 32)
+    norms = _sq_norms(module, params, x, y, names, 32)
     torch.testing.assert_close(norms, (grads**2).sum(1), rtol=1e-5, atol=0)
 
 
