@@ -283,14 +283,27 @@ def test_any_convolution_geometry(
 
 
 @pytest.mark.parametrize(
-    ("channels", "size", "dims", "channels_last"),
-    [(1, 8, 2, False), (8, 4, 2, True), (2, 9, 1, False), (6, 5, 1, True)],
+    ("channels", "size", "dims", "geometry", "channels_last"),
+    [
+        (1, 8, 2, (1, 1, 1), False),
+        (8, 4, 2, (1, 1, 1), True),
+        (2, 9, 1, (1, 1, 1), False),
+        (6, 5, 1, (1, 1, 1), True),
+        (3, 9, 2, (2, 2, 2), True),  # stride, dilation, padding
+        (2, 7, 2, (1, 2, 0), True),
+    ],
 )
-def test_conv_weight_gradients_come_in_the_weights_order(channels, size, dims, channels_last):
+def test_conv_weight_gradients_come_in_the_weights_order(
+    channels, size, dims, geometry, channels_last
+):
     # the patches are copied channels-last where kernel_w·C > the output's width; the
     # per-example weight gradients must come back in the order of weight.flatten() either way
-    conv = (nn.Conv1d if dims == 1 else nn.Conv2d)(channels, 5, 3, padding=1)
-    module = nn.Sequential(conv, nn.Flatten(), nn.Linear(5 * size**dims, 3))
+    stride, dilation, padding = geometry
+    conv = (nn.Conv1d if dims == 1 else nn.Conv2d)(
+        channels, 5, 3, stride=stride, padding=padding, dilation=dilation
+    )
+    out = (size + 2 * padding - dilation * 2 - 1) // stride + 1
+    module = nn.Sequential(conv, nn.Flatten(), nn.Linear(5 * out**dims, 3))
     torch.manual_seed(0)
     params = _perturbed(module)
     x = torch.randn(7, channels, *[size] * dims, dtype=torch.float64)

@@ -132,9 +132,11 @@ def conv_patches(
                 a.shape[2:], padding, conv.dilation, conv.kernel_size, conv.stride
             )
         )
+    if channels_last:  # padded and copied channels-last in one go, then viewed as [b, C, ...]
+        a = a.movedim(1, -1)
     if any(padding):
-        a = F.pad(a, [p for p in reversed(padding) for _ in range(2)])
-    a = a.movedim(1, -1).contiguous().movedim(-1, 1) if channels_last else a.contiguous()
+        a = F.pad(a, [0, 0] * channels_last + [p for p in reversed(padding) for _ in range(2)])
+    a = a.contiguous().movedim(-1, 1) if channels_last else a.contiguous()
     spatial = a.stride()[2:]
     kernel = [s * d for s, d in zip(spatial, conv.dilation)]
     steps = [s * t for s, t in zip(spatial, conv.stride)]
