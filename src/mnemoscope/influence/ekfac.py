@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -12,10 +12,11 @@ from torch import nn
 from torch.func import functional_call
 
 from mnemoscope.data import Dataset
-from mnemoscope.estimator import Scores, register
+from mnemoscope.estimator import register
 from mnemoscope.influence.adapters import layer_adapter
-from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
+from mnemoscope.influence.functions import InfluenceFunction
 from mnemoscope.influence.gradient_dot import GradDotConfig
+from mnemoscope.influence.layerwise import LayerwiseGradients
 from mnemoscope.task import Task
 
 if TYPE_CHECKING:
@@ -79,14 +80,6 @@ class KroneckerLayer:
         """Gradient w.r.t. the layer output → ``[b, T, d_out]``."""
         return layer_adapter(self.module, subclasses=True).positions(delta)
 
-    def matrix(self, g: torch.Tensor) -> torch.Tensor:
-        """``[b, size]`` flat gradient (weight flattened, then bias) → ``[b, d_out, d_in]``."""
-        b, n_weight = g.shape[0], self.d_out * (self.d_in - (self.bias is not None))
-        parts = [g[:, :n_weight].reshape(b, self.d_out, -1)] if self.weight else []
-        if self.bias:
-            parts.append(g[:, n_weight:].reshape(b, self.d_out, 1))
-        return torch.cat(parts, 2)
-
 
 def _kronecker_layers(
     module: nn.Module, params: dict[str, torch.Tensor], names: list[str], probe: torch.Tensor
@@ -124,7 +117,7 @@ def _kronecker_layers(
 
 
 @register
-class EKFAC(InfluenceEstimator):
+class EKFAC(InfluenceFunction):
     """Influence functions with an eigenvalue-corrected Kronecker-factored Gauss–Newton.
 
     ``I(i, z) = (1/n) ∇ℓ(z)ᵀ (G + (λ + l2) I)⁻¹ ∇ℓ(z_i)``: the first-order change of the
@@ -152,10 +145,18 @@ class EKFAC(InfluenceEstimator):
     goes through a diagonal Fisher, ``Λ_j = E[g_ij²]``: EK-FAC with the identity basis.
     Where ``Λ + λ'`` is 0 (no damping, no curvature) the direction is dropped.
 
-    **Cost.** Per label draw, one batched forward/backward pass (factors) and one
-    per-example gradient pass (correction); one eigendecomposition of each A and S
-    (``O(d_in³ + d_out³)`` per layer, ``d_in² + d_out²`` memory); then one per-example
-    gradient pass for self-influence, and one per target batch for train×target influence.
+    **As an influence function.** The core of :class:`InfluenceFunction` scores with the
+    gradients' coordinates in the eigenbasis (orthonormal, so dot products are unchanged),
+    where the solve is the division by ``Λ + λ'``. A Kronecker layer's coordinates are
+    ``Q_Sᵀ G_i Q_A = Σ_t (Q_Sᵀ δ_t)(Q_Aᵀ ā_t)ᵀ``: its input patches and output gradients
+    are rotated, then multiplied (float32, as the model computes; sums over examples in
+    float64), so no flattened per-example gradient is formed and rotated.
+
+    **Cost.** Per batch, one forward pass and one backward pass to the layer outputs per
+    label draw, twice (factors, then the correction); one eigendecomposition of each A and
+    S (``O(d_in³ + d_out³)`` per layer); then one such pass over the training set for
+    self-influence and one per block of targets for train×target influence. Per example
+    and layer, ``T·(d_in² + d_out² + d_in·d_out)`` for the coordinates.
 
     **References.** T. George, C. Laurent, X. Bouthillier, N. Ballas, P. Vincent, "Fast
     Approximate Natural Gradient Descent in a Kronecker-factored Eigenbasis", NeurIPS 2018
@@ -168,27 +169,32 @@ class EKFAC(InfluenceEstimator):
 
     name = "if_ekfac"
     config_class = EKFACConfig
-    cost = "per label draw: one factor pass and one per-example gradient pass; eigh per layer"
+    cost = "per label draw: two batched passes; eigh per layer; one pass per score"
     reference = (
         "George et al. 2018 (EK-FAC, §3); Grosse et al. 2023, 'Studying Large Language Model "
         "Generalization with Influence Functions', §2.2.3, eqs. 20–21"
     )
     summary = "influence functions with an eigenvalue-corrected Kronecker-factored Gauss–Newton"
     cache_fit = True
-    config: EKFACConfig
+    config: EKFACConfig  # type: ignore[assignment]
+    bytes_per_target_coordinate: ClassVar[int] = 20
+    """A target's coordinate in float32, in float64 and solved."""
 
-    def _setup(self, ensembles, dataset: Dataset, task: Task, device) -> None:
+    def _prepare(self, ensembles, dataset: Dataset, task: Task, device) -> None:
         self._hold_final_model(ensembles, dataset, task, device)
         probe = dataset.x_train[:1].to(self.device_)
         self.layers_, self.generic_names_ = _kronecker_layers(
             self.module_, self.params_, self.names_, probe
         )
-        self.order_ = [p for layer in self.layers_ for p in (layer.weight, layer.bias) if p]
-        self.order_ += self.generic_names_
-        self.n_coordinates_ = sum(self.params_[k].numel() for k in self.order_)
+        self.generic_ = None
+        if self.generic_names_:
+            self.generic_ = LayerwiseGradients(self.module_, self.generic_names_, task)
+        sizes = [layer.size for layer in self.layers_]
+        self.n_coordinates_ = sum(sizes) + sum(self.params_[k].numel() for k in self.generic_names_)
 
-    def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
-        self._setup(ensembles, dataset, task, device)
+    _setup = _prepare  # the fit's prologue under the name its tests call
+
+    def _fit_curvature(self) -> None:
         self.fisher_labels_ = self._fisher_labels()
         self.factors_ = self._factors()
         self.bases_ = {
@@ -196,7 +202,6 @@ class EKFAC(InfluenceEstimator):
             for name, (a, s) in self.factors_.items()
         }
         self.eigenvalues_ = self._corrected_eigenvalues()
-        return self
 
     def fitted_state(self) -> dict[str, torch.Tensor]:
         state = {"eigenvalues": self.eigenvalues_, "fisher_labels": self.fisher_labels_}
@@ -206,7 +211,7 @@ class EKFAC(InfluenceEstimator):
         return state
 
     def load_fitted(self, state, ensembles, dataset, task, device="cpu") -> Self:
-        self._setup(ensembles, dataset, task, device)
+        self._prepare(ensembles, dataset, task, device)
         at = {k: v.to(self.device_) for k, v in state.items()}
         names = [layer.name for layer in self.layers_]
         self.factors_ = {n: (at[f"A.{n}"], at[f"S.{n}"]) for n in names}
@@ -233,87 +238,128 @@ class EKFAC(InfluenceEstimator):
             probs.double().cpu(), self.config.fisher_samples, replacement=True, generator=generator
         )
 
-    def _factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """K-FAC factors ``(A, S)`` of each Kronecker layer, from forward hooks (inputs and
-        outputs) and the gradients of the summed loss w.r.t. the outputs."""
-        layers, data, labels = self.layers_, self.dataset_, self.fisher_labels_
-        if not layers:
-            return {}
-        dtype = torch.float64
-        sums = {
-            layer.name: (
-                torch.zeros(layer.d_in, layer.d_in, dtype=dtype, device=self.device_),
-                torch.zeros(layer.d_out, layer.d_out, dtype=dtype, device=self.device_),
-            )
-            for layer in layers
-        }
+    def _recorded_forward(self, x: torch.Tensor):
+        """The logits of ``x`` and, per Kronecker layer, the ``(input, output)`` of each of
+        its calls; the layers' parameters require gradients so that every output does."""
         seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-
-        def record(name: str):
-            return lambda _m, args, out: seen.setdefault(name, []).append((args[0], out))
-
-        handles = [layer.module.register_forward_hook(record(layer.name)) for layer in layers]
-        size = self.config.batch_size
+        params = dict(self.params_)
+        for layer in self.layers_:
+            seen[layer.name] = []
+            for key in (layer.weight, layer.bias):
+                if key:
+                    params[key] = params[key].detach().requires_grad_()
+        handles = [
+            layer.module.register_forward_hook(
+                lambda _m, args, out, calls=seen[layer.name]: calls.append((args[0], out))
+            )
+            for layer in self.layers_
+        ]
         try:
-            for start in range(0, data.n_train, size):
-                x = data.x_train[start : start + size].to(self.device_).requires_grad_(True)
-                seen.clear()
-                logits = functional_call(self.module_, self.params_, (x,))
-                outputs = [out for layer in layers for _, out in seen[layer.name]]
-                for r in range(labels.shape[1]):
-                    y = labels[start : start + size, r].to(self.device_)
-                    grads = torch.autograd.grad(
-                        self.task_.loss(logits, y).sum(),
-                        outputs,
-                        retain_graph=True,
-                        allow_unused=True,
-                    )
-                    at = 0
-                    for layer in layers:
-                        calls = seen[layer.name]
-                        deltas = [
-                            layer.output_grads(torch.zeros_like(out) if g is None else g)
-                            for g, (_, out) in zip(grads[at : at + len(calls)], calls)
-                        ]
-                        at += len(calls)
-                        delta = torch.cat(deltas, 1).to(dtype)
-                        sums[layer.name][1].add_(
-                            torch.einsum("bto,btp->op", delta, delta) / delta.shape[1]
-                        )
-                        if r == 0:
-                            a = torch.cat([layer.inputs(inp.detach()) for inp, _ in calls], 1).to(
-                                dtype
-                            )
-                            sums[layer.name][0].add_(torch.einsum("btd,bte->de", a, a))
+            logits = functional_call(self.module_, params, (x,))
         finally:
             for handle in handles:
                 handle.remove()
-        n, m = data.n_train, labels.shape[1]
+        return logits, seen
+
+    def _layer_gradients(
+        self, x: torch.Tensor, labels: torch.Tensor
+    ) -> Iterator[tuple[int, list[torch.Tensor], list[torch.Tensor], torch.Tensor]]:
+        """For each batch of ``x`` and each label column r of ``labels [n, m]``:
+        ``(r, inputs, deltas, generic)``, per Kronecker layer its input patches
+        ``ā [b, T, d_in]`` and the gradients of the summed loss at its outputs
+        ``δ [b, T, d_out]`` (one forward pass, one backward pass to the outputs per label
+        column), and the generic parameters' per-example gradients ``[b, P_generic]``."""
+        layers, draws = self.layers_, labels.shape[1]
+        for start in range(0, len(x), self.config.batch_size):
+            xb = x[start : start + self.config.batch_size].to(self.device_)
+            if layers:
+                logits, seen = self._recorded_forward(xb)
+                calls = [seen[layer.name] for layer in layers]
+                outputs = [out for own in calls for _, out in own]
+                inputs = [
+                    torch.cat([layer.inputs(a.detach()) for a, _ in own], 1)
+                    for layer, own in zip(layers, calls)
+                ]
+            for r in range(draws):
+                yb = labels[start : start + len(xb), r].to(self.device_)
+                deltas = []
+                if layers:
+                    grads = iter(
+                        torch.autograd.grad(
+                            self.task_.loss(logits, yb).sum(),
+                            outputs,
+                            retain_graph=r + 1 < draws,
+                            allow_unused=True,
+                        )
+                    )
+                    for layer, own in zip(layers, calls):
+                        parts = [(next(grads), out) for _, out in own]
+                        deltas.append(
+                            torch.cat(
+                                [
+                                    layer.output_grads(torch.zeros_like(out) if g is None else g)
+                                    for g, out in parts
+                                ],
+                                1,
+                            )
+                        )
+                yield r, inputs if layers else [], deltas, self._generic_grads(xb, yb)
+
+    def _generic_grads(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``[b, P_generic]`` per-example gradients of the generic parameters (layer-wise
+        where their layer's adapter allows, ``vmap(grad)`` otherwise)."""
+        if self.generic_ is None:
+            return torch.zeros(len(y), 0, device=self.device_)
+        factors = self.generic_(self.params_, x, y)
+        return torch.cat([piece.dense for piece in factors.pieces.values()], 1)
+
+    def _factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """K-FAC factors ``(A, S)`` of each Kronecker layer, accumulated in float64."""
+        if not self.layers_:
+            return {}
+        sums = {
+            layer.name: (
+                torch.zeros(layer.d_in, layer.d_in, dtype=torch.float64, device=self.device_),
+                torch.zeros(layer.d_out, layer.d_out, dtype=torch.float64, device=self.device_),
+            )
+            for layer in self.layers_
+        }
+        labels = self.fisher_labels_
+        for r, inputs, deltas, _ in self._layer_gradients(self.dataset_.x_train, labels):
+            for layer, a, delta in zip(self.layers_, inputs, deltas):
+                a_sum, s_sum = sums[layer.name]
+                if r == 0:
+                    a = a.flatten(0, 1).double()
+                    a_sum.addmm_(a.T, a)
+                delta = delta.double()
+                s_sum.add_(torch.einsum("bto,btp->op", delta, delta) / delta.shape[1])
+        n, m = self.n_train_, labels.shape[1]
         return {name: (a / n, s / (n * m)) for name, (a, s) in sums.items()}
 
-    def _coordinates(self, g: torch.Tensor) -> torch.Tensor:
-        """``[b, P]`` gradients (in ``order_``) → ``[b, P]`` float64 coordinates in the
-        eigenbasis: ``Q_Sᵀ G Q_A`` for each Kronecker layer, then the generic ones as they are."""
-        g = g.to(torch.float64)
-        parts, at = [], 0
-        for layer in self.layers_:
-            q_a, q_s = self.bases_[layer.name]
-            block = layer.matrix(g[:, at : at + layer.size])
-            parts.append(torch.einsum("ok,boi,il->bkl", q_s, block, q_a).flatten(1))
-            at += layer.size
-        parts.append(g[:, at:])
-        return torch.cat(parts, 1)
+    def _coordinates(
+        self, inputs: list[torch.Tensor], deltas: list[torch.Tensor], generic: torch.Tensor
+    ) -> torch.Tensor:
+        """``[b, P]`` float64 coordinates of the per-example gradients in the eigenbasis:
+        ``Σ_t (Q_Sᵀ δ_t)(Q_Aᵀ ā_t)ᵀ`` flattened ``[d_out, d_in]`` for each Kronecker layer,
+        then the generic gradients as they are."""
+        parts = []
+        for layer, a, delta in zip(self.layers_, inputs, deltas):
+            q_a, q_s = (q.to(a.dtype) for q in self.bases_[layer.name])
+            parts.append(torch.einsum("btk,btl->bkl", delta @ q_s, a @ q_a).flatten(1))
+        parts.append(generic)
+        return torch.cat(parts, 1).double()
 
-    def _gradients(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[torch.Tensor]:
-        return self._example_grads(x, y, self.order_)
+    def _grads(self, x: torch.Tensor, y: torch.Tensor, measurement="loss"):
+        """``[b, P]`` float64 loss-gradient coordinates in the eigenbasis, batch by batch."""
+        for _, inputs, deltas, generic in self._layer_gradients(x, y[:, None]):
+            yield self._coordinates(inputs, deltas, generic)
 
     def _corrected_eigenvalues(self) -> torch.Tensor:
         """``[P]``: mean over examples and label draws of the squared eigen-coordinates."""
         labels = self.fisher_labels_
         total = torch.zeros(self.n_coordinates_, dtype=torch.float64, device=self.device_)
-        for r in range(labels.shape[1]):
-            for g in self._gradients(self.dataset_.x_train, labels[:, r]):
-                total += (self._coordinates(g) ** 2).sum(0)
+        for _, inputs, deltas, generic in self._layer_gradients(self.dataset_.x_train, labels):
+            total += (self._coordinates(inputs, deltas, generic) ** 2).sum(0)
         return total / (self.n_train_ * labels.shape[1])
 
     def corrected_eigenvalues(self) -> dict[str, torch.Tensor]:
@@ -329,38 +375,8 @@ class EKFAC(InfluenceEstimator):
             at += shape.numel()
         return out
 
-    def _inverse_curvature(self) -> torch.Tensor:
-        """``[P]`` ``1/(Λ + λ + l2)``, 0 where that sum is 0."""
+    def solve(self, rows: torch.Tensor) -> torch.Tensor:
+        """Eigen-coordinates ``[m, P]`` → ``rows / (Λ + λ + l2)``, 0 where that sum is 0."""
         total = self.eigenvalues_ + self.config.damping + self.task_.l2
-        return torch.where(total > 0, 1 / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)
-
-    def self_influence(self) -> Scores:
-        data, inverse = self.dataset_, self._inverse_curvature()
-        values = [
-            ((self._coordinates(g) ** 2) @ inverse).cpu()
-            for g in self._gradients(data.x_train, data.y_train)
-        ]
-        score = torch.cat(values) / data.n_train
-        return self._scores(score)
-
-    def influence(
-        self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET
-    ) -> Iterator[InfluenceBlock]:
-        """Blocks of ``[batch_size, b_t]``: targets preconditioned ``b_t`` at a time, with
-        ``b_t`` the most whose float32 gradients and two float64 copies fit half of
-        ``memory_budget`` (at least one), against training gradients a batch at a time."""
-        data, inverse = self.dataset_, self._inverse_curvature()
-        per_target = 20 * len(inverse)
-        return self.streamed_blocks(
-            x_target,
-            y_target,
-            memory_budget,
-            2 * per_target,
-            held=lambda x, y: (
-                torch.cat([self._coordinates(g) for g in self._gradients(x, y)]) * inverse
-            ),
-            train=lambda: self._gradients(data.x_train, data.y_train),
-            pair=lambda g, preconditioned, _: (
-                self._coordinates(g) @ preconditioned.T / data.n_train
-            ),
-        )
+        inverse = torch.where(total > 0, 1 / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)
+        return rows * inverse

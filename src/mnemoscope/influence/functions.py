@@ -12,7 +12,8 @@ parameters, λ the damping. Removing z_i moves the optimum by ``θ̂_{−i} − 
 removing i would raise the target's loss (i helps z), the sign convention of every
 attributor. The estimators differ only in how they apply ``A⁻¹`` to a block of vectors
 (:meth:`InfluenceFunction.solve`); self-influence and train×target influence share one
-code path each.
+code path each, which EK-FAC (:mod:`mnemoscope.influence.ekfac`) takes too, with the
+gradients in its eigenbasis.
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ class InfluenceFunction(InfluenceEstimator):
     config: IFExactConfig
     measurement: ClassVar[Measurement] = "loss"
     sign: ClassVar[float] = 1.0
+    bytes_per_target_coordinate: ClassVar[int] = BYTES_PER_TARGET_PARAM
+    """Bytes a target holds per coordinate of its gradient while its block is solved."""
 
     def check_model(self, module) -> None:
         names = select_params(module, self.config.params)
@@ -145,6 +148,7 @@ class InfluenceFunction(InfluenceEstimator):
             batch_size=self.config.batch_size,
         )
         self._check_size(self.curvature_.n_params)
+        self.n_coordinates_ = self.curvature_.n_params
 
     @abstractmethod
     def _fit_curvature(self) -> None:
@@ -191,7 +195,7 @@ class InfluenceFunction(InfluenceEstimator):
         most whose vectors fit half of ``memory_budget``, at least one), dotted with the
         training gradients one batch at a time."""
         n_train = self.n_train_
-        per_target = BYTES_PER_TARGET_PARAM * self.curvature_.n_params
+        per_target = self.bytes_per_target_coordinate * self.n_coordinates_
         normaliser = self._normaliser()
 
         def pair(grads: tuple[torch.Tensor, torch.Tensor], solved, row: int) -> torch.Tensor:
