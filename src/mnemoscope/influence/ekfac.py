@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -17,15 +18,15 @@ from mnemoscope.influence.adapters import layer_adapter
 from mnemoscope.influence.functions import InfluenceFunction
 from mnemoscope.influence.gradient_dot import GradDotConfig
 from mnemoscope.influence.layerwise import LayerwiseGradients
+from mnemoscope.meter import count
 from mnemoscope.task import Task
 
 if TYPE_CHECKING:
     from typing import Self
 
 COORDINATE_BYTES = 8 * 2**20
-"""Bytes of float64 eigen-coordinates formed at once: blocks this small are reused by the
-allocator instead of being mapped afresh (page faults made 512-example blocks of the
-digits mlp, 107 MB, several times slower per element)."""
+"""Bytes of float64 eigen-coordinates formed at once: the allocator reuses blocks this small
+(fresh 107 MB blocks of 512 digits-mlp examples were several times slower per element)."""
 
 
 class EKFACConfig(GradDotConfig):
@@ -68,10 +69,6 @@ class KroneckerLayer:
     bias: str | None
     d_out: int
     d_in: int
-
-    @property
-    def size(self) -> int:
-        return self.d_out * self.d_in
 
     def inputs(self, a: torch.Tensor) -> torch.Tensor:
         """Layer input → ``[b, T, d_in]``: input patches per position, then a 1 for the bias."""
@@ -150,18 +147,15 @@ class EKFAC(InfluenceFunction):
     goes through a diagonal Fisher, ``Λ_j = E[g_ij²]``: EK-FAC with the identity basis.
     Where ``Λ + λ'`` is 0 (no damping, no curvature) the direction is dropped.
 
-    **As an influence function.** The core of :class:`InfluenceFunction` scores with the
-    gradients' coordinates in the eigenbasis (orthonormal, so dot products are unchanged),
-    where the solve is the division by ``Λ + λ'``. A Kronecker layer's coordinates are
-    ``Q_Sᵀ G_i Q_A = Σ_t (Q_Sᵀ δ_t)(Q_Aᵀ ā_t)ᵀ``: its input patches and output gradients
-    are rotated, then multiplied (float32, as the model computes; sums over examples in
-    float64), so no flattened per-example gradient is formed and rotated.
+    **As an influence function** (:class:`InfluenceFunction`), on the gradients'
+    coordinates in the (orthonormal) eigenbasis, where the solve divides by ``Λ + λ'``. A
+    layer's coordinates ``Q_Sᵀ G_i Q_A = Σ_t (Q_Sᵀ δ_t)(Q_Aᵀ ā_t)ᵀ`` come from its rotated
+    inputs and output gradients (float32, as the model; sums over examples in float64).
 
-    **Cost.** Per batch, one forward pass and one backward pass to the layer outputs per
-    label draw, twice (factors, then the correction); one eigendecomposition of each A and
-    S (``O(d_in³ + d_out³)`` per layer); then one such pass over the training set for
-    self-influence and one per block of targets for train×target influence. Per example
-    and layer, ``T·(d_in² + d_out² + d_in·d_out)`` for the coordinates.
+    **Cost.** Per batch, a forward pass and per label draw a backward pass to the layer
+    outputs, twice (factors, correction); ``eigh`` of each A and S; then one such pass for
+    self-influence and one per block of targets for train×target influence, each
+    ``T·(d_in² + d_out² + d_in·d_out)`` per example and layer for the coordinates.
 
     **References.** T. George, C. Laurent, X. Bouthillier, N. Ballas, P. Vincent, "Fast
     Approximate Natural Gradient Descent in a Kronecker-factored Eigenbasis", NeurIPS 2018
@@ -194,8 +188,9 @@ class EKFAC(InfluenceFunction):
         self.generic_ = None
         if self.generic_names_:
             self.generic_ = LayerwiseGradients(self.module_, self.generic_names_, task)
-        sizes = [layer.size for layer in self.layers_]
-        self.n_coordinates_ = sum(sizes) + sum(self.params_[k].numel() for k in self.generic_names_)
+        self.shapes_ = {layer.name: (layer.d_out, layer.d_in) for layer in self.layers_}
+        self.shapes_.update({k: self.params_[k].shape for k in self.generic_names_})
+        self.n_coordinates_ = sum(math.prod(shape) for shape in self.shapes_.values())
 
     _setup = _prepare  # the fit's prologue under the name its tests call
 
@@ -230,41 +225,31 @@ class EKFAC(InfluenceFunction):
         if self.config.fisher == "empirical":
             return data.y_train[:, None].clone()
         with torch.no_grad():
-            probs = torch.cat(
-                [
-                    torch.softmax(
-                        functional_call(self.module_, self.params_, (x.to(self.device_),)), -1
-                    )
-                    for x in data.x_train.split(self.config.batch_size)
-                ]
-            )
+            logits = [
+                functional_call(self.module_, self.params_, (x.to(self.device_),))
+                for x in data.x_train.split(self.config.batch_size)
+            ]
+        probs = torch.softmax(torch.cat(logits), -1).double().cpu()
         generator = torch.Generator().manual_seed(self.config.seed)
-        return torch.multinomial(
-            probs.double().cpu(), self.config.fisher_samples, replacement=True, generator=generator
-        )
+        draws = self.config.fisher_samples
+        return torch.multinomial(probs, draws, replacement=True, generator=generator)
 
     def _recorded_forward(self, x: torch.Tensor):
         """The logits of ``x`` and, per Kronecker layer, the ``(input, output)`` of each of
         its calls; the layers' parameters require gradients so that every output does."""
-        seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        calls: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in self.layers_]
         params = dict(self.params_)
-        for layer in self.layers_:
-            seen[layer.name] = []
-            for key in (layer.weight, layer.bias):
-                if key:
-                    params[key] = params[key].detach().requires_grad_()
-        handles = [
-            layer.module.register_forward_hook(
-                lambda _m, args, out, calls=seen[layer.name]: calls.append((args[0], out))
-            )
-            for layer in self.layers_
-        ]
+        handles = []
+        for layer, own in zip(self.layers_, calls):
+            for key in filter(None, (layer.weight, layer.bias)):
+                params[key] = params[key].detach().requires_grad_()
+            record = lambda _m, args, out, own=own: own.append((args[0], out))  # noqa: E731
+            handles.append(layer.module.register_forward_hook(record))
         try:
-            logits = functional_call(self.module_, params, (x,))
+            return functional_call(self.module_, params, (x,)), calls
         finally:
             for handle in handles:
                 handle.remove()
-        return logits, seen
 
     def _layer_gradients(
         self, x: torch.Tensor, labels: torch.Tensor
@@ -273,42 +258,42 @@ class EKFAC(InfluenceFunction):
         ``(r, inputs, deltas, generic)``, per Kronecker layer its input patches
         ``ā [b, T, d_in]`` and the gradients of the summed loss at its outputs
         ``δ [b, T, d_out]`` (one forward pass, one backward pass to the outputs per label
-        column), and the generic parameters' per-example gradients ``[b, P_generic]``."""
-        layers, draws = self.layers_, labels.shape[1]
-        for start in range(0, len(x), self.config.batch_size):
-            xb = x[start : start + self.config.batch_size].to(self.device_)
-            if layers:
-                logits, seen = self._recorded_forward(xb)
-                calls = [seen[layer.name] for layer in layers]
-                outputs = [out for own in calls for _, out in own]
-                inputs = [
-                    torch.cat([layer.inputs(a.detach()) for a, _ in own], 1)
-                    for layer, own in zip(layers, calls)
-                ]
+        column), and the generic parameters' per-example gradients ``[b, P_generic]``, in
+        blocks of the rows whose coordinates take ``COORDINATE_BYTES``."""
+        size, draws, layers = self.config.batch_size, labels.shape[1], self.layers_
+        rows = max(1, COORDINATE_BYTES // (8 * self.n_coordinates_))
+        for start in range(0, len(x), size):
+            xb = x[start : start + size].to(self.device_)
+            logits, calls = self._recorded_forward(xb)
+            inputs = [
+                torch.cat([layer.inputs(a.detach()) for a, _ in own], 1)
+                for layer, own in zip(layers, calls)
+            ]
+            outputs = [out for own in calls for _, out in own]
             for r in range(draws):
                 yb = labels[start : start + len(xb), r].to(self.device_)
-                deltas = []
-                if layers:
-                    grads = iter(
-                        torch.autograd.grad(
-                            self.task_.loss(logits, yb).sum(),
-                            outputs,
-                            retain_graph=r + 1 < draws,
-                            allow_unused=True,
-                        )
+                loss = self.task_.loss(logits, yb).sum()
+                grads = iter(
+                    torch.autograd.grad(
+                        loss,
+                        outputs,
+                        retain_graph=r + 1 < draws,
+                        allow_unused=True,
+                        materialize_grads=True,
                     )
-                    for layer, own in zip(layers, calls):
-                        parts = [(next(grads), out) for _, out in own]
-                        deltas.append(
-                            torch.cat(
-                                [
-                                    layer.output_grads(torch.zeros_like(out) if g is None else g)
-                                    for g, out in parts
-                                ],
-                                1,
-                            )
-                        )
-                yield r, inputs if layers else [], deltas, self._generic_grads(xb, yb)
+                    if outputs
+                    else ()
+                )
+                deltas = [
+                    torch.cat([layer.output_grads(next(grads)) for _ in own], 1)
+                    for layer, own in zip(layers, calls)
+                ]
+                if self.generic_ is None:  # otherwise its layer-wise pass counts them
+                    count(len(yb))
+                generic = self._generic_grads(xb, yb)
+                for first in range(0, len(yb), rows):
+                    block = slice(first, first + rows)
+                    yield r, [a[block] for a in inputs], [d[block] for d in deltas], generic[block]
 
     def _generic_grads(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``[b, P_generic]`` per-example gradients of the generic parameters (layer-wise
@@ -320,26 +305,21 @@ class EKFAC(InfluenceFunction):
 
     def _factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """K-FAC factors ``(A, S)`` of each Kronecker layer, accumulated in float64."""
-        if not self.layers_:
-            return {}
-        sums = {
-            layer.name: (
-                torch.zeros(layer.d_in, layer.d_in, dtype=torch.float64, device=self.device_),
-                torch.zeros(layer.d_out, layer.d_out, dtype=torch.float64, device=self.device_),
-            )
-            for layer in self.layers_
-        }
+        f64 = {"dtype": torch.float64, "device": self.device_}
+        a_sums = [torch.zeros(layer.d_in, layer.d_in, **f64) for layer in self.layers_]
+        s_sums = [torch.zeros(layer.d_out, layer.d_out, **f64) for layer in self.layers_]
         labels = self.fisher_labels_
-        for r, inputs, deltas, _ in self._layer_gradients(self.dataset_.x_train, labels):
-            for layer, a, delta in zip(self.layers_, inputs, deltas):
-                a_sum, s_sum = sums[layer.name]
-                if r == 0:
-                    a = a.flatten(0, 1).double()
-                    a_sum.addmm_(a.T, a)
-                delta = delta.double()
-                s_sum.add_(torch.einsum("bto,btp->op", delta, delta) / delta.shape[1])
+        if self.layers_:
+            for r, inputs, deltas, _ in self._layer_gradients(self.dataset_.x_train, labels):
+                for a_sum, s_sum, a, delta in zip(a_sums, s_sums, inputs, deltas):
+                    if r == 0:
+                        a_sum.addmm_(a.flatten(0, 1).double().T, a.flatten(0, 1).double())
+                    delta = delta.double()
+                    s_sum.add_(torch.einsum("bto,btp->op", delta, delta) / delta.shape[1])
         n, m = self.n_train_, labels.shape[1]
-        return {name: (a / n, s / (n * m)) for name, (a, s) in sums.items()}
+        return {
+            layer.name: (a / n, s / (n * m)) for layer, a, s in zip(self.layers_, a_sums, s_sums)
+        }
 
     def _coordinates(
         self, inputs: list[torch.Tensor], deltas: list[torch.Tensor], generic: torch.Tensor
@@ -347,53 +327,33 @@ class EKFAC(InfluenceFunction):
         """``[b, P]`` float64 coordinates of the per-example gradients in the eigenbasis:
         ``Σ_t (Q_Sᵀ δ_t)(Q_Aᵀ ā_t)ᵀ`` flattened ``[d_out, d_in]`` for each Kronecker layer,
         then the generic gradients as they are."""
-        out = torch.empty(
-            len(generic), self.n_coordinates_, dtype=torch.float64, device=generic.device
-        )
-        at = 0
-        for layer, a, delta in zip(self.layers_, inputs, deltas):
+        out = generic.new_empty(len(generic), self.n_coordinates_, dtype=torch.float64)
+        sizes = [layer.d_out * layer.d_in for layer in self.layers_] + [generic.shape[1]]
+        blocks = out.split(sizes, 1)
+        for layer, a, delta, block in zip(self.layers_, inputs, deltas, blocks):
             q_a, q_s = (q.to(a.dtype) for q in self.bases_[layer.name])
-            block = out[:, at : at + layer.size].view(-1, layer.d_out, layer.d_in)
-            block.copy_(torch.einsum("btk,btl->bkl", delta @ q_s, a @ q_a))
-            at += layer.size
-        out[:, at:].copy_(generic)
+            rotated = torch.einsum("btk,btl->bkl", delta @ q_s, a @ q_a)
+            block.view(-1, layer.d_out, layer.d_in).copy_(rotated)
+        blocks[-1].copy_(generic)
         return out
-
-    def _coordinate_blocks(self, x: torch.Tensor, labels: torch.Tensor) -> Iterator[torch.Tensor]:
-        """The eigen-coordinates of consecutive examples of ``x`` (:meth:`_coordinates`),
-        per label column of ``labels [n, m]``, ``COORDINATE_BYTES`` at most at a time."""
-        rows = max(1, COORDINATE_BYTES // (8 * self.n_coordinates_))
-        for _, inputs, deltas, generic in self._layer_gradients(x, labels):
-            for start in range(0, len(generic), rows):
-                part = slice(start, start + rows)
-                yield self._coordinates(
-                    [a[part] for a in inputs], [d[part] for d in deltas], generic[part]
-                )
 
     def _grads(self, x: torch.Tensor, y: torch.Tensor, measurement="loss"):
         """``[b, P]`` float64 loss-gradient coordinates in the eigenbasis, block by block."""
-        return self._coordinate_blocks(x, y[:, None])
+        return (self._coordinates(*parts) for _, *parts in self._layer_gradients(x, y[:, None]))
 
     def _corrected_eigenvalues(self) -> torch.Tensor:
         """``[P]``: mean over examples and label draws of the squared eigen-coordinates."""
         labels = self.fisher_labels_
         total = torch.zeros(self.n_coordinates_, dtype=torch.float64, device=self.device_)
-        for coordinates in self._coordinate_blocks(self.dataset_.x_train, labels):
-            total += (coordinates**2).sum(0)
+        for _, *parts in self._layer_gradients(self.dataset_.x_train, labels):
+            total += (self._coordinates(*parts) ** 2).sum(0)
         return total / (self.n_train_ * labels.shape[1])
 
     def corrected_eigenvalues(self) -> dict[str, torch.Tensor]:
         """The fitted Λ: ``[d_out, d_in]`` per Kronecker layer (by module path), and the
         diagonal Fisher, shaped like the parameter, per generic parameter (by name)."""
-        out, at = {}, 0
-        for layer in self.layers_:
-            out[layer.name] = self.eigenvalues_[at : at + layer.size].view(layer.d_out, layer.d_in)
-            at += layer.size
-        for name in self.generic_names_:
-            shape = self.module_.get_parameter(name).shape
-            out[name] = self.eigenvalues_[at : at + shape.numel()].view(shape)
-            at += shape.numel()
-        return out
+        parts = self.eigenvalues_.split([math.prod(shape) for shape in self.shapes_.values()])
+        return {name: part.view(shape) for (name, shape), part in zip(self.shapes_.items(), parts)}
 
     def solve(self, rows: torch.Tensor) -> torch.Tensor:
         """Eigen-coordinates ``[m, P]`` → ``rows / (Λ + λ + l2)``, 0 where that sum is 0."""
