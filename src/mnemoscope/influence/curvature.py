@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.func import functional_call, grad, hessian, jacrev, jvp, vjp, vmap
 
 from mnemoscope.task import Task
 
@@ -32,7 +32,9 @@ MatVec = Callable[[torch.Tensor], torch.Tensor]
 PAIRS_PER_CALL = 2**14
 """Example-vector pairs in one vectorised curvature product (bounds activation memory)."""
 DENSE_COLUMNS = 256
-"""Columns of the identity multiplied at once when the dense matrix is built."""
+"""Columns of the identity multiplied at once when the dense Hessian is built."""
+JACOBIAN_ENTRIES = 2**23
+"""Entries of per-example logit Jacobians held at once for the dense Gauss–Newton matrix."""
 
 
 class Curvature:
@@ -93,13 +95,40 @@ class Curvature:
         return out / len(y) + self.shift * vectors.double()
 
     def dense(self) -> torch.Tensor:
-        """The ``[P, P]`` float64 matrix A, symmetrised; P curvature products."""
-        columns = [
-            self.matvec(torch.eye(self.n_params, dtype=torch.float64, device=self.device)[s:e])
-            for s, e in _spans(self.n_params, DENSE_COLUMNS)
-        ]
-        matrix = torch.cat(columns)
+        """The ``[P, P]`` float64 matrix A, symmetrised: the Hessian from P curvature
+        products; the Gauss–Newton matrix ``(1/n) Σ_i J_iᵀ ∇²_f ℓ_i J_i`` from the logits'
+        per-example Jacobians ``J_i [C, P]`` (C backward passes per example, not P)."""
+        eye = torch.eye(self.n_params, dtype=torch.float64, device=self.device)
+        if self.kind == "gauss_newton":
+            matrix = self._gauss_newton_sum() / self.n_train + self.shift * eye
+        else:
+            matrix = torch.cat(
+                [self.matvec(eye[s:e]) for s, e in _spans(self.n_params, DENSE_COLUMNS)]
+            )
         return (matrix + matrix.T) / 2
+
+    def _gauss_newton_sum(self) -> torch.Tensor:
+        """``Σ_i J_iᵀ ∇²_f ℓ_i J_i`` ``[P, P]`` float64, ``JACOBIAN_ENTRIES`` of the stacked
+        Jacobians at a time (each block's product in the parameters' dtype)."""
+        frozen, module, task = self.frozen, self.module, self.task
+
+        def logits(theta: Params, x: torch.Tensor) -> torch.Tensor:
+            return functional_call(module, {**frozen, **theta}, (x[None],))[0]
+
+        def loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return task.loss(z[None], y[None])[0]
+
+        jacobians, output_hessians = vmap(jacrev(logits), (None, 0)), vmap(hessian(loss))
+        total = torch.zeros(self.n_params, self.n_params, dtype=torch.float64, device=self.device)
+        for xb, yb in zip(self.x.split(self.batch_size), self.y.split(self.batch_size)):
+            z = functional_call(module, {**frozen, **self.trainable}, (xb,)).detach()
+            rows = max(1, JACOBIAN_ENTRIES // (z.shape[1] * self.n_params))
+            for xs, ys, zs in zip(xb.split(rows), yb.split(rows), z.split(rows)):
+                parts = jacobians(self.trainable, xs)
+                j = torch.cat([parts[k].flatten(2) for k in self.names], 2)  # [b, C, P]
+                hj = torch.bmm(output_hessians(zs, ys), j)
+                total += (j.flatten(0, 1).T @ hj.flatten(0, 1)).double()
+        return total
 
     def _unflatten(self, rows: torch.Tensor) -> Params:
         parts = rows.split(self.sizes, dim=1)
