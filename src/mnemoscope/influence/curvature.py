@@ -11,7 +11,8 @@ the last layer alone) the two are equal.
 
 Everything is built on Hessian-vector products with ``torch.func``: ``jvp`` of
 ``grad`` (Hessian) or ``jvp`` then ``vjp`` of the logits (Gauss–Newton), vectorised
-over several vectors at once. Solvers work in float64 on flattened ``[m, P]`` rows.
+over several vectors at once (the dense Gauss–Newton matrix: on the logits' Jacobians).
+Solvers work in float64 on flattened ``[m, P]`` rows.
 """
 
 from __future__ import annotations
@@ -102,32 +103,27 @@ class Curvature:
         if self.kind == "gauss_newton":
             matrix = self._gauss_newton_sum() / self.n_train + self.shift * eye
         else:
-            matrix = torch.cat(
-                [self.matvec(eye[s:e]) for s, e in _spans(self.n_params, DENSE_COLUMNS)]
-            )
+            matrix = torch.cat([self.matvec(columns) for columns in eye.split(DENSE_COLUMNS)])
         return (matrix + matrix.T) / 2
 
     def _gauss_newton_sum(self) -> torch.Tensor:
         """``Σ_i J_iᵀ ∇²_f ℓ_i J_i`` ``[P, P]`` float64, ``JACOBIAN_ENTRIES`` of the stacked
         Jacobians at a time (each block's product in the parameters' dtype)."""
         frozen, module, task = self.frozen, self.module, self.task
-
-        def logits(theta: Params, x: torch.Tensor) -> torch.Tensor:
-            return functional_call(module, {**frozen, **theta}, (x[None],))[0]
-
-        def loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return task.loss(z[None], y[None])[0]
-
-        jacobians, output_hessians = vmap(jacrev(logits), (None, 0)), vmap(hessian(loss))
+        jacobians = vmap(
+            jacrev(lambda theta, x: functional_call(module, {**frozen, **theta}, (x[None],))[0]),
+            (None, 0),
+        )
+        output_hessians = vmap(hessian(lambda z, y: task.loss(z[None], y[None])[0]))
         total = torch.zeros(self.n_params, self.n_params, dtype=torch.float64, device=self.device)
-        for xb, yb in zip(self.x.split(self.batch_size), self.y.split(self.batch_size)):
+        classes = functional_call(module, {**frozen, **self.trainable}, (self.x[:1],)).shape[1]
+        rows = max(1, min(self.batch_size, JACOBIAN_ENTRIES // (classes * self.n_params)))
+        for xb, yb in zip(self.x.split(rows), self.y.split(rows)):
             z = functional_call(module, {**frozen, **self.trainable}, (xb,)).detach()
-            rows = max(1, JACOBIAN_ENTRIES // (z.shape[1] * self.n_params))
-            for xs, ys, zs in zip(xb.split(rows), yb.split(rows), z.split(rows)):
-                parts = jacobians(self.trainable, xs)
-                j = torch.cat([parts[k].flatten(2) for k in self.names], 2)  # [b, C, P]
-                hj = torch.bmm(output_hessians(zs, ys), j)
-                total += (j.flatten(0, 1).T @ hj.flatten(0, 1)).double()
+            parts = jacobians(self.trainable, xb)
+            j = torch.cat([parts[k].flatten(2) for k in self.names], 2)  # [b, C, P]
+            hj = torch.bmm(output_hessians(z, yb), j)
+            total += (j.flatten(0, 1).T @ hj.flatten(0, 1)).double()
         return total
 
     def _unflatten(self, rows: torch.Tensor) -> Params:
@@ -164,10 +160,6 @@ class Curvature:
 
         result = vmap(product)(self._unflatten(rows))
         return torch.cat([result[k].flatten(1) for k in self.names], dim=1)
-
-
-def _spans(total: int, width: int) -> list[tuple[int, int]]:
-    return [(s, min(s + width, total)) for s in range(0, total, width)]
 
 
 def lanczos(

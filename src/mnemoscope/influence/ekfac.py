@@ -147,10 +147,9 @@ class EKFAC(InfluenceFunction):
     goes through a diagonal Fisher, ``Λ_j = E[g_ij²]``: EK-FAC with the identity basis.
     Where ``Λ + λ'`` is 0 (no damping, no curvature) the direction is dropped.
 
-    **As an influence function** (:class:`InfluenceFunction`), on the gradients'
-    coordinates in the (orthonormal) eigenbasis, where the solve divides by ``Λ + λ'``. A
-    layer's coordinates ``Q_Sᵀ G_i Q_A = Σ_t (Q_Sᵀ δ_t)(Q_Aᵀ ā_t)ᵀ`` come from its rotated
-    inputs and output gradients (float32, as the model; sums over examples in float64).
+    **As an influence function** on the gradients' coordinates in the eigenbasis, where the
+    solve divides by ``Λ + λ'``; a layer's ``Q_Sᵀ G_i Q_A = Σ_t (Q_Sᵀ δ_t)(Q_Aᵀ ā_t)ᵀ`` come
+    from its rotated inputs and output gradients (float32, sums over examples in float64).
 
     **Cost.** Per batch, a forward pass and per label draw a backward pass to the layer
     outputs, twice (factors, correction); ``eigh`` of each A and S; then one such pass for
@@ -236,13 +235,11 @@ class EKFAC(InfluenceFunction):
 
     def _recorded_forward(self, x: torch.Tensor):
         """The logits of ``x`` and, per Kronecker layer, the ``(input, output)`` of each of
-        its calls; the layers' parameters require gradients so that every output does."""
+        its calls; the parameters require gradients so that every output does."""
         calls: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in self.layers_]
-        params = dict(self.params_)
+        params = {k: v.detach().requires_grad_() for k, v in self.params_.items()}
         handles = []
         for layer, own in zip(self.layers_, calls):
-            for key in filter(None, (layer.weight, layer.bias)):
-                params[key] = params[key].detach().requires_grad_()
             record = lambda _m, args, out, own=own: own.append((args[0], out))  # noqa: E731
             handles.append(layer.module.register_forward_hook(record))
         try:
@@ -262,6 +259,7 @@ class EKFAC(InfluenceFunction):
         blocks of the rows whose coordinates take ``COORDINATE_BYTES``."""
         size, draws, layers = self.config.batch_size, labels.shape[1], self.layers_
         rows = max(1, COORDINATE_BYTES // (8 * self.n_coordinates_))
+        unused = {"allow_unused": True, "materialize_grads": True}  # zeros for unused outputs
         for start in range(0, len(x), size):
             xb = x[start : start + size].to(self.device_)
             logits, calls = self._recorded_forward(xb)
@@ -274,13 +272,7 @@ class EKFAC(InfluenceFunction):
                 yb = labels[start : start + len(xb), r].to(self.device_)
                 loss = self.task_.loss(logits, yb).sum()
                 grads = iter(
-                    torch.autograd.grad(
-                        loss,
-                        outputs,
-                        retain_graph=r + 1 < draws,
-                        allow_unused=True,
-                        materialize_grads=True,
-                    )
+                    torch.autograd.grad(loss, outputs, retain_graph=r + 1 < draws, **unused)
                     if outputs
                     else ()
                 )
@@ -288,20 +280,15 @@ class EKFAC(InfluenceFunction):
                     torch.cat([layer.output_grads(next(grads)) for _ in own], 1)
                     for layer, own in zip(layers, calls)
                 ]
-                if self.generic_ is None:  # otherwise its layer-wise pass counts them
+                if self.generic_ is None:
                     count(len(yb))
-                generic = self._generic_grads(xb, yb)
+                    generic = torch.zeros(len(yb), 0, device=self.device_)
+                else:  # layer-wise where the adapters allow, vmap(grad) otherwise; counted
+                    factors = self.generic_(self.params_, xb, yb).pieces.values()
+                    generic = torch.cat([piece.dense for piece in factors], 1)
                 for first in range(0, len(yb), rows):
                     block = slice(first, first + rows)
                     yield r, [a[block] for a in inputs], [d[block] for d in deltas], generic[block]
-
-    def _generic_grads(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``[b, P_generic]`` per-example gradients of the generic parameters (layer-wise
-        where their layer's adapter allows, ``vmap(grad)`` otherwise)."""
-        if self.generic_ is None:
-            return torch.zeros(len(y), 0, device=self.device_)
-        factors = self.generic_(self.params_, x, y)
-        return torch.cat([piece.dense for piece in factors.pieces.values()], 1)
 
     def _factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """K-FAC factors ``(A, S)`` of each Kronecker layer, accumulated in float64."""

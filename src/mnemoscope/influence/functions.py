@@ -12,8 +12,7 @@ parameters, λ the damping. Removing z_i moves the optimum by ``θ̂_{−i} − 
 removing i would raise the target's loss (i helps z), the sign convention of every
 attributor. The estimators differ only in how they apply ``A⁻¹`` to a block of vectors
 (:meth:`InfluenceFunction.solve`); self-influence and train×target influence share one
-code path each, which EK-FAC (:mod:`mnemoscope.influence.ekfac`) takes too, with the
-gradients in its eigenbasis.
+code path each, EK-FAC's too (:mod:`~mnemoscope.influence.ekfac`, in its eigenbasis).
 """
 
 from __future__ import annotations
@@ -53,9 +52,6 @@ at 10⁴) and its eigendecomposition O(P³)."""
 FIT_WORKSPACE = 3
 """Dense float64 matrices an exact influence function's fit holds at once: the
 Hessian, its eigenvectors and the solver's workspace."""
-BYTES_PER_TARGET_PARAM = 8 * 6
-"""float64 copies of a target's P-vector held while its block is solved (gradient,
-solution and the solvers' work vectors)."""
 
 
 class IFExactConfig(GradDotConfig):
@@ -119,8 +115,8 @@ class InfluenceFunction(InfluenceEstimator):
     config: IFExactConfig
     measurement: ClassVar[Measurement] = "loss"
     sign: ClassVar[float] = 1.0
-    bytes_per_target_coordinate: ClassVar[int] = BYTES_PER_TARGET_PARAM
-    """Bytes a target holds per coordinate of its gradient while its block is solved."""
+    bytes_per_target_coordinate: ClassVar[int] = 8 * 6
+    """Bytes per coordinate of a target while its block is solved (float64 work vectors)."""
 
     def check_model(self, module) -> None:
         names = select_params(module, self.config.params)
@@ -150,9 +146,8 @@ class InfluenceFunction(InfluenceEstimator):
         self._check_size(self.curvature_.n_params)
         self.n_coordinates_ = self.curvature_.n_params
 
-    @abstractmethod
     def _fit_curvature(self) -> None:
-        """Whatever :meth:`solve` needs, computed once."""
+        """Whatever :meth:`solve` needs, computed once (nothing, by default)."""
 
     @abstractmethod
     def solve(self, rows: torch.Tensor) -> torch.Tensor:
@@ -305,9 +300,6 @@ class IFConjugateGradient(InfluenceFunction):
     reference = "Koh & Liang 2017, eq. 2, §3 (conjugate gradients)"
     summary = "influence function, inverse-Hessian-vector products by conjugate gradients"
     config: IFConjugateGradientConfig
-
-    def _fit_curvature(self) -> None:
-        return None
 
     def solve(self, rows: torch.Tensor) -> torch.Tensor:
         config = self.config
