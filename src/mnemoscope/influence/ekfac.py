@@ -17,7 +17,7 @@ from mnemoscope.estimator import register
 from mnemoscope.influence.adapters import layer_adapter
 from mnemoscope.influence.functions import InfluenceFunction
 from mnemoscope.influence.gradient_dot import GradDotConfig
-from mnemoscope.influence.layerwise import LayerwiseGradients
+from mnemoscope.influence.layerwise import LayerwiseGradients, _Recorder
 from mnemoscope.meter import count
 from mnemoscope.task import Task
 
@@ -89,28 +89,25 @@ def _kronecker_layers(
     """Split the selected parameters into Kronecker layers and the rest (generic path).
 
     A Linear, or a Conv1d/Conv2d with ``groups=1``, numeric padding and zero padding mode,
-    gets a Kronecker block if its forward runs on ``probe`` (a layer whose parameters are
-    used without calling it, e.g. through ``F.linear``, would have no hooks fire)."""
-    called: set[str] = set()
-    handles = [
-        m.register_forward_hook(lambda *_, name=name: called.add(name))
-        for name, m in module.named_modules()
-    ]
+    gets a Kronecker block if its forward runs on ``probe`` and its selected parameters are
+    read by that forward alone (a weight tied to another name, or also read elsewhere, e.g.
+    through ``F.linear``, has gradients its layer's inputs and outputs do not give)."""
+    candidates: dict[nn.Module, tuple[str, str | None, str | None]] = {}
+    for path, m in module.named_modules():
+        adapter, prefix = layer_adapter(m, subclasses=True), f"{path}." if path else ""
+        if adapter is not None and adapter.kronecker(m):
+            candidates[m] = (path, f"{prefix}weight", f"{prefix}bias")
+    recorder = _Recorder({m: [] for m in candidates}, {id(params[n]): n for n in names})
     try:
-        with torch.no_grad():
+        with torch.no_grad(), recorder:
             functional_call(module, params, (probe,))
     finally:
-        for handle in handles:
-            handle.remove()
-    selected, layers = set(names), []
-    for path, m in module.named_modules():
-        prefix = f"{path}." if path else ""
-        adapter = layer_adapter(m, subclasses=True)
-        if adapter is None or not adapter.kronecker(m) or path not in called:
-            continue
-        weight = f"{prefix}weight" if f"{prefix}weight" in selected else None
-        bias = f"{prefix}bias" if m.bias is not None and f"{prefix}bias" in selected else None
-        if weight or bias:
+        recorder.remove()
+    layers, selected = [], set(names)
+    for m, (path, weight, bias) in candidates.items():
+        weight, bias = (n if n in selected and n in params else None for n in (weight, bias))
+        own = [n for n in (weight, bias) if n]
+        if own and recorder.calls[m] and all(set(recorder.uses[n]) == {m} for n in own):
             patch = m.weight[0].numel() if weight else 0
             d_out = m.weight.shape[0]
             layers.append(KroneckerLayer(path, m, weight, bias, d_out, patch + (bias is not None)))
