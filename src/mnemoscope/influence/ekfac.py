@@ -40,7 +40,8 @@ class EKFACConfig(GradDotConfig):
     """'true': labels drawn from the model's predictive distribution (the Fisher equals the
     Gauss–Newton matrix in expectation); 'empirical': the training labels."""
     fisher_samples: int = Field(1, ge=1, le=1000)
-    """Labels drawn per training example for the true Fisher (ignored for 'empirical')."""
+    """Labels drawn per training example for the true Fisher (ignored for 'empirical'): the
+    fit's time grows with it, the noise of the draws shrinks (table in docs/methods.md)."""
     seed: int = Field(0, ge=0, le=2**32 - 1)
     """Seed of the label draws."""
 
@@ -227,8 +228,7 @@ class EKFAC(InfluenceFunction):
             ]
         probs = torch.softmax(torch.cat(logits), -1).double().cpu()
         generator = torch.Generator().manual_seed(self.config.seed)
-        draws = self.config.fisher_samples
-        return torch.multinomial(probs, draws, replacement=True, generator=generator)
+        return torch.multinomial(probs, self.config.fisher_samples, True, generator=generator)
 
     def _recorded_forward(self, x: torch.Tensor):
         """The logits of ``x`` and, per Kronecker layer, the ``(input, output)`` of each of

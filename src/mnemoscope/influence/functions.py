@@ -244,9 +244,10 @@ class IFExact(_SpectralInfluence):
     Gauss–Newton with l2 + λ > 0; the true Hessian of a non-convex net may be indefinite,
     which the fit reports with a warning).
 
-    Cost: the dense P×P matrix from P curvature products over the training set, one
-    O(P³) eigendecomposition (cached), then per batch of b examples one gradient pass and
-    an O(b·P²) product. Refused above 10⁴ selected parameters.
+    Cost: the dense P×P matrix (Gauss–Newton: the logits' per-example Jacobians, C
+    backward passes per example; Hessian: P curvature products), one O(P³)
+    eigendecomposition (cached), then per batch of b examples one gradient pass and an
+    O(b·P²) product. Refused above 10⁴ selected parameters.
     """
 
     name = "if_exact"
