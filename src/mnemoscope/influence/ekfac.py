@@ -141,7 +141,7 @@ class EKFAC(InfluenceFunction):
     ``Λ_kl = E[(Q_Sᵀ G_i Q_A)_kl²]``, the mean over examples and label draws of the squared
     per-example gradient ``G_i = Σ_t δ_t ā_tᵀ`` in the Kronecker eigenbasis. Then
     ``(G + λ')⁻¹ v = Q_S ((Q_Sᵀ V Q_A) / (Λ + λ')) Q_Aᵀ``. Every other parameter (GroupNorm,
-    LayerNorm, embeddings, grouped convolutions, parameters used outside a module's forward)
+    LayerNorm, embeddings, grouped convolutions, a layer's parameters read outside its forward)
     goes through a diagonal Fisher, ``Λ_j = E[g_ij²]``: EK-FAC with the identity basis.
     Where ``Λ + λ'`` is 0 (no damping, no curvature) the direction is dropped.
 
