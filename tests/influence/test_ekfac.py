@@ -475,37 +475,3 @@ def test_slow_matches_exact_gauss_newton_and_leave_one_out_on_larger_logreg(l2):
     print(f"l2={l2}: Pearson vs LOO {pearson_loo:.3f} (exact GN influence {pearson_exact_loo:.3f})")
     # measured 0.960 (l2 0.05), 0.903 (l2 0.01); the exact GN influence gets 0.999
     assert pearson_loo >= (0.93 if l2 >= 0.05 else 0.85)
-
-
-class _SharedHead(nn.Module):
-    """A head whose weight is also read outside its forward (through ``F.linear``)."""
-
-    def __init__(self, input_shape, n_classes):
-        super().__init__()
-        self.first = nn.Linear(int(np.prod(input_shape)), 12)
-        self.head = nn.Linear(12, n_classes)
-
-    def forward(self, x):
-        h = torch.tanh(self.first(x.flatten(1)))
-        return self.head(h) + 0.5 * F.linear(h, self.head.weight)
-
-
-def test_a_weight_read_outside_its_layer_takes_the_generic_path(digits_small):
-    from mnemoscope.models import register_arch
-
-    register_arch("shared_head_ekfac", _SharedHead)
-    data = _subset(digits_small, 40)
-    model = _random_model("shared_head_ekfac", data)
-    estimator = EKFAC(EKFACConfig(fisher="empirical")).fit({"model": model}, data, Task())
-    assert [layer.name for layer in estimator.layers_] == ["first"]  # the head's block is left
-    assert estimator.generic_names_ == ["head.weight", "head.bias"]
-    # its diagonal Fisher is the mean squared full per-example gradient (both reads)
-    module = model.module()
-    module.load_state_dict({k: v[0] for k, v in model.params.items()})
-    squares = torch.zeros_like(module.head.weight, dtype=torch.float64)
-    for i in range(data.n_train):
-        loss = F.cross_entropy(module(data.x_train[i : i + 1]), data.y_train[i : i + 1])
-        (g,) = torch.autograd.grad(loss, [module.head.weight])
-        squares += g.double() ** 2
-    lam = estimator.corrected_eigenvalues()["head.weight"]
-    torch.testing.assert_close(lam, squares / data.n_train, rtol=1e-4, atol=1e-10)
