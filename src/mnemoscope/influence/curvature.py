@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, hessian, jacrev, jvp, vjp, vmap
 
+from mnemoscope.meter import count
 from mnemoscope.task import Task
 
 CurvatureKind = Literal["hessian", "gauss_newton"]
@@ -124,6 +125,7 @@ class Curvature:
             j = torch.cat([parts[k].flatten(2) for k in self.names], 2)  # [b, C, P]
             hj = torch.bmm(output_hessians(z, yb), j)
             total += (j.flatten(0, 1).T @ hj.flatten(0, 1)).double()
+            count(len(yb))
         return total
 
     def _unflatten(self, rows: torch.Tensor) -> Params:
