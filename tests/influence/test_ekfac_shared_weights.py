@@ -4,12 +4,14 @@ diagonal Fisher is that of the full per-example gradient."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from mnemoscope.influence import EKFAC, EKFACConfig
 from mnemoscope.models import register_arch
+from mnemoscope.models.registry import ARCHITECTURES
 from mnemoscope.task import Task
 from tests.influence.test_ekfac import _random_model, _subset
 
@@ -27,10 +29,18 @@ class _SharedHead(nn.Module):
         return self.head(h) + 0.5 * F.linear(h, self.head.weight)
 
 
-def test_a_weight_read_outside_its_layer_takes_the_generic_path(digits_small):
+@pytest.fixture
+def shared_head():
+    """The architecture registered for one test, then forgotten (a registered name would
+    stay in the registry, and the catalog, for later tests)."""
     register_arch("shared_head_ekfac", _SharedHead)
+    yield "shared_head_ekfac"
+    ARCHITECTURES.pop("shared_head_ekfac", None)
+
+
+def test_a_weight_read_outside_its_layer_takes_the_generic_path(digits_small, shared_head):
     data = _subset(digits_small, 40)
-    model = _random_model("shared_head_ekfac", data)
+    model = _random_model(shared_head, data)
     estimator = EKFAC(EKFACConfig(fisher="empirical")).fit({"model": model}, data, Task())
     assert [layer.name for layer in estimator.layers_] == ["first"]  # the head's block is left
     assert estimator.generic_names_ == ["head.weight", "head.bias"]
