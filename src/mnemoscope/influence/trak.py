@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 PROJECTION_ROWS = 16 * 2**20
 """Bytes of one chunk of the projection matrix (rows over parameters × proj_dim columns)."""
 PROJECTION_CACHE = 64 * 2**20
-"""Projection matrices of all models up to this size are kept after they are first drawn;
-larger ones are drawn again, chunk by chunk, for every batch (same values either way)."""
+"""One model's projection matrix up to this size is kept while that model's gradients are
+projected (only the current model's: M of them would rarely fit); a larger one is drawn
+again, chunk by chunk, for every batch (same values either way)."""
 
 
 class TRAKConfig(DenseGradientsConfig):
@@ -153,7 +154,7 @@ class TRAK(InfluenceEstimator):
         self.n_params_ = sum(self.module_.get_parameter(k).numel() for k in self.names_)
         rows = max(1, PROJECTION_ROWS // (4 * self.config.proj_dim))
         self.chunks_ = [(s, min(s + rows, self.n_params_)) for s in range(0, self.n_params_, rows)]
-        keep = 4 * self.n_params_ * self.config.proj_dim * len(self.params_) <= PROJECTION_CACHE
+        keep = 4 * self.n_params_ * self.config.proj_dim <= PROJECTION_CACHE
         self.projections_: dict[tuple[int, int], torch.Tensor] | None = {} if keep else None
 
     def fit_bytes(self, module, n_train: int, n_classes: int) -> int:
@@ -198,6 +199,8 @@ class TRAK(InfluenceEstimator):
         the CPU from a seed of ``(seed, m, chunk)`` (identical on every device)."""
         if self.projections_ is not None and (m, chunk) in self.projections_:
             return self.projections_[m, chunk]
+        if self.projections_ and next(iter(self.projections_))[0] != m:
+            self.projections_.clear()  # another model's matrix: keep only the current one
         start, stop = self.chunks_[chunk]
         k = self.config.proj_dim
         seed = derive_seed(self.config.seed, m, chunk)
