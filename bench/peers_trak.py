@@ -18,10 +18,10 @@ from __future__ import annotations
 import tempfile
 
 import numpy as np
-import torch
-
 import peerlib
+import torch
 from influence_lds import ARCH, measured_margins
+
 from mnemoscope.analysis.influence_eval import lds
 from mnemoscope.data import prepare
 from mnemoscope.influence import TRAK, TRAKConfig

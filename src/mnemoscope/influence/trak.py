@@ -11,13 +11,13 @@ from pydantic import Field
 
 from mnemoscope.data import Dataset
 from mnemoscope.estimator import PlanContext, Scores, register
+from mnemoscope.influence.adapters import Outer
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
 from mnemoscope.influence.gradient_dot import (
     DenseGradientsConfig,
     checkpoints_or_error,
     evenly_spaced_epochs,
 )
-from mnemoscope.influence.adapters import Outer
 from mnemoscope.influence.gradients import Params, select_params
 from mnemoscope.influence.layerwise import LayerwiseGradients
 from mnemoscope.projection import RandomProjection
@@ -25,7 +25,6 @@ from mnemoscope.task import Task, log_odds  # noqa: F401  (defined in the task; 
 from mnemoscope.train import (
     EnsembleSpec,
     TrainedEnsemble,
-    derive_seed,
     full_masks,
     subset_masks,
 )
