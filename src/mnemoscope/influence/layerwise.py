@@ -50,6 +50,7 @@ from torch.overrides import TorchFunctionMode
 from mnemoscope.errors import ConfigError
 from mnemoscope.influence.adapters import Dense, Outer, Piece, layer_adapter
 from mnemoscope.influence.gradients import Params, per_example_grads
+from mnemoscope.meter import count
 from mnemoscope.task import Measurement, Task
 
 
@@ -226,6 +227,8 @@ class LayerwiseGradients:
             )
             sizes = [params[name].numel() for name in fallback]
             pieces.update({name: Dense(part) for name, part in zip(fallback, g.split(sizes, 1))})
+        else:  # per_example_grads counted the fallback's examples
+            count(len(y))
         return GradientFactors({name: pieces[name] for name in self.names}, fallback)
 
     def _layerwise(
