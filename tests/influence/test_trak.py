@@ -111,7 +111,7 @@ def test_factored_features_are_kronecker_projected_autograd_gradients(mlps, digi
 def test_projection_keeps_only_the_current_models_matrix():
     """The matrix of the key last drawn is kept (one model's, not all M); a fresh draw of
     any chunk equals it; a matrix over the cache is drawn chunk by chunk on every use."""
-    x = torch.randn(5, 3000)
+    x = torch.randn(5, 3000, generator=torch.Generator().manual_seed(0))
     kept = RandomProjection(3000, 16, "rademacher", cache_bytes=3000 * 16 * 4)
     whole = kept.matrix((7, 0))
     assert {key for key, _ in kept.cache} == {(7, 0)}
@@ -124,7 +124,8 @@ def test_projection_keeps_only_the_current_models_matrix():
     chunked.chunks = [(s, min(s + 700, 3000)) for s in range(0, 3000, 700)]
     first = chunked.matrix((7, 0))
     assert torch.equal(first[:700], whole[:700])  # chunk 0 of either chunking: one seed
-    torch.testing.assert_close(chunked(x, (7, 0)), x @ first, rtol=1e-5, atol=1e-5)
+    # float32 sums of 3000 terms in another order: values up to ~40, differences ~2e-5
+    torch.testing.assert_close(chunked(x, (7, 0)), x @ first, rtol=1e-4, atol=1e-4)
     assert not chunked.cache and torch.equal(chunked.matrix((7, 0)), first)
     # unbiased: E[P Pᵀ] = I, so squared norms are kept on average
     gaussian = RandomProjection(400, 2000, "gaussian")

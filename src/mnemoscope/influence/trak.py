@@ -22,12 +22,7 @@ from mnemoscope.influence.gradients import Params, select_params
 from mnemoscope.influence.layerwise import LayerwiseGradients
 from mnemoscope.projection import RandomProjection
 from mnemoscope.task import Task, log_odds  # noqa: F401  (defined in the task; importable here)
-from mnemoscope.train import (
-    EnsembleSpec,
-    TrainedEnsemble,
-    full_masks,
-    subset_masks,
-)
+from mnemoscope.train import EnsembleSpec, TrainedEnsemble, full_masks, subset_masks
 
 if TYPE_CHECKING:
     from typing import Self
@@ -94,9 +89,9 @@ class TRAK(InfluenceEstimator):
     per example from the fit, never as an n×n matrix. Normalisation: none beyond the
     kernel inverse (a sum over the training set, so scores shrink like 1/n).
 
-    Cost: M trainings; M·n per-example gradients projected to k dimensions (the
-    projection is drawn in chunks of rows, so memory is O(k · chunk), never
-    ``[n, #params]``); a ``k×k`` eigendecomposition per model. The fit keeps ``[M, n, k]``
+    Cost: M trainings; M·n layer-wise per-example gradients projected to k dimensions,
+    ``O(#params · k)`` each (``factored``: ``O((out + in)·√k + k)`` per Linear weight); a
+    ``k×k`` eigendecomposition per model. The fit keeps ``[M, n, k]``
     float32 preconditioned features (cached by the runner); each target costs M
     gradients and an ``[n, k]`` product per model.
     """
@@ -230,8 +225,7 @@ class TRAK(InfluenceEstimator):
         n_models = len(self.params_)
         per_target = 8 * (self.n_train_ + n_models * self.config.proj_dim)
         for targets in self.target_slices(len(y_target), per_target, memory_budget):
-            values = torch.zeros(self.n_train_, targets.stop - targets.start, dtype=torch.float64)
-            values = values.to(self.device_)
+            values = self.keep_.new_zeros(self.n_train_, targets.stop - targets.start)
             for m in range(n_models):
                 phi = torch.cat(list(self._features(m, x_target[targets], y_target[targets])))
                 values += (self.preconditioned_[m] @ phi.T).double()
