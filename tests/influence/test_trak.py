@@ -18,6 +18,7 @@ from mnemoscope.influence import TRAK, TRAKConfig
 from mnemoscope.influence.trak import log_odds
 from mnemoscope.projection import RandomProjection
 from mnemoscope.task import Task
+from mnemoscope.testing import check_estimator
 from mnemoscope.train import TrainConfig, full_masks, train_ensemble
 
 
@@ -352,3 +353,10 @@ def test_bad_config_is_one_line_naming_the_field(entry, message):
         parse_config(config)
     assert message in str(caught.value), str(caught.value)
     assert len(str(caught.value).splitlines()) == 1
+
+
+def test_factored_projection_conforms():
+    """The estimator contract (diagonal = self-influence, blocks independent of the memory
+    budget, fit cache round trip, sign on a planted case) with the factored projection,
+    on a logistic regression: its one Linear weight takes the factored path."""
+    check_estimator(TRAK, {"n_models": 2, "proj_dim": 64, "projection_structure": "factored"})
