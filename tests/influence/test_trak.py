@@ -15,6 +15,7 @@ from mnemoscope.config import parse_config
 from mnemoscope.errors import ConfigError
 from mnemoscope.estimator import PlanContext
 from mnemoscope.influence import TRAK, TRAKConfig
+from mnemoscope.influence.adapters import Outer
 from mnemoscope.influence.trak import log_odds
 from mnemoscope.projection import RandomProjection
 from mnemoscope.task import Task
@@ -107,6 +108,20 @@ def test_factored_features_are_kronecker_projected_autograd_gradients(mlps, digi
     dense.fit({"models": mlps}, data, Task())
     a, b = dense.self_influence().score, estimator.self_influence().score
     assert not np.allclose(a, b) and pearsonr(a, b)[0] > 0.8
+
+
+def test_factored_projection_of_a_convolution_sums_over_positions():
+    """For a weight applied at P positions (a convolution, ``D_i U_iᵀ`` summed over
+    positions), the projection from the factors equals the formed gradient times
+    ``L ⊗ R``."""
+    generator = torch.Generator().manual_seed(0)
+    u = torch.randn(3, 12, 25, generator=generator, dtype=torch.float64)  # [b, patch, P]
+    d = torch.randn(3, 5, 25, generator=generator, dtype=torch.float64)  # [b, out, P]
+    left = torch.randn(5, 4, generator=generator, dtype=torch.float64)
+    right = torch.randn(12, 8, generator=generator, dtype=torch.float64)
+    piece = Outer(u, d)
+    expected = piece.dense @ torch.kron(left, right)
+    torch.testing.assert_close(piece.projected(left, right), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_projection_keeps_only_the_current_models_matrix():
