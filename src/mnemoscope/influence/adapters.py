@@ -79,6 +79,12 @@ class Outer:
         gram, product = self._gram_cost(self.u.shape[2] ** 2)
         return gram < product
 
+    def projected(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """``[b, k_o·k_i]``: ``vec(Lᵀ D_i U_iᵀ R)`` for ``L [out, k_o]``, ``R [patch, k_i]``,
+        the flattened gradient times ``L ⊗ R`` (LoGra, Choe et al. 2024), from the factors
+        in ``b·P·(out·k_o + patch·k_i + k_o·k_i)`` flops, never forming the gradient."""
+        return torch.bmm(left.T @ self.d, self.u.transpose(1, 2) @ right).flatten(1)
+
     def dots(self, other: Outer) -> torch.Tensor:
         gram, product = self._gram_cost(self.u.shape[2] * other.u.shape[2])
         if gram >= product:
