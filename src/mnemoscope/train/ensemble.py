@@ -323,9 +323,26 @@ def _train_chunk(
         lrs = tuple(config.lr_at(max(epoch * s - 1, 0), t) for s, t in zip(epoch_steps, total))
         checkpoints.append(Checkpoint(epoch, lrs[0], _snapshot(stack.params), lrs))
 
+    private = None
+    if config.dp is not None:
+        # here, not at the top: DP's layer-wise gradients come from influence, which
+        # imports train
+        from mnemoscope.train.dp import PrivateSteps
+
+        example = (x_train[:8], y_train[:8])
+        args = (config.dp, config.batch_size, config.epochs, masks[ks], seed, ks)
+        private = PrivateSteps(*args, stack.template, stack.params, example, task)
     if 0 in checkpoint_epochs:
         keep(0)
     for epoch in range(config.epochs):
+        if private is not None:
+            loss, correct = records.loss[:, epoch], records.correct[:, epoch]
+            private.epoch(stack.params, optimizer, x_train, y_train, loss, correct)
+            if epoch + 1 in checkpoint_epochs:
+                keep(epoch + 1)
+            if progress is not None:
+                progress(len(ks))
+            continue
         epoch_order = [next(o) for o in orders]
         index, weight = _batched_schedule(epoch_order, config.batch_size)
         index, weight = index.to(device), weight.to(device)

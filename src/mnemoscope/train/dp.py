@@ -1,0 +1,377 @@
+"""DP-SGD for K models at once, inside the vmap trainer, and its privacy accounting.
+
+DP-SGD (Abadi et al. 2016, "Deep Learning with Differential Privacy", Alg. 1), as Opacus
+1.6 implements it (``opacus.optimizers.DPOptimizer``), model by model:
+
+- **Poisson sampling.** At each step model k draws each example of its own subset
+  independently with probability ``q_k = min(1, B / n_k)`` (B the config's
+  ``batch_size``, n_k the subset's size), so the expected batch size is B; an epoch is
+  ``⌈n_k / B⌉`` steps. This is the sampling the accountant assumes (the subsampled
+  Gaussian mechanism). Batch sizes vary from step to step and from model to model: the
+  K batches of a step are padded to the largest and padding carries weight 0.
+- **Clipping.** Each example's gradient ``g_i`` of its loss ``ℓ(z_i; θ)`` is scaled by
+  ``c_i = min(1, C / (‖g_i‖ + 10⁻⁶))`` (Opacus's factor; Abadi et al. write
+  ``1 / max(1, ‖g_i‖ / C)``), C = ``max_grad_norm``.
+- **Noise.** ``ĝ = (Σ_i c_i g_i + N(0, σ² C² I)) / B``, σ = ``noise_multiplier``; the
+  noise is drawn from model k's own generator, seeded from ``(seed, k)``, parameter by
+  parameter in the order of the model's parameters (:class:`GaussianNoise`). ``ĝ`` then
+  goes to the configured optimizer (its weight decay, momentum or Adam moments apply to
+  ``ĝ``, as torch's optimizer wrapped by Opacus's does).
+
+**Per-example gradient norms** come from the layer-wise identities of
+:mod:`mnemoscope.influence.layerwise` where a layer allows them (for a Linear,
+``‖∇_W ℓ_i‖² = ‖a_i‖² ‖δ_i‖²``, with the layer's input ``a_i`` and the gradient ``δ_i`` at
+its output, and ``Σ_i c_i ∇_W ℓ_i = Σ_i c_i δ_i a_iᵀ``: the ``[B, out, in]`` per-example
+gradients are never formed), and from ``vmap(grad)`` for every other parameter, so no
+layer is refused. Which layers qualify is decided by
+:class:`~mnemoscope.influence.layerwise.LayerwiseGradients` on one model's first batch;
+all K models share the architecture. The gradient at a covered layer's output is read
+by adding a zero probe to it (its gradient is ``δ_i``), everything under one
+``vmap`` over models of ``vmap`` over examples of ``grad``.
+
+**Accounting** is Opacus's (``opacus.accountants``, RDP or PRV; the optional extra
+``mnemoscope[dp]``): model k is the subsampled Gaussian mechanism with noise σ_k,
+sampling rate q_k, for ``epochs · ⌈n_k / B⌉`` steps. ``target_epsilon`` sets each σ_k by
+``opacus.accountants.utils.get_noise_multiplier``. Nothing here does accounting by hand.
+
+**Records.** An example drawn several times in an epoch has the loss and correctness of
+its last draw recorded; a member not drawn in an epoch (probability ≈ 1/e) has NaN
+and False there, as a non-member has.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from mnemoscope.errors import ConfigError
+from mnemoscope.influence.adapters import Dense, Outer, Piece, layer_adapter
+from mnemoscope.influence.layerwise import LayerwiseGradients
+from mnemoscope.task import Task
+from mnemoscope.train.masks import derive_seed
+from mnemoscope.train.optim import Params, StackedOptimizer
+from mnemoscope.train.options import DPConfig
+
+CLIP_EPS = 1e-6
+"""Added to the norm in the clipping factor, as Opacus does."""
+
+
+def _opacus_accountants() -> Any:
+    try:
+        from opacus import accountants
+        from opacus.accountants import utils
+    except ImportError:
+        raise ConfigError(
+            "train.dp needs Opacus's accountant: pip install 'mnemoscope[dp]'"
+        ) from None
+    return accountants, utils
+
+
+@dataclass(frozen=True)
+class ModelPrivacy:
+    """One model's DP-SGD run and its guarantee.
+
+    Attributes:
+        noise_multiplier: σ.
+        sample_rate: q, the probability that a step draws a given member.
+        steps: updates over the whole run.
+        epsilon: the accountant's ε at ``delta`` after ``steps`` steps (inf when σ = 0).
+        delta: δ.
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    epsilon: float
+    delta: float
+
+
+def sample_rate(subset_size: int, batch_size: int) -> float:
+    """``q = min(1, B / n_k)``: the expected Poisson batch is the configured batch size."""
+    return min(1.0, batch_size / subset_size)
+
+
+def epoch_steps(subset_size: int, batch_size: int) -> int:
+    """Steps of one epoch, ``⌈n_k / B⌉``, as without DP."""
+    return math.ceil(subset_size / batch_size)
+
+
+def epsilon(dp: DPConfig, noise_multiplier: float, sample_rate: float, steps: int) -> float:
+    """The accountant's ε after ``steps`` steps of the subsampled Gaussian mechanism."""
+    if noise_multiplier == 0:
+        return math.inf
+    accountants, _ = _opacus_accountants()
+    accountant = accountants.create_accountant(mechanism=dp.accountant)
+    accountant.history = [(noise_multiplier, sample_rate, steps)]
+    return float(accountant.get_epsilon(delta=dp.delta))
+
+
+def model_privacy(
+    dp: DPConfig, subset_sizes: Sequence[int], batch_size: int, epochs: int
+) -> list[ModelPrivacy]:
+    """Each model's σ, q, steps and ε (one per subset size); under ``target_epsilon``,
+    σ is the accountant's for that target, model by model."""
+    _, utils = _opacus_accountants()
+    found: dict[tuple[float, int], ModelPrivacy] = {}
+    out = []
+    for size in subset_sizes:
+        q, steps = sample_rate(int(size), batch_size), epochs * epoch_steps(int(size), batch_size)
+        if (q, steps) not in found:
+            sigma = dp.noise_multiplier
+            if sigma is None:
+                sigma = utils.get_noise_multiplier(
+                    target_epsilon=dp.target_epsilon,
+                    target_delta=dp.delta,
+                    sample_rate=q,
+                    steps=steps,
+                    accountant=dp.accountant,
+                )
+            found[q, steps] = ModelPrivacy(
+                float(sigma), q, steps, epsilon(dp, float(sigma), q, steps), dp.delta
+            )
+        out.append(found[q, steps])
+    return out
+
+
+class PoissonSampler:
+    """Model k's batches: each step, each member of its subset drawn with probability q_k,
+    from a generator seeded from ``(seed, k)`` (so a model's batches never depend on the
+    other models of its chunk)."""
+
+    def __init__(self, mask_row: torch.Tensor, batch_size: int, seed: int, k: int) -> None:
+        self.members = mask_row.nonzero().flatten()
+        self.rate = sample_rate(len(self.members), batch_size)
+        self.generator = torch.Generator().manual_seed(derive_seed(seed, 0xD9, k))
+
+    def batch(self) -> torch.Tensor:
+        """The indices (into the training set) of the next step's batch."""
+        drawn = torch.rand(len(self.members), generator=self.generator) < self.rate
+        return self.members[drawn]
+
+
+class GaussianNoise:
+    """Model k's noise: standard normal draws from a generator seeded from ``(seed, k)``,
+    one tensor per parameter, in the order of the parameters, at every step."""
+
+    def __init__(self, seed: int, k: int, device: torch.device) -> None:
+        self.generator = torch.Generator(device).manual_seed(derive_seed(seed, 0xD9015E, k))
+        self.device = device
+
+    def draw(self, shapes: Sequence[torch.Size], dtype: torch.dtype) -> list[torch.Tensor]:
+        return [
+            torch.randn(s, generator=self.generator, device=self.device, dtype=dtype)
+            for s in shapes
+        ]
+
+
+class _ProbedLayers:
+    """Forward hooks on the covered layers of the template: each records its input and
+    adds the current probe (zeros) to its output, so that the gradient with respect to
+    the probe is the gradient at the layer's output."""
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        self.position = {layer: i for i, layer in enumerate(layers)}
+        self.probes: Sequence[torch.Tensor] = ()
+        self.inputs: list[torch.Tensor | None] = [None] * len(layers)
+        self.handles = [layer.register_forward_hook(self._hook) for layer in layers]
+
+    def _hook(self, layer: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        i = self.position[layer]
+        self.inputs[i] = args[0]
+        return output + self.probes[i]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+class PrivateSteps:
+    """DP-SGD for the models ``ks`` of one chunk (module docstring): their batches, noise
+    and privacy, and :meth:`epoch`, which trains them one epoch and records losses.
+
+    Args:
+        dp: the DP settings.
+        batch_size: the expected batch size B.
+        epochs: epochs of the run (for ``target_epsilon``).
+        masks: ``[K, n]`` the chunk's subset masks.
+        seed, ks: the run's seed and the models' rows (seeding batches and noise).
+        template: the architecture (parameters are passed in).
+        params: the stacked parameters ``[K, ...]``.
+        example: ``(x, y)`` a few training examples, to decide the layer-wise layers.
+        task: the per-example loss.
+    """
+
+    def __init__(
+        self,
+        dp: DPConfig,
+        batch_size: int,
+        epochs: int,
+        masks: torch.Tensor,
+        seed: int,
+        ks: Sequence[int],
+        template: nn.Module,
+        params: Params,
+        example: tuple[torch.Tensor, torch.Tensor],
+        task: Task,
+    ) -> None:
+        device = next(iter(params.values())).device
+        self.batch_size, self.clip, self.task = batch_size, dp.max_grad_norm, task
+        self.samplers = [PoissonSampler(masks[i], batch_size, seed, k) for i, k in enumerate(ks)]
+        self.noise = [GaussianNoise(seed, k, device) for k in ks]
+        self.steps = [epoch_steps(len(s.members), batch_size) for s in self.samplers]
+        self.privacy = model_privacy(
+            dp, [len(s.members) for s in self.samplers], batch_size, epochs
+        )
+        self.std = torch.tensor(
+            [p.noise_multiplier * dp.max_grad_norm for p in self.privacy], device=device
+        )
+        self.template, self.names = template, list(params)
+        one = {name: p[0].detach() for name, p in params.items()}
+        found = LayerwiseGradients(template, self.names, task)(one, *example)
+        covered = [name for name in self.names if name not in found.fallback]
+        self.layers: dict[nn.Module, list[str]] = {}
+        for name in covered:
+            self.layers.setdefault(template.get_submodule(name.rpartition(".")[0]), []).append(name)
+        self.fallback = list(found.fallback)
+        self.probe_shapes = self._output_shapes(one, example[0][:1])
+
+    def _output_shapes(self, params: Params, x: torch.Tensor) -> list[torch.Size]:
+        """Each covered layer's output shape for one example (batch dimension 1)."""
+        shapes: dict[nn.Module, torch.Size] = {}
+        handles = [
+            layer.register_forward_hook(lambda m, a, out: shapes.__setitem__(m, out.shape))
+            for layer in self.layers
+        ]
+        try:
+            with torch.no_grad():
+                functional_call(self.template, params, (x,))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [shapes[layer] for layer in self.layers]
+
+    def _per_example(
+        self, params: Params, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[dict[str, Piece], torch.Tensor, torch.Tensor]:
+        """For ``x [K, b, ...]``, ``y [K, b]``: every parameter's per-example gradient
+        pieces over the ``K·b`` model-examples (model-major), the losses ``[K, b]`` and
+        the logits ``[K, b, C]``."""
+        n_models, b = y.shape
+        probed = _ProbedLayers(list(self.layers))
+        frozen_names = [name for name in self.names if name not in self.fallback]
+
+        def example(
+            fallback: Params, probes: list[torch.Tensor], frozen: Params, xi, yi
+        ) -> tuple[torch.Tensor, tuple]:
+            probed.probes = probes
+            logits = functional_call(self.template, {**frozen, **fallback}, (xi[None],))
+            loss = self.task.loss(logits, yi[None]).sum()
+            return loss, (loss.detach(), logits[0].detach(), list(probed.inputs))
+
+        per_example = vmap(grad(example, argnums=(0, 1), has_aux=True), (None, 0, None, 0, 0))
+        probes = [
+            torch.zeros(n_models, b, *shape, device=y.device, dtype=params[self.names[0]].dtype)
+            for shape in self.probe_shapes
+        ]
+        try:
+            (fallback_grads, deltas), (loss, logits, inputs) = vmap(per_example)(
+                {name: params[name] for name in self.fallback},
+                probes,
+                {name: params[name] for name in frozen_names},
+                x,
+                y,
+            )
+        finally:
+            probed.remove()
+        pieces: dict[str, Piece] = {
+            name: Dense(g.reshape(n_models * b, -1)) for name, g in fallback_grads.items()
+        }
+        for (layer, group), a, delta in zip(self.layers.items(), inputs, deltas):
+            local = layer_adapter(layer).pieces(
+                layer,
+                a.reshape(n_models * b, *a.shape[3:]),
+                delta.reshape(n_models * b, *delta.shape[3:]),
+            )
+            pieces.update({name: local[name.rpartition(".")[2]] for name in group})
+        return pieces, loss, logits
+
+    @torch.no_grad()
+    def gradients(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weight: torch.Tensor,
+        active: torch.Tensor,
+    ) -> tuple[Params, torch.Tensor, torch.Tensor]:
+        """The noisy clipped gradients ``ĝ`` of one step, each ``[K, ...]``, for batches
+        ``x [K, b, ...]``, ``y [K, b]`` with ``weight [K, b]`` 1 on real examples and 0 on
+        padding, ``active [K]`` the models that take this step (only they draw noise);
+        also the per-example losses ``[K, b]`` and logits ``[K, b, C]``."""
+        n_models, b = y.shape
+        params = {name: p.detach() for name, p in params.items()}
+        pieces, loss, logits = self._per_example(params, x, y)
+        norms = torch.stack([piece.sq_norms() for piece in pieces.values()]).sum(0).sqrt()
+        scale = (self.clip / (norms + CLIP_EPS)).clamp(max=1.0)
+        scale = scale.view(n_models, b) * weight.double()
+        out = {}
+        for name in self.names:
+            param = params[name]
+            c = scale.to(param.dtype)
+            piece = pieces[name]
+            if isinstance(piece, Outer):
+                u = piece.u.view(n_models, b, *piece.u.shape[1:])
+                d = piece.d.view(n_models, b, *piece.d.shape[1:]) * c[:, :, None, None]
+                summed = torch.einsum("kbop,kbip->koi", d, u)
+            else:
+                summed = torch.einsum("kb,kbp->kp", c, piece.g.view(n_models, b, -1))
+            out[name] = summed.reshape(param.shape)
+        shapes = [params[name].shape[1:] for name in self.names]
+        dtype = params[self.names[0]].dtype
+        # an idle model draws no noise: its stream then never depends on its chunk
+        draws = [
+            noise.draw(shapes, dtype) if on else [torch.zeros(s, dtype=dtype) for s in shapes]
+            for noise, on in zip(self.noise, active.tolist())
+        ]
+        for j, name in enumerate(self.names):
+            noise = torch.stack([draw[j].to(params[name].device) for draw in draws])
+            std = self.std.to(noise.dtype).view(-1, *(1,) * (noise.dim() - 1))
+            out[name] = (out[name] + std * noise) / self.batch_size
+        return out, loss, logits
+
+    def epoch(
+        self,
+        params: Params,
+        optimizer: StackedOptimizer,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        loss_record: torch.Tensor,
+        correct_record: torch.Tensor,
+    ) -> None:
+        """One epoch of every model: ``max_k ⌈n_k / B⌉`` steps, model k idle after its own
+        ``⌈n_k / B⌉``; fills ``loss_record`` and ``correct_record`` ``[K, n]`` (CPU)."""
+        device = x_train.device
+        n_models = len(self.samplers)
+        for step in range(max(self.steps)):
+            active = torch.tensor([step < s for s in self.steps])
+            drawn = [s.batch() if a else s.members[:0] for s, a in zip(self.samplers, active)]
+            width = max(1, max(len(d) for d in drawn))
+            index = torch.zeros(n_models, width, dtype=torch.long)
+            weight = torch.zeros(n_models, width)
+            for row, d in enumerate(drawn):
+                index[row, : len(d)], weight[row, : len(d)] = d, 1.0
+            index, weight = index.to(device), weight.to(device)
+            labels = y_train[index]
+            grads, loss, logits = self.gradients(params, x_train[index], labels, weight, active)
+            optimizer.step(params, grads, active.to(device))
+            real = weight.cpu() > 0
+            rows = torch.arange(n_models)[:, None].expand_as(real)[real]
+            columns = index.cpu()[real]
+            loss_record[rows, columns] = loss.cpu()[real].to(loss_record.dtype)
+            correct_record[rows, columns] = (logits.argmax(-1) == labels).cpu()[real]
