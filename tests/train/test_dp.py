@@ -1,0 +1,200 @@
+"""DP-SGD in the vmap trainer against Opacus's DP-SGD on one model, its per-example
+gradients against plain ``vmap(grad)``, and its ε against Opacus's accountant."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from opacus import GradSampleModule
+from opacus.accountants import create_accountant
+from opacus.optimizers import DPOptimizer
+from opacus.optimizers import optimizer as opacus_optimizer
+from pydantic import ValidationError
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from mnemoscope.models import build_model
+from mnemoscope.task import Task
+from mnemoscope.train import TrainConfig, init_module, subset_masks, train_ensemble
+from mnemoscope.train.dp import (
+    GaussianNoise,
+    PoissonSampler,
+    PrivateSteps,
+    epoch_steps,
+    model_privacy,
+)
+from mnemoscope.train.options import DPConfig
+
+
+def opacus_alone(dataset, mask_row, config: TrainConfig, seed: int, k: int, monkeypatch):
+    """Model k trained by Opacus: the same init, the same Poisson batches and the same
+    standard-normal draws (injected into Opacus's noise function), torch's SGD."""
+    dp = config.dp
+    model = init_module("mlp", dataset.input_shape, dataset.n_classes, seed, k)
+    sigma = model_privacy(dp, [int(mask_row.sum())], config.batch_size, config.epochs)[0]
+    module = GradSampleModule(model)
+    sgd = torch.optim.SGD(
+        module.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    optimizer = DPOptimizer(
+        sgd,
+        noise_multiplier=sigma.noise_multiplier,
+        max_grad_norm=dp.max_grad_norm,
+        expected_batch_size=config.batch_size,
+    )
+    sampler = PoissonSampler(mask_row, config.batch_size, seed, k)
+    noise = GaussianNoise(seed, k, torch.device("cpu"))
+    shapes = [p.shape for p in model.parameters()]
+    pending: list[torch.Tensor] = []
+
+    def injected(std, reference, generator=None, secure_mode=False):
+        if not pending:
+            pending.extend(noise.draw(shapes, reference.dtype))
+        draw = pending.pop(0)
+        assert draw.shape == reference.shape
+        return std * draw
+
+    monkeypatch.setattr(opacus_optimizer, "_generate_noise", injected)
+    for _ in range(config.epochs * epoch_steps(int(mask_row.sum()), config.batch_size)):
+        batch = sampler.batch()
+        assert len(batch) > 0  # Opacus's hooks need a non-empty batch
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(module(dataset.x_train[batch]), dataset.y_train[batch])
+        loss.backward()
+        optimizer.step()
+    return {name: p.detach() for name, p in model.named_parameters()}
+
+
+def test_ensemble_equals_opacus_model_by_model(digits_small, monkeypatch):
+    masks = subset_masks(3, digits_small.n_train, 0.5, seed=4)
+    config = TrainConfig.model_validate(
+        {
+            "epochs": 2,
+            "batch_size": 32,
+            "lr": 0.1,
+            "dp": {"noise_multiplier": 0.8, "max_grad_norm": 0.5, "delta": 1e-5},
+        }
+    )
+    ensemble = train_ensemble("mlp", digits_small, masks, config, seed=7)
+    for k in (0, 2):
+        theirs = opacus_alone(digits_small, masks[k], config, 7, k, monkeypatch)
+        for name, value in theirs.items():
+            torch.testing.assert_close(ensemble.params[name][k], value, atol=2e-5, rtol=1e-4)
+    seen = ~ensemble.train_loss.isnan()
+    assert not bool((seen & ~masks[:, None, :]).any())  # non-members are never drawn
+    assert 0.4 < seen[masks[:, None, :].expand_as(seen)].float().mean() < 0.9  # ≈ 1 − 1/e
+
+
+def test_a_model_does_not_depend_on_its_chunk(digits_small):
+    masks = subset_masks(3, digits_small.n_train, 0.5, seed=1)
+    dp = {"noise_multiplier": 1.0, "max_grad_norm": 1.0}
+    together = TrainConfig.model_validate({"epochs": 2, "batch_size": 40, "dp": dp})
+    alone = TrainConfig.model_validate({"epochs": 2, "batch_size": 40, "dp": dp, "chunk_size": 1})
+    a = train_ensemble("mlp", digits_small, masks, together, seed=2)
+    b = train_ensemble("mlp", digits_small, masks, alone, seed=2)
+    for name in a.params:
+        torch.testing.assert_close(a.params[name], b.params[name], atol=1e-5, rtol=1e-4)
+
+
+class _Gated(nn.Module):
+    """A layer no adapter knows (a learned per-unit gain): vmap(grad)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.rand(width) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x) * self.gain
+
+
+class _SharedNet(nn.Module):
+    """A Linear, an unknown layer (vmap(grad)) and a Linear used twice (weight sharing:
+    vmap(grad))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.act, self.shared = nn.Linear(64, 16), _Gated(16), nn.Linear(16, 16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.first(x.flatten(1)))
+        return self.head(self.shared(torch.relu(self.shared(h))))
+
+
+@pytest.mark.parametrize("arch", ["cnn", "transformer", "shared"])
+def test_clipped_sums_equal_vmap_grad(digits_small, arch):
+    torch.manual_seed(0)
+    modules = [
+        _SharedNet() if arch == "shared" else build_model(arch, digits_small.input_shape, 10)
+        for _ in range(2)
+    ]
+    template = modules[0]
+    params = {
+        name: torch.stack([dict(m.named_parameters())[name].detach() for m in modules])
+        for name, _ in template.named_parameters()
+    }
+    x, y = digits_small.x_train[:10].view(2, 5, 1, 8, 8), digits_small.y_train[:10].view(2, 5)
+    dp = DPConfig(noise_multiplier=0.0, max_grad_norm=0.3)
+    masks = torch.ones(2, 10, dtype=torch.bool)
+    private = PrivateSteps(dp, 4, 1, masks, 0, [0, 1], template, params, (x[0], y[0]), Task())
+    if arch == "shared":
+        assert {"act.gain", "shared.weight", "shared.bias"} == set(private.fallback)
+    if arch != "cnn":
+        assert private.fallback  # the test covers the vmap(grad) path
+    assert private.layers  # and the layer-wise one
+    weight = torch.tensor([[1.0, 1, 1, 0, 1], [1, 1, 1, 1, 1]])
+    ours, loss, _ = private.gradients(params, x, y, weight, torch.ones(2, dtype=torch.bool))
+
+    def example_loss(p, xi, yi):
+        return Task().loss(functional_call(template, p, (xi[None],)), yi[None]).sum()
+
+    for k in range(2):
+        one = {name: p[k] for name, p in params.items()}
+        g = vmap(grad(example_loss), (None, 0, 0))(one, x[k], y[k])
+        norms = torch.stack([v.flatten(1).norm(dim=1) for v in g.values()]).norm(dim=0)
+        scale = (0.3 / (norms + 1e-6)).clamp(max=1) * weight[k]
+        assert bool((scale < weight[k]).any())  # some examples are clipped
+        for name, v in g.items():
+            expected = torch.einsum("b,b...->...", scale, v) / 4
+            torch.testing.assert_close(ours[name][k], expected, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(
+            loss[k], Task().loss(functional_call(template, one, (x[k],)), y[k])
+        )
+
+
+def test_epsilon_is_the_accountants():
+    dp = DPConfig(noise_multiplier=1.1, max_grad_norm=1.0, delta=1e-5)
+    (ours,) = model_privacy(dp, [700], 64, 5)
+    accountant = create_accountant(mechanism="rdp")
+    for _ in range(5 * math.ceil(700 / 64)):
+        accountant.step(noise_multiplier=1.1, sample_rate=64 / 700)
+    assert ours.steps == 55 and ours.sample_rate == 64 / 700
+    assert ours.epsilon == pytest.approx(accountant.get_epsilon(delta=1e-5), rel=1e-12)
+
+
+@pytest.mark.parametrize("mechanism", ["rdp", "prv"])
+def test_target_epsilon_is_reached(mechanism):
+    dp = DPConfig(target_epsilon=2.0, delta=1e-5, accountant=mechanism)
+    sizes = [700, 700, 650]
+    privacy = model_privacy(dp, sizes, 64, 4)
+    for size, p in zip(sizes, privacy):
+        assert p.sample_rate == 64 / size
+        assert 2.0 - 0.05 < p.epsilon <= 2.0
+    assert privacy[0] == privacy[1] and privacy[2].noise_multiplier != privacy[0].noise_multiplier
+
+
+def test_dp_config_is_validated_and_keeps_old_cache_keys():
+    with pytest.raises(ValidationError, match="exactly one of noise_multiplier"):
+        DPConfig(noise_multiplier=1.0, target_epsilon=3.0)
+    with pytest.raises(ValidationError, match="exactly one of noise_multiplier"):
+        TrainConfig.model_validate({"dp": {"max_grad_norm": 1.0}})
+    with pytest.raises(ValidationError, match="delta"):
+        TrainConfig.model_validate({"dp": {"noise_multiplier": 1.0, "delta": 1.5}})
+    assert "dp" not in TrainConfig().model_dump()
+    dumped = TrainConfig.model_validate({"dp": {"target_epsilon": 8}}).model_dump()
+    assert dumped["dp"]["target_epsilon"] == 8
