@@ -54,7 +54,10 @@ def opacus_alone(dataset, mask_row, config: TrainConfig, seed: int, k: int, monk
 
     def injected(std, reference, generator=None, secure_mode=False):
         if not pending:
-            pending.extend(noise.draw(shapes, reference.dtype))
+            flat = noise.draw(sum(s.numel() for s in shapes), reference.dtype)
+            pending.extend(
+                p.view(s) for p, s in zip(flat.split([s.numel() for s in shapes]), shapes)
+            )
         draw = pending.pop(0)
         assert draw.shape == reference.shape
         return std * draw

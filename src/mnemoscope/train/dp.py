@@ -13,8 +13,8 @@ DP-SGD (Abadi et al. 2016, "Deep Learning with Differential Privacy", Alg. 1), a
   ``c_i = min(1, C / (‖g_i‖ + 10⁻⁶))`` (Opacus's factor; Abadi et al. write
   ``1 / max(1, ‖g_i‖ / C)``), C = ``max_grad_norm``.
 - **Noise.** ``ĝ = (Σ_i c_i g_i + N(0, σ² C² I)) / B``, σ = ``noise_multiplier``; the
-  noise is drawn from model k's own generator, seeded from ``(seed, k)``, parameter by
-  parameter in the order of the model's parameters (:class:`GaussianNoise`). ``ĝ`` then
+  noise is drawn from model k's own generator, seeded from ``(seed, k)``, one draw a step
+  for all its parameters, flattened in their order (:class:`GaussianNoise`). ``ĝ`` then
   goes to the configured optimizer (its weight decay, momentum or Adam moments apply to
   ``ĝ``, as torch's optimizer wrapped by Opacus's does).
 
@@ -112,30 +112,46 @@ def epsilon(dp: DPConfig, noise_multiplier: float, sample_rate: float, steps: in
     return float(accountant.get_epsilon(delta=dp.delta))
 
 
-def model_privacy(
+def noise_multipliers(
     dp: DPConfig, subset_sizes: Sequence[int], batch_size: int, epochs: int
-) -> list[ModelPrivacy]:
-    """Each model's σ, q, steps and ε (one per subset size); under ``target_epsilon``,
-    σ is the accountant's for that target, model by model."""
+) -> list[float]:
+    """Each model's σ (one per subset size): ``noise_multiplier``, or under
+    ``target_epsilon`` the accountant's σ for that target, model by model."""
+    if dp.noise_multiplier is not None:
+        return [dp.noise_multiplier] * len(subset_sizes)
     _, utils = _opacus_accountants()
-    found: dict[tuple[float, int], ModelPrivacy] = {}
+    found: dict[tuple[float, int], float] = {}
     out = []
     for size in subset_sizes:
         q, steps = sample_rate(int(size), batch_size), epochs * epoch_steps(int(size), batch_size)
         if (q, steps) not in found:
-            sigma = dp.noise_multiplier
-            if sigma is None:
-                sigma = utils.get_noise_multiplier(
+            found[q, steps] = float(
+                utils.get_noise_multiplier(
                     target_epsilon=dp.target_epsilon,
                     target_delta=dp.delta,
                     sample_rate=q,
                     steps=steps,
                     accountant=dp.accountant,
                 )
-            found[q, steps] = ModelPrivacy(
-                float(sigma), q, steps, epsilon(dp, float(sigma), q, steps), dp.delta
             )
         out.append(found[q, steps])
+    return out
+
+
+def model_privacy(
+    dp: DPConfig, subset_sizes: Sequence[int], batch_size: int, epochs: int
+) -> list[ModelPrivacy]:
+    """Each model's σ, q, steps and ε (one per subset size)."""
+    sigmas = noise_multipliers(dp, subset_sizes, batch_size, epochs)
+    found: dict[tuple[float, float, int], ModelPrivacy] = {}
+    out = []
+    for size, sigma in zip(subset_sizes, sigmas):
+        q, steps = sample_rate(int(size), batch_size), epochs * epoch_steps(int(size), batch_size)
+        if (sigma, q, steps) not in found:
+            found[sigma, q, steps] = ModelPrivacy(
+                sigma, q, steps, epsilon(dp, sigma, q, steps), dp.delta
+            )
+        out.append(found[sigma, q, steps])
     return out
 
 
@@ -157,17 +173,15 @@ class PoissonSampler:
 
 class GaussianNoise:
     """Model k's noise: standard normal draws from a generator seeded from ``(seed, k)``,
-    one tensor per parameter, in the order of the parameters, at every step."""
+    at every step one draw for all its parameters, flattened in their order."""
 
     def __init__(self, seed: int, k: int, device: torch.device) -> None:
         self.generator = torch.Generator(device).manual_seed(derive_seed(seed, 0xD9015E, k))
         self.device = device
 
-    def draw(self, shapes: Sequence[torch.Size], dtype: torch.dtype) -> list[torch.Tensor]:
-        return [
-            torch.randn(s, generator=self.generator, device=self.device, dtype=dtype)
-            for s in shapes
-        ]
+    def draw(self, size: int, dtype: torch.dtype) -> torch.Tensor:
+        """One step's draws ``[size]``: the parameters' noise, flattened and concatenated."""
+        return torch.randn(size, generator=self.generator, device=self.device, dtype=dtype)
 
 
 class _ProbedLayers:
@@ -192,8 +206,8 @@ class _ProbedLayers:
 
 
 class PrivateSteps:
-    """DP-SGD for the models ``ks`` of one chunk (module docstring): their batches, noise
-    and privacy, and :meth:`epoch`, which trains them one epoch and records losses.
+    """DP-SGD for the models ``ks`` of one chunk (module docstring): their batches and
+    noise, and :meth:`epoch`, which trains them one epoch and records losses.
 
     Args:
         dp: the DP settings.
@@ -225,12 +239,9 @@ class PrivateSteps:
         self.samplers = [PoissonSampler(masks[i], batch_size, seed, k) for i, k in enumerate(ks)]
         self.noise = [GaussianNoise(seed, k, device) for k in ks]
         self.steps = [epoch_steps(len(s.members), batch_size) for s in self.samplers]
-        self.privacy = model_privacy(
-            dp, [len(s.members) for s in self.samplers], batch_size, epochs
-        )
-        self.std = torch.tensor(
-            [p.noise_multiplier * dp.max_grad_norm for p in self.privacy], device=device
-        )
+        sizes = [len(s.members) for s in self.samplers]
+        sigmas = noise_multipliers(dp, sizes, batch_size, epochs)
+        self.std = torch.tensor([sigma * dp.max_grad_norm for sigma in sigmas], device=device)
         self.template, self.names = template, list(params)
         one = {name: p[0].detach() for name, p in params.items()}
         found = LayerwiseGradients(template, self.names, task)(one, *example)
@@ -332,17 +343,18 @@ class PrivateSteps:
             else:
                 summed = torch.einsum("kb,kbp->kp", c, piece.g.view(n_models, b, -1))
             out[name] = summed.reshape(param.shape)
-        shapes = [params[name].shape[1:] for name in self.names]
-        dtype = params[self.names[0]].dtype
+        sizes = [params[name][0].numel() for name in self.names]
+        dtype, device = params[self.names[0]].dtype, params[self.names[0]].device
         # an idle model draws no noise: its stream then never depends on its chunk
-        draws = [
-            noise.draw(shapes, dtype) if on else [torch.zeros(s, dtype=dtype) for s in shapes]
-            for noise, on in zip(self.noise, active.tolist())
-        ]
-        for j, name in enumerate(self.names):
-            noise = torch.stack([draw[j].to(params[name].device) for draw in draws])
-            std = self.std.to(noise.dtype).view(-1, *(1,) * (noise.dim() - 1))
-            out[name] = (out[name] + std * noise) / self.batch_size
+        noise = torch.stack(
+            [
+                draw.draw(sum(sizes), dtype) if on else torch.zeros(sum(sizes), dtype=dtype)
+                for draw, on in zip(self.noise, active.tolist())
+            ]
+        ).to(device)
+        noise *= self.std.to(dtype)[:, None]
+        for name, part in zip(self.names, noise.split(sizes, 1)):
+            out[name] = (out[name] + part.view(out[name].shape)) / self.batch_size
         return out, loss, logits
 
     def epoch(
