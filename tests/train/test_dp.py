@@ -4,6 +4,7 @@ gradients against plain ``vmap(grad)``, and its ε against Opacus's accountant."
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from mnemoscope.errors import ConfigError
 from mnemoscope.models import build_model
 from mnemoscope.task import Task
 from mnemoscope.train import TrainConfig, init_module, subset_masks, train_ensemble
@@ -24,6 +26,7 @@ from mnemoscope.train.dp import (
     PrivateSteps,
     epoch_steps,
     model_privacy,
+    privacy_record,
 )
 from mnemoscope.train.options import DPConfig
 
@@ -201,3 +204,21 @@ def test_dp_config_is_validated_and_keeps_old_cache_keys():
     assert "dp" not in TrainConfig().model_dump()
     dumped = TrainConfig.model_validate({"dp": {"target_epsilon": 8}}).model_dump()
     assert dumped["dp"]["target_epsilon"] == 8
+
+
+def test_privacy_record_is_the_accountants_per_model():
+    masks = torch.zeros(3, 800, dtype=torch.bool)
+    masks[0, :700], masks[1, :700], masks[2, :400] = True, True, True
+    dp = DPConfig(noise_multiplier=1.1)
+    record = privacy_record(dp, masks, 64, 5)
+    expected = [p.epsilon for p in model_privacy(dp, [700, 700, 400], 64, 5)]
+    assert record["epsilon"] == expected and record["epsilon_max"] == max(expected)
+    assert record["steps"] == [55, 55, 35] and record["delta"] == 1e-5
+    assert privacy_record(DPConfig(noise_multiplier=0.0), masks, 64, 5)["epsilon_max"] is None
+
+
+def test_missing_opacus_is_one_line_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "opacus", None)
+    with pytest.raises(ConfigError, match=r"pip install 'mnemoscope\[dp\]'") as caught:
+        model_privacy(DPConfig(noise_multiplier=1.0), [100], 10, 1)
+    assert "\n" not in str(caught.value)

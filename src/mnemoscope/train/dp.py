@@ -387,3 +387,22 @@ class PrivateSteps:
             columns = index.cpu()[real]
             loss_record[rows, columns] = loss.cpu()[real].to(loss_record.dtype)
             correct_record[rows, columns] = (logits.argmax(-1) == labels).cpu()[real]
+
+
+def privacy_record(
+    dp: DPConfig, masks: torch.Tensor, batch_size: int, epochs: int
+) -> dict[str, Any]:
+    """What a training stage's manifest record says of its models' privacy: each model's
+    ε (``epsilon``; inf as None) and σ, the worst ε (``epsilon_max``, the guarantee that
+    holds for every model), δ and the accountant."""
+    privacy = model_privacy(dp, [int(s) for s in masks.sum(1)], batch_size, epochs)
+    eps = [p.epsilon for p in privacy]
+    return {
+        "epsilon": [None if math.isinf(e) else e for e in eps],
+        "epsilon_max": None if math.isinf(max(eps)) else max(eps),
+        "noise_multiplier": [p.noise_multiplier for p in privacy],
+        "sample_rate": [p.sample_rate for p in privacy],
+        "steps": [p.steps for p in privacy],
+        "delta": dp.delta,
+        "accountant": dp.accountant,
+    }
