@@ -117,3 +117,92 @@ def gaussian_dp_epsilon(mu: float, delta: float) -> float:
     if gap(0.0) <= 0:
         return 0.0
     return float(brentq(gap, 0.0, 100.0))
+
+
+DP_COLUMNS = (
+    "dataset",
+    "arch",
+    "setting",
+    "noise_multiplier",
+    "epsilon",
+    "delta",
+    "epsilon_lower",
+    "epsilon_lower_tpr",
+    "epsilon_lower_fpr",
+    "test_accuracy",
+    "fz_mean",
+    "fz_q50",
+    "fz_q90",
+    "fz_q99",
+    "fz_flipped_auc",
+    "lira_auc",
+    "lira_tpr_at_0_1pct_fpr",
+    "privacy_score_mean",
+    "canary_exposure",
+    "canary_lira",
+    "n_models",
+)
+"""Columns of ``dp.parquet``, one row per (dataset, arch, DP setting) (README's tables)."""
+
+
+def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """ROC AUC of ``scores`` for ``positive`` (ties one half); NaN scores dropped, NaN
+    without both classes."""
+    kept = np.isfinite(scores)
+    scores, positive = scores[kept], positive[kept]
+    if positive.all() or not positive.any():
+        return math.nan
+    ranks = stats.rankdata(scores)
+    n_pos = int(positive.sum())
+    return float(
+        (ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(scores) - n_pos))
+    )
+
+
+def dp_row(
+    *,
+    test_correct: np.ndarray,
+    memorization: np.ndarray,
+    flipped: np.ndarray,
+    attack: np.ndarray,
+    masks: np.ndarray,
+    attack_metrics: tuple[float, float],
+    privacy_score: np.ndarray,
+    canary: np.ndarray | None,
+    is_canary: np.ndarray,
+    epsilon: float | None,
+    delta: float,
+    seed: int = 0,
+) -> dict[str, float | None]:
+    """The numbers of one DP setting (the columns of :data:`DP_COLUMNS` after the setting's
+    own): ``test_correct [K, n_test]``; Feldman–Zhang ``memorization [n]`` (its mean and
+    quantiles over the examples, and its ROC AUC for the ``flipped`` labels); the LiRA
+    ``attack [K, n]`` statistic of each (target model, example) with membership
+    ``masks [K, n]`` and its ``attack_metrics`` (AUC, TPR at 0.1% FPR), whose empirical ε
+    lower bound (:func:`empirical_epsilon`) sits beside the accountant's ``epsilon``
+    (None: no DP, ε infinite); the mean per-example ``privacy_score``; the canaries' mean
+    ``canary`` score and mean LiRA privacy score (None without canaries)."""
+    memorization = np.asarray(memorization, dtype=np.float64)
+    kept = memorization[np.isfinite(memorization)]
+    lower = empirical_epsilon(
+        attack[np.isfinite(attack)], masks[np.isfinite(attack)], delta, seed=seed
+    )
+    canaries = np.asarray(is_canary, dtype=bool)
+    return {
+        "epsilon": epsilon,
+        "delta": delta,
+        "epsilon_lower": lower.epsilon,
+        "epsilon_lower_tpr": lower.tpr,
+        "epsilon_lower_fpr": lower.fpr,
+        "test_accuracy": float(np.mean(test_correct)),
+        "fz_mean": float(kept.mean()),
+        "fz_q50": float(np.quantile(kept, 0.5)),
+        "fz_q90": float(np.quantile(kept, 0.9)),
+        "fz_q99": float(np.quantile(kept, 0.99)),
+        "fz_flipped_auc": _auc(memorization, np.asarray(flipped, dtype=bool)),
+        "lira_auc": attack_metrics[0],
+        "lira_tpr_at_0_1pct_fpr": attack_metrics[1],
+        "privacy_score_mean": float(np.nanmean(privacy_score)),
+        "canary_exposure": None if canary is None else float(np.nanmean(canary[canaries])),
+        "canary_lira": float(np.nanmean(privacy_score[canaries])) if canaries.any() else None,
+    }
