@@ -21,6 +21,7 @@ from mnemoscope.config import parse_config
 from mnemoscope.errors import ConfigError
 from mnemoscope.models import build_model
 from mnemoscope.runner import Study
+from mnemoscope.runner.dependencies import code_units
 from mnemoscope.store import DP
 from mnemoscope.task import Task
 from mnemoscope.train import TrainConfig, init_module, subset_masks, train_ensemble
@@ -32,6 +33,7 @@ from mnemoscope.train.dp import (
     model_privacy,
     privacy_record,
 )
+from mnemoscope.train.ensemble import DP_CODE
 from mnemoscope.train.options import DPConfig
 
 
@@ -274,18 +276,32 @@ def test_a_study_sweeps_dp_settings_into_dp_parquet(tmp_path):
 
 @pytest.mark.slow
 def test_less_epsilon_less_memorization_and_leakage_on_digits(tmp_path):
-    """Digits with 10% flipped labels and 5 canaries, 16 mlps per setting: as ε goes
-    8 → 1 the flipped labels' FZ AUC, LiRA's AUC and the canaries' scores fall, and the
-    attack's empirical lower bound never exceeds the accountant's ε."""
+    """Digits with 10% flipped labels and 5 canaries, 16 mlps per setting. Measured
+    (2026-12-02): flipped-label FZ AUC 0.79 without DP, 0.45 at ε = 8 and 0.49 at ε = 1
+    (DP-SGD's clipping and noise stop label memorization already at ε = 8, and at ε = 100:
+    0.47); LiRA AUC 0.65 → 0.52 → 0.50; the canaries' LiRA score 6.6 → 2.0 → 1.1; the
+    audit's bound 3.5 without DP, 0.05 and 0 under it. The canaries' label-shift reaction
+    is not monotone (noise-dominated at ε = 1, where accuracy is 33%) and is not checked."""
     frame = _sweep_study(
         tmp_path,
         {"name": "digits", "label_noise": 0.1, "canaries": {"n": 5, "class": 0}},
         {"epochs": 30, "batch_size": 64},
-        {"settings": [{"target_epsilon": 8.0}, {"target_epsilon": 1.0}], "n_models": 16},
+        {"settings": [None, {"target_epsilon": 8.0}, {"target_epsilon": 1.0}], "n_models": 16},
     ).set_index("setting")
-    eight, one = frame.loc["eps=8"], frame.loc["eps=1"]
-    assert eight["fz_flipped_auc"] > one["fz_flipped_auc"], frame.T
-    assert eight["lira_auc"] > one["lira_auc"], frame.T
-    assert eight["canary_exposure"] > one["canary_exposure"], frame.T
-    assert eight["canary_lira"] > one["canary_lira"], frame.T
-    assert (frame["epsilon_lower"] <= frame["epsilon"]).all(), frame.T
+    none, eight, one = frame.loc["none"], frame.loc["eps=8"], frame.loc["eps=1"]
+    assert none["fz_flipped_auc"] > 0.7, frame.T
+    for private in (eight, one):
+        assert private["fz_flipped_auc"] < none["fz_flipped_auc"] - 0.2, frame.T
+        assert abs(private["fz_flipped_auc"] - 0.5) < 0.1, frame.T  # chance
+        assert private["epsilon_lower"] <= private["epsilon"], frame.T
+    assert none["lira_auc"] > eight["lira_auc"] > one["lira_auc"], frame.T
+    assert none["canary_lira"] > eight["canary_lira"] > one["canary_lira"], frame.T
+    assert none["epsilon_lower"] > 1.0, frame.T  # the audit finds the unprotected models
+
+
+def test_only_training_with_dp_depends_on_its_code():
+    """Editing the per-example gradients (influence) retrains only DP ensembles."""
+    plain = code_units(["mnemoscope.train"])
+    assert DP_CODE not in plain
+    assert not [u for u in plain if u.startswith("mnemoscope.influence")]
+    assert "mnemoscope.influence.layerwise" in code_units([DP_CODE])

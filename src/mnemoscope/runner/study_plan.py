@@ -11,6 +11,7 @@ from mnemoscope.models import arch_options, arch_source
 from mnemoscope.runner import dp_sweep
 from mnemoscope.runner import study_stages as study_work
 from mnemoscope.runner.dependencies import code_units
+from mnemoscope.train.ensemble import DP_CODE
 
 if TYPE_CHECKING:
     from mnemoscope.runner.plan import Planner, Stage
@@ -38,6 +39,8 @@ def study_stages(planner: Planner) -> Stage:
             "device": planner.device,
         }
         code = ("mnemoscope.runner.retraining", "mnemoscope.train", "mnemoscope.models")
+        if cfg.train_for(arch).dp is not None:
+            code = (*code, DP_CODE)
         if study.removal is not None and arch in (study.removal.archs or cfg.archs):
             file = planner.run.part_file("removal", dataset, arch)
             methods = study.removal.methods

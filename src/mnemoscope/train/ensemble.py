@@ -10,6 +10,7 @@ is an ensemble of one.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from mnemoscope.train.trained import (
 )
 
 DEFAULT_CHUNK = 64
+DP_CODE = "mnemoscope.train.dp"
+"""The module of DP-SGD (:mod:`mnemoscope.train.dp`), code of every stage training with DP."""
 
 
 def init_module(
@@ -325,13 +328,13 @@ def _train_chunk(
 
     private = None
     if config.dp is not None:
-        # here, not at the top: DP's layer-wise gradients come from influence, which
-        # imports train
-        from mnemoscope.train.dp import PrivateSteps
-
+        # imported by name: DP's per-example gradients come from influence (which imports
+        # train), and only the stages that train with DP depend on that code: their plan
+        # adds DP_CODE to their cache key, as no import statement here would
+        dp = importlib.import_module(DP_CODE)
         example = (x_train[:8], y_train[:8])
         args = (config.dp, config.batch_size, config.epochs, masks[ks], seed, ks)
-        private = PrivateSteps(*args, stack.template, stack.params, example, task)
+        private = dp.PrivateSteps(*args, stack.template, stack.params, example, task)
     if 0 in checkpoint_epochs:
         keep(0)
     for epoch in range(config.epochs):
