@@ -3,6 +3,7 @@ gradients against plain ``vmap(grad)``, and its ε against Opacus's accountant."
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 
@@ -256,8 +257,16 @@ def test_a_study_sweeps_dp_settings_into_dp_parquet(tmp_path):
     frame = _sweep_study(
         tmp_path,
         {"name": "digits", "n_samples": 200, "label_noise": 0.1},
-        {"epochs": 2, "batch_size": 32},
+        {"epochs": 2, "batch_size": 32, "dp": {"noise_multiplier": 2.0}},
         {"settings": [None, {"noise_multiplier": 1.0}, {"target_epsilon": 4.0}], "n_models": 4},
+    )
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    (training,) = [r for name, r in manifest["stages"].items() if name.startswith("train/")]
+    privacy = training["record"]["privacy"]
+    sizes = subset_masks(4, 160, 0.5, seed=0).sum(1).tolist()
+    own = model_privacy(DPConfig(noise_multiplier=2.0), sizes, 32, 2)
+    assert (
+        privacy["epsilon"] == [p.epsilon for p in own] and privacy["noise_multiplier"] == [2.0] * 4
     )
     assert list(frame.columns) == DP.names
     assert list(frame["setting"]) == ["none", "sigma=1", "eps=4"]
