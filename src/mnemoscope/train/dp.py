@@ -348,7 +348,9 @@ class PrivateSteps:
         # an idle model draws no noise: its stream then never depends on its chunk
         noise = torch.stack(
             [
-                draw.draw(sum(sizes), dtype) if on else torch.zeros(sum(sizes), dtype=dtype)
+                draw.draw(sum(sizes), dtype)
+                if on
+                else torch.zeros(sum(sizes), dtype=dtype, device=device)
                 for draw, on in zip(self.noise, active.tolist())
             ]
         ).to(device)
