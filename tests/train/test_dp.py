@@ -100,7 +100,7 @@ def test_ensemble_equals_opacus_model_by_model(digits_small, monkeypatch):
             torch.testing.assert_close(ensemble.params[name][k], value, atol=2e-5, rtol=1e-4)
     seen = ~ensemble.train_loss.isnan()
     assert not bool((seen & ~masks[:, None, :]).any())  # non-members are never drawn
-    assert 0.4 < seen[masks[:, None, :].expand_as(seen)].float().mean() < 0.9  # ≈ 1 − 1/e
+    assert bool(seen[masks[:, None, :].expand_as(seen)].all())  # drawn, or evaluated after
 
 
 def test_a_model_does_not_depend_on_its_chunk(digits_small):
@@ -314,3 +314,21 @@ def test_only_training_with_dp_depends_on_its_code():
     assert DP_CODE not in plain
     assert not [u for u in plain if u.startswith("mnemoscope.influence")]
     assert "mnemoscope.influence.layerwise" in code_units([DP_CODE])
+
+
+def test_members_no_step_drew_are_recorded_after_the_epoch(digits_small):
+    masks = subset_masks(2, digits_small.n_train, 0.5, seed=3)
+    dp = {"noise_multiplier": 1.0}
+    config = TrainConfig.model_validate({"epochs": 1, "batch_size": 40, "dp": dp})
+    ensemble = train_ensemble("mlp", digits_small, masks, config, seed=5)
+    for k in range(2):
+        sampler = PoissonSampler(masks[k], 40, 5, k)
+        steps = epoch_steps(int(masks[k].sum()), 40)
+        drawn = torch.zeros(digits_small.n_train, dtype=torch.bool)
+        drawn[torch.cat([sampler.batch() for _ in range(steps)])] = True
+        undrawn = masks[k] & ~drawn
+        assert 0 < int(undrawn.sum()) < int(masks[k].sum())
+        after = nn.functional.cross_entropy(
+            ensemble.train_logits[k, undrawn], digits_small.y_train[undrawn], reduction="none"
+        )
+        torch.testing.assert_close(ensemble.train_loss[k, 0, undrawn], after)

@@ -35,8 +35,10 @@ sampling rate q_k, for ``epochs · ⌈n_k / B⌉`` steps. ``target_epsilon`` set
 ``opacus.accountants.utils.get_noise_multiplier``. Nothing here does accounting by hand.
 
 **Records.** An example drawn several times in an epoch has the loss and correctness of
-its last draw recorded; a member not drawn in an epoch (probability ≈ 1/e) has NaN
-and False there, as a non-member has.
+its last draw recorded; a member no step drew in an epoch (probability ≈ 1/e) has its
+loss and correctness under the parameters at the end of that epoch (one forward pass,
+so that ``csl`` and ``forgetting`` see every member every epoch); a non-member has NaN
+and False, as without DP.
 """
 
 from __future__ import annotations
@@ -371,24 +373,68 @@ class PrivateSteps:
         """One epoch of every model: ``max_k ⌈n_k / B⌉`` steps, model k idle after its own
         ``⌈n_k / B⌉``; fills ``loss_record`` and ``correct_record`` ``[K, n]`` (CPU)."""
         device = x_train.device
-        n_models = len(self.samplers)
         for step in range(max(self.steps)):
             active = torch.tensor([step < s for s in self.steps])
             drawn = [s.batch() if a else s.members[:0] for s, a in zip(self.samplers, active)]
-            width = max(1, max(len(d) for d in drawn))
-            index = torch.zeros(n_models, width, dtype=torch.long)
-            weight = torch.zeros(n_models, width)
-            for row, d in enumerate(drawn):
-                index[row, : len(d)], weight[row, : len(d)] = d, 1.0
-            index, weight = index.to(device), weight.to(device)
+            index, weight = _padded(drawn, device)
             labels = y_train[index]
             grads, loss, logits = self.gradients(params, x_train[index], labels, weight, active)
             optimizer.step(params, grads, active.to(device))
-            real = weight.cpu() > 0
-            rows = torch.arange(n_models)[:, None].expand_as(real)[real]
-            columns = index.cpu()[real]
-            loss_record[rows, columns] = loss.cpu()[real].to(loss_record.dtype)
-            correct_record[rows, columns] = (logits.argmax(-1) == labels).cpu()[real]
+            _record(loss_record, correct_record, index, weight, loss, logits.argmax(-1) == labels)
+        # members no step drew this epoch (≈ 1/e of them): their loss after the epoch
+        undrawn = [
+            s.members[loss_record[row, s.members].isnan()] for row, s in enumerate(self.samplers)
+        ]
+        for part in zip(*(u.split(EVAL_BATCH) for u in _same_parts(undrawn))):
+            index, weight = _padded(list(part), device)
+            with torch.no_grad():
+                logits = vmap(self._forward)(params, x_train[index])
+            labels = y_train[index]
+            loss = self.task.loss(logits, labels)
+            _record(loss_record, correct_record, index, weight, loss, logits.argmax(-1) == labels)
+
+    def _forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.template, params, (x,))
+
+
+EVAL_BATCH = 512
+"""Undrawn members evaluated per model and pass."""
+
+
+def _same_parts(rows: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``rows`` padded with empty tails so that each splits into the same number of parts
+    of :data:`EVAL_BATCH` (every pass then holds a part, maybe empty, of every model)."""
+    longest = max(len(r) for r in rows)
+    parts = max(1, math.ceil(longest / EVAL_BATCH))
+    return [torch.cat([r, r.new_full((parts * EVAL_BATCH - len(r),), -1)]) for r in rows]
+
+
+def _padded(rows: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index lists of the K models (−1: none) as ``index [K, width]`` and ``weight``
+    (1 on real entries, 0 on padding, which points at example 0)."""
+    rows = [r[r >= 0] for r in rows]
+    width = max(1, max(len(r) for r in rows))
+    index = torch.zeros(len(rows), width, dtype=torch.long)
+    weight = torch.zeros(len(rows), width)
+    for row, r in enumerate(rows):
+        index[row, : len(r)], weight[row, : len(r)] = r, 1.0
+    return index.to(device), weight.to(device)
+
+
+def _record(
+    loss_record: torch.Tensor,
+    correct_record: torch.Tensor,
+    index: torch.Tensor,
+    weight: torch.Tensor,
+    loss: torch.Tensor,
+    correct: torch.Tensor,
+) -> None:
+    """Write the real entries of ``[K, width]`` losses and correctness into ``[K, n]``."""
+    real = weight.cpu() > 0
+    rows = torch.arange(len(real))[:, None].expand_as(real)[real]
+    columns = index.cpu()[real]
+    loss_record[rows, columns] = loss.detach().cpu()[real].to(loss_record.dtype)
+    correct_record[rows, columns] = correct.cpu()[real]
 
 
 def privacy_record(
