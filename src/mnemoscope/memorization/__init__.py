@@ -3,7 +3,7 @@
 from mnemoscope.memorization.base import MemorizationEstimator
 from mnemoscope.memorization.canary import Canary, CanaryConfig
 from mnemoscope.memorization.counterfactual import Counterfactual, CounterfactualConfig
-from mnemoscope.memorization.dynamics import (
+from mnemoscope.memorization.training_dynamics import (
     CumulativeSampleLoss,
     FinalLoss,
     Forgetting,
@@ -17,7 +17,7 @@ from mnemoscope.memorization.sample_info import (
     SampleInfoFunctionConfig,
     SampleInfoWeights,
 )
-from mnemoscope.memorization.sign import SignMemorization, SignMemorizationConfig
+from mnemoscope.memorization.sign_memorization import SignMemorization, SignMemorizationConfig
 
 __all__ = [
     "Canary",

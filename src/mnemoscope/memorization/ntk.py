@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from mnemoscope.errors import ConfigError
+from mnemoscope.meter import count
 from mnemoscope.projection import random_matrix
 from mnemoscope.train import derive_seed
 
@@ -79,6 +80,7 @@ def output_jacobian(
     rows = []
     for xb in x.double().split(batch_size):
         jacobian = per_example(trainable, xb)  # name -> [b, k, *shape]
+        count(len(xb))
         blocks = [jacobian[name].flatten(2).flatten(0, 1) for name in names]
         if projection is not None:
             blocks = [projection(name, block) for name, block in zip(names, blocks)]
