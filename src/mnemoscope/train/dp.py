@@ -342,6 +342,8 @@ class PrivateSteps:
                 u = piece.u.view(n_models, b, *piece.u.shape[1:])
                 d = piece.d.view(n_models, b, *piece.d.shape[1:]) * c[:, :, None, None]
                 summed = torch.einsum("kbop,kbip->koi", d, u)
+                if piece.channels_last:  # the patch as (kernel offsets, channel): reorder
+                    summed = summed.view(*summed.shape[:2], *piece.channels_last).movedim(-1, 2)
             else:
                 summed = torch.einsum("kb,kbp->kp", c, piece.g.view(n_models, b, -1))
             out[name] = summed.reshape(param.shape)
