@@ -12,6 +12,7 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     model_serializer,
+    model_validator,
 )
 
 
@@ -21,6 +22,37 @@ def _list_as_tuple(value: Any) -> Any:
 
 
 Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
+class DPConfig(BaseModel):
+    """Differentially private training, DP-SGD (Abadi et al. 2016, Alg. 1): the ``dp:``
+    entry of ``train:``. Each step clips every example's gradient to ``max_grad_norm``,
+    sums, adds Gaussian noise of standard deviation ``noise_multiplier · max_grad_norm``
+    and divides by the expected batch size; batches are Poisson-sampled (see
+    :mod:`mnemoscope.train.dp`). Give ``noise_multiplier`` or ``target_epsilon``, not both.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    noise_multiplier: float | None = Field(None, ge=0, le=1e6)
+    """σ: the noise's standard deviation in units of ``max_grad_norm`` (0: clipping only,
+    no privacy: ε is infinite)."""
+    target_epsilon: float | None = Field(None, gt=0, le=1e6)
+    """The ε to reach after the run: σ is the smallest the accountant allows
+    (``opacus.accountants.utils.get_noise_multiplier``), model by model."""
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6)
+    """C: each example's gradient is scaled to norm at most C."""
+    delta: float = Field(1e-5, gt=0, lt=1)
+    """δ of the (ε, δ) guarantee."""
+    accountant: Literal["rdp", "prv"] = "rdp"
+    """Opacus's accountant that turns (σ, sampling rate, steps) into ε: Rényi DP
+    (Mironov 2017) or privacy random variables (Gopi et al. 2021)."""
+
+    @model_validator(mode="after")
+    def _one_noise_setting(self) -> DPConfig:
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("give exactly one of noise_multiplier and target_epsilon")
+        return self
 
 
 class TrainConfig(BaseModel):
@@ -53,14 +85,18 @@ class TrainConfig(BaseModel):
     """L2 penalty added to the gradient (sgd, adam) or decoupled decay (adamw); at most 1000."""
     chunk_size: int | None = Field(None, gt=0, le=100_000)
     """Models trained at once; bounds memory. None: all of them (at most 64). At most 100 000."""
+    dp: DPConfig | None = None
+    """DP-SGD settings (:class:`DPConfig`); None: ordinary training."""
 
     @model_serializer(mode="wrap")
-    def _without_default_schedule(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """A constant schedule dumps as before schedules existed: training cache keys of
-        existing configs stay as they were."""
+    def _without_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A constant schedule and no DP dump as before either existed: training cache
+        keys of existing configs stay as they were."""
         data = handler(self)
         if data.get("schedule") == "constant":
             del data["schedule"]
+        if "dp" in data and data["dp"] is None:
+            del data["dp"]
         return data
 
     def lr_at(self, step: int, total_steps: int) -> float:
