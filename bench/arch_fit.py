@@ -71,9 +71,7 @@ def measure(config: dict) -> dict:
     fit = {
         "in_subset_accuracy": overall / sum(weights),
         "in_subset_accuracy_flipped": (
-            None
-            if None in flipped
-            else sum(w * f for w, f in zip(weights, flipped)) / sum(weights)
+            None if None in flipped else sum(w * f for w, f in zip(weights, flipped)) / sum(weights)
         ),
     }
     return {"seconds_per_model": seconds / n_models, "fit": fit, "problem": fit_problem(fit)}
