@@ -3,13 +3,14 @@ study's datasets: how much of its own training labels (overall and on the flippe
 a small subset ensemble fits, and what each of its models costs.
 
     .venv/bin/python bench/arch_fit.py ARCH [--options JSON] [--train JSON]
-        [--datasets digits mnist1d] [--n-models 8] [--fraction 0.5]
+        [--datasets digits mnist1d] [--n-samples N] [--n-models 8] [--fraction 0.5]
 
 ``--options`` is the arch's ``arch_options`` entry, ``--train`` its ``arch_train``
 entry (both JSON objects); the rest is the default study's (its ``train:`` block, its
 datasets with their flipped labels, canaries and corruptions). Each dataset runs the
 study's own data and train stages (the ensemble of ``--n-models`` models on random
-``--fraction`` subsets, one torch thread) in a fresh run directory; the fit is what
+``--fraction`` subsets, one torch thread; ``--n-samples``: the dataset at that size, e.g.
+400 as the demo) in a fresh run directory; the fit is what
 ``train/fit.py``'s rule reads (``fit_problem``: ≥ 90% overall, ≥ 50% of the flipped
 labels), printed beside the seconds per model and the load average.
 """
@@ -31,7 +32,13 @@ from mnemoscope.train.fit import fit_problem
 
 
 def candidate_config(
-    dataset: str, arch: str, options: dict, train: dict, n_models: int, fraction: float
+    dataset: str,
+    arch: str,
+    options: dict,
+    train: dict,
+    n_models: int,
+    fraction: float,
+    n_samples: int | None = None,
 ) -> dict:
     """The default study restricted to ``dataset`` and ``arch`` with one subset ensemble."""
     study = yaml.safe_load(default_study_text())
@@ -41,7 +48,11 @@ def candidate_config(
         "name": f"arch-fit-{arch}",
         "seed": study["seed"],
         "device": "cpu",
-        "datasets": [d for d in study["datasets"] if d["name"] == dataset],
+        "datasets": [
+            {**d, "n_samples": n_samples or d["n_samples"]}
+            for d in study["datasets"]
+            if d["name"] == dataset
+        ],
         "archs": [arch],
         "arch_options": {arch: arch_options} if arch_options else {},
         "train": study["train"],
@@ -83,13 +94,20 @@ def main() -> None:
     parser.add_argument("--options", type=json.loads, default={})
     parser.add_argument("--train", type=json.loads, default={})
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"])
+    parser.add_argument("--n-samples", type=int, default=None)
     parser.add_argument("--n-models", type=int, default=8)
     parser.add_argument("--fraction", type=float, default=0.5)
     args = parser.parse_args()
     torch.set_num_threads(1)
     for dataset in args.datasets:
         config = candidate_config(
-            dataset, args.arch, args.options, args.train, args.n_models, args.fraction
+            dataset,
+            args.arch,
+            args.options,
+            args.train,
+            args.n_models,
+            args.fraction,
+            args.n_samples,
         )
         load = os.getloadavg()[0]
         result = measure(config)
