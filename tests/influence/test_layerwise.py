@@ -14,12 +14,12 @@ from torch.func import functional_call
 from mnemoscope.data import prepare
 from mnemoscope.errors import ConfigError
 from mnemoscope.influence import TracIn, TracInConfig
+from mnemoscope.influence.adapters import _BLOCK_FLOATS, Outer
 from mnemoscope.influence.gradients import per_example_grads, select_params
 from mnemoscope.influence.layerwise import (
+    GradientFactors,
     LayerwiseGradients,
     gradient_factors,
-    per_example_dots,
-    per_example_sq_norms,
 )
 from mnemoscope.models import build_model
 from mnemoscope.task import Task
@@ -49,14 +49,28 @@ def _loop_grads(module, params, x, y, names, measurement="loss") -> torch.Tensor
     return torch.stack(rows)
 
 
+def _batched_factors(module, params, x, y, names, batch, measurement="loss") -> list:
+    """The factors of consecutive batches of ``batch`` examples, as tracin takes them."""
+    factors = LayerwiseGradients(module, names, Task(), measurement)
+    return [factors(params, xb, yb) for xb, yb in zip(x.split(batch), y.split(batch))]
+
+
+def _sq_norms(module, params, x, y, names, batch, measurement="loss") -> torch.Tensor:
+    parts = _batched_factors(module, params, x, y, names, batch, measurement)
+    return torch.cat([f.sq_norms() for f in parts])
+
+
 def _assert_matches(module, params, x, y, x_t, y_t, names, measurement="loss", batch=10):
     expected = _loop_grads(module, params, x, y, names, measurement)
     expected_t = _loop_grads(module, params, x_t, y_t, names, measurement)
-    norms = per_example_sq_norms(module, params, x, y, names, batch, Task(), measurement)
+    norms = _sq_norms(module, params, x, y, names, batch, measurement)
     torch.testing.assert_close(norms, (expected**2).sum(1), rtol=1e-9, atol=1e-12)
-    dots = torch.cat(
-        list(per_example_dots(module, params, x, y, x_t, y_t, names, batch, Task(), measurement))
+    # the targets' factors held as one batch (GradientFactors.cat), the training ones streamed
+    targets = GradientFactors.cat(
+        _batched_factors(module, params, x_t, y_t, names, batch, measurement)
     )
+    train = _batched_factors(module, params, x, y, names, batch, measurement)
+    dots = torch.cat([f.dots(targets) for f in train])
     torch.testing.assert_close(dots, expected @ expected_t.T, rtol=1e-9, atol=1e-12)
     return expected
 
@@ -94,7 +108,7 @@ def test_layerwise_equals_vmap_grad_in_float32(digits_small, arch):
     names = list(params)
     x, y = digits_small.x_train[:64], digits_small.y_train[:64]
     grads = torch.cat(list(per_example_grads(module, params, x, y, names, 32))).double()
-    norms = per_example_sq_norms(module, params, x, y, names, 32)
+    norms = _sq_norms(module, params, x, y, names, 32)
     torch.testing.assert_close(norms, (grads**2).sum(1), rtol=1e-5, atol=0)
 
 
@@ -266,6 +280,49 @@ def test_any_convolution_geometry(
     layerwise = groups == 1 and padding_mode == "zeros"
     fallback = gradient_factors(module, params, x, y, names).fallback
     assert fallback == ([] if layerwise else [n for n in names if n.startswith("0.")])
+
+
+@pytest.mark.parametrize(
+    ("channels", "size", "dims", "geometry", "channels_last"),
+    [
+        (1, 8, 2, (1, 1, 1), False),
+        (8, 4, 2, (1, 1, 1), True),
+        (2, 9, 1, (1, 1, 1), False),
+        (6, 5, 1, (1, 1, 1), True),
+        (3, 9, 2, (2, 2, 2), True),  # stride, dilation, padding
+        (2, 7, 2, (1, 2, 0), True),
+    ],
+)
+def test_conv_weight_gradients_come_in_the_weights_order(
+    channels, size, dims, geometry, channels_last
+):
+    # the patches are copied channels-last where kernel_w·C > the output's width; the
+    # per-example weight gradients must come back in the order of weight.flatten() either way
+    stride, dilation, padding = geometry
+    conv = (nn.Conv1d if dims == 1 else nn.Conv2d)(
+        channels, 5, 3, stride=stride, padding=padding, dilation=dilation
+    )
+    out = (size + 2 * padding - dilation * 2 - 1) // stride + 1
+    module = nn.Sequential(conv, nn.Flatten(), nn.Linear(5 * out**dims, 3))
+    torch.manual_seed(0)
+    params = _perturbed(module)
+    x = torch.randn(7, channels, *[size] * dims, dtype=torch.float64)
+    y = torch.arange(7) % 3
+    piece = gradient_factors(module, params, x, y, ["0.weight"]).pieces["0.weight"]
+    assert (piece.channels_last is not None) == channels_last
+    expected = _loop_grads(module, params, x, y, ["0.weight"])
+    torch.testing.assert_close(piece.dense, expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(piece.sq_norms(), (expected**2).sum(1), rtol=1e-9, atol=1e-12)
+
+
+def test_squared_norms_of_products_taken_in_blocks_of_rows():
+    # out·patch above the block size: one example's product at a time, the same norms
+    generator = torch.Generator().manual_seed(0)
+    u, d = (torch.randn(3, 400, 400, generator=generator, dtype=torch.float64) for _ in "ud")
+    piece = Outer(u, d)
+    assert piece.u.shape[1] * piece.d.shape[1] > _BLOCK_FLOATS
+    expected = torch.stack([(d[i] @ u[i].T).square().sum() for i in range(3)])
+    torch.testing.assert_close(piece.sq_norms(), expected, rtol=1e-12, atol=0)
 
 
 @settings(max_examples=20, deadline=None)

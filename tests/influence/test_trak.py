@@ -15,8 +15,11 @@ from mnemoscope.config import parse_config
 from mnemoscope.errors import ConfigError
 from mnemoscope.estimator import PlanContext
 from mnemoscope.influence import TRAK, TRAKConfig
+from mnemoscope.influence.adapters import Outer
 from mnemoscope.influence.trak import log_odds
+from mnemoscope.projection import RandomProjection
 from mnemoscope.task import Task
+from mnemoscope.testing import check_estimator
 from mnemoscope.train import TrainConfig, full_masks, train_ensemble
 
 
@@ -50,9 +53,7 @@ def test_features_are_projected_autograd_margin_gradients(mlps, digits_small):
     module = mlps.module()
     names = estimator.names_
     for m in range(2):
-        projection = torch.cat(
-            [estimator._projection(m, c) for c in range(len(estimator.chunks_))]
-        ).double()
+        projection = estimator._projector("*", 0, estimator.n_params_, 32).matrix((0, m)).double()
         assert projection.shape == (estimator.n_params_, 32)
         torch.testing.assert_close(projection.abs(), torch.full_like(projection, 32**-0.5))
         phi = torch.cat(list(estimator._features(m, data.x_train[:10], data.y_train[:10])))
@@ -64,10 +65,111 @@ def test_features_are_projected_autograd_margin_gradients(mlps, digits_small):
             g = torch.cat([named[n].grad.flatten() for n in names]).double()
             torch.testing.assert_close(phi[i].double(), g @ projection, rtol=1e-4, atol=1e-5)
     # the two models draw different projections; drawing them again gives the same ones
-    assert not torch.equal(estimator._projection(0, 0), estimator._projection(1, 0))
-    cached = estimator._projection(1, 0).clone()
-    estimator.projections_ = None
-    assert torch.equal(estimator._projection(1, 0), cached)
+    projector = estimator._projector("*", 0, estimator.n_params_, 32)
+    assert not torch.equal(projector.chunk((0, 0), 0), projector.chunk((0, 1), 0))
+    cached = projector.chunk((0, 1), 0).clone()
+    projector.cache.clear()
+    assert torch.equal(projector.chunk((0, 1), 0), cached)
+
+
+def test_factored_features_are_kronecker_projected_autograd_gradients(mlps, digits_small):
+    """LoGra's projection from the two factors equals the autograd gradient times the
+    explicit block matrix: ``P_out ⊗ P_in`` for each Linear weight (k = 32 = 4 · 8), a
+    dense matrix for each bias, summed into the same k coordinates."""
+    data = digits_small
+    config = TRAKConfig(n_models=2, proj_dim=32, projection_structure="factored", batch_size=7)
+    estimator = TRAK(config).fit({"models": mlps}, data, Task())
+    module, names = mlps.module(), estimator.names_
+    m = 1
+    blocks = []
+    for j, name in enumerate(names):
+        shape = module.get_parameter(name).shape
+        if name.endswith("weight"):
+            left = estimator._projector(name, 1, shape[0], 4).matrix((0, m, j, 1))
+            right = estimator._projector(name, 2, shape[1], 8).matrix((0, m, j, 2))
+            assert left.shape == (shape[0], 4) and right.shape == (shape[1], 8)
+            blocks.append(torch.kron(left, right))
+        else:
+            blocks.append(estimator._projector(name, 0, shape.numel(), 32).matrix((0, m, j)))
+    projection = torch.cat(blocks).double()
+    assert projection.shape == (estimator.n_params_, 32)
+    # every entry is ±1/√k, as for the dense Rademacher projection
+    torch.testing.assert_close(projection.abs(), torch.full_like(projection, 32**-0.5))
+    phi = torch.cat(list(estimator._features(m, data.x_train[:10], data.y_train[:10])))
+    module.load_state_dict({k: v[m] for k, v in mlps.params.items()})
+    for i in (0, 9):
+        module.zero_grad()
+        log_odds(module(data.x_train[i][None])[0], data.y_train[i]).backward()
+        named = dict(module.named_parameters())
+        g = torch.cat([named[n].grad.flatten() for n in names]).double()
+        torch.testing.assert_close(phi[i].double(), g @ projection, rtol=1e-4, atol=1e-5)
+    # another structure, another estimate of the same kernel: close, not equal
+    dense = TRAK(config.model_copy(update={"projection_structure": "dense"}))
+    dense.fit({"models": mlps}, data, Task())
+    a, b = dense.self_influence().score, estimator.self_influence().score
+    assert not np.allclose(a, b) and pearsonr(a, b)[0] > 0.8
+
+
+def test_factored_projection_of_a_convolution_sums_over_positions():
+    """For a weight applied at P positions (a convolution, ``D_i U_iᵀ`` summed over
+    positions), the projection from the factors equals the formed gradient times
+    ``L ⊗ R``."""
+    generator = torch.Generator().manual_seed(0)
+    u = torch.randn(3, 12, 25, generator=generator, dtype=torch.float64)  # [b, patch, P]
+    d = torch.randn(3, 5, 25, generator=generator, dtype=torch.float64)  # [b, out, P]
+    left = torch.randn(5, 4, generator=generator, dtype=torch.float64)
+    right = torch.randn(12, 8, generator=generator, dtype=torch.float64)
+    piece = Outer(u, d)
+    expected = piece.dense @ torch.kron(left, right)
+    torch.testing.assert_close(piece.projected(left, right), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_projection_keeps_only_the_current_models_matrix():
+    """The matrix of the key last drawn is kept (one model's, not all M); a fresh draw of
+    any chunk equals it; a matrix over the cache is drawn chunk by chunk on every use."""
+    x = torch.randn(5, 3000, generator=torch.Generator().manual_seed(0))
+    kept = RandomProjection(3000, 16, "rademacher", cache_bytes=3000 * 16 * 4)
+    whole = kept.matrix((7, 0))
+    assert {key for key, _ in kept.cache} == {(7, 0)}
+    other = kept.matrix((7, 1))
+    assert {key for key, _ in kept.cache} == {(7, 1)} and not torch.equal(whole, other)
+    assert torch.equal(kept.matrix((7, 0)), whole)
+    torch.testing.assert_close(kept(x, (7, 0)), x @ whole)
+    # over the cache, in several chunks: never kept, each chunk the same on every draw
+    chunked = RandomProjection(3000, 16, "rademacher", cache_bytes=1)
+    chunked.chunks = [(s, min(s + 700, 3000)) for s in range(0, 3000, 700)]
+    first = chunked.matrix((7, 0))
+    assert torch.equal(first[:700], whole[:700])  # chunk 0 of either chunking: one seed
+    # float32 sums of 3000 terms in another order: values up to ~40, differences ~2e-5
+    torch.testing.assert_close(chunked(x, (7, 0)), x @ first, rtol=1e-4, atol=1e-4)
+    assert not chunked.cache and torch.equal(chunked.matrix((7, 0)), first)
+    # unbiased: E[P Pᵀ] = I, so squared norms are kept on average
+    gaussian = RandomProjection(400, 2000, "gaussian")
+    norms = gaussian(torch.eye(400), (1,)).square().sum(1)
+    assert abs(float(norms.mean()) - 1) < 0.01
+
+
+def test_trak_fit_projects_each_models_gradients_with_one_cached_matrix(mlps, digits_small):
+    """With the current model's matrix cached, the fit draws each model's matrix once
+    (not once per batch)."""
+    data = digits_small
+    config = TRAKConfig(n_models=2, proj_dim=64, batch_size=16)
+    estimator = TRAK(config)
+    drawn = []
+    original = RandomProjection.chunk
+
+    def counting(self, key, c):
+        if (key, c) not in self.cache:
+            drawn.append(key)
+        return original(self, key, c)
+
+    RandomProjection.chunk = counting
+    try:
+        estimator.fit({"models": mlps}, data, Task())
+    finally:
+        RandomProjection.chunk = original
+    chunks = len(estimator._projector("*", 0, estimator.n_params_, 64).chunks)
+    assert drawn == [(0, 0)] * chunks + [(0, 1)] * chunks
 
 
 def test_blocks_diagonal_cache_and_ensemble(mlps, digits_small):
@@ -214,9 +316,17 @@ def test_agreement_with_exact_leave_one_out_sixty_examples(digits_small):
     assert r > 0.5, r  # measured 0.60 (0.79 with damping 0.1, 0.48 without damping)
 
 
-def test_self_influence_flags_flipped_labels(mlps, digits_small):
+def test_factored_sign_agrees_with_exact_leave_one_out_on_logistic_regression(digits_small):
+    removed = list(range(0, digits_small.n_train, 20))
+    config = TRAKConfig(n_models=1, proj_dim=256, projection_structure="factored")
+    r = _loo_agreement(digits_small, 1e-2, removed, 20, config)
+    assert r > 0.3, r
+
+
+@pytest.mark.parametrize("structure", ["dense", "factored"])
+def test_self_influence_flags_flipped_labels(mlps, digits_small, structure):
     flipped = digits_small.is_mislabeled.numpy()
-    config = TRAKConfig(n_models=2, proj_dim=256)
+    config = TRAKConfig(n_models=2, proj_dim=256, projection_structure=structure)
     scores = TRAK(config).fit({"models": mlps}, digits_small, Task()).self_influence().score
     auc = roc_auc_score(flipped, scores)
     assert auc > 0.9, auc
@@ -238,6 +348,10 @@ def test_unknown_parameter_names_are_refused_before_training(mlps):
         ({"subset_fraction": 0}, "influence.0.trak.subset_fraction: Input should be greater"),
         ({"subset_fraction": 1.5}, "influence.0.trak.subset_fraction: Input should be less"),
         ({"projection": "sparse"}, "influence.0.trak.projection: Input should be"),
+        (
+            {"projection_structure": "kronecker"},
+            "influence.0.trak.projection_structure: Input should be 'dense' or 'factored'",
+        ),
         ({"seed": -1}, "influence.0.trak.seed: Input should be greater than or equal to 0"),
         ({"params": []}, "influence.0.trak.params: expected 'all', 'last_layer'"),
         ({"checkpoints": 0}, "influence.0.trak.checkpoints: Input should be greater than or"),
@@ -254,3 +368,10 @@ def test_bad_config_is_one_line_naming_the_field(entry, message):
         parse_config(config)
     assert message in str(caught.value), str(caught.value)
     assert len(str(caught.value).splitlines()) == 1
+
+
+def test_factored_projection_conforms():
+    """The estimator contract (diagonal = self-influence, blocks independent of the memory
+    budget, fit cache round trip, sign on a planted case) with the factored projection,
+    on a logistic regression: its one Linear weight takes the factored path."""
+    check_estimator(TRAK, {"n_models": 2, "proj_dim": 64, "projection_structure": "factored"})

@@ -30,8 +30,14 @@ from mnemoscope.memorization import (
     SampleInfoWeights,
 )
 from mnemoscope.memorization import sample_info as sample_info_module
-from mnemoscope.memorization.ntk import leave_one_out_directions, ridge_inverse
+from mnemoscope.memorization.ntk import (
+    GaussianProjection,
+    leave_one_out_directions,
+    output_jacobian,
+    ridge_inverse,
+)
 from mnemoscope.memorization.sample_info import sample_information
+from mnemoscope.projection import RandomProjection
 from mnemoscope.task import Task
 from mnemoscope.train import TrainConfig, derive_seed, full_masks, train_ensemble
 
@@ -214,6 +220,32 @@ def test_estimators_equal_brute_force_on_the_initial_mlp(trained_mlp):
         function_estimator.fitted_state(), {"model": model}, data, Task()
     )
     np.testing.assert_array_equal(restored.score().score, fsi.score)
+
+
+def test_projected_jacobian_is_the_shared_random_projection_of_each_tensor():
+    """Sample information projects each tensor's Jacobian columns with the projector TRAK
+    uses (float64 Gaussian, variance 1/dim, one key per tensor); smaller tensors stay
+    exact."""
+    data = _two_digits(12)
+    module = _narrow_mlp()  # a 1024-entry first-layer weight, the rest under 300
+    params = _params(module)
+    names = list(params)
+    sizes = {name: params[name].numel() for name in names}
+    projection = GaussianProjection(300, 5, sizes, torch.device("cpu"))
+    exact = output_jacobian(module, params, data.x_train, names, 4)
+    projected = output_jacobian(module, params, data.x_train, names, 4, projection)
+    blocks, start = [], 0
+    for position, size in enumerate(sizes.values()):
+        block = exact[:, start : start + size]
+        start += size
+        if size <= 300:
+            blocks.append(block)
+            continue
+        shared = RandomProjection(size, 300, "gaussian", torch.float64, cache_bytes=None)
+        matrix = shared.matrix((5, 0x5A3F, position))
+        assert matrix.dtype == torch.float64 and abs(float(matrix.var()) * 300 - 1) < 0.05
+        blocks.append(block @ matrix)
+    torch.testing.assert_close(projected, torch.cat(blocks, 1), rtol=1e-10, atol=1e-12)
 
 
 def test_projection_approaches_the_exact_scores():

@@ -31,7 +31,8 @@ def table(out, name: str) -> pd.DataFrame:
 
 def test_every_study_table_is_written_with_its_schema(quick):
     out, _ = quick
-    for name in (*STUDY_TABLES, "fits"):
+    # the DP sweep is off in the default study: it needs the extra mnemoscope[dp]
+    for name in (*(t for t in STUDY_TABLES if t != "dp"), "fits"):
         frame = table(out, name)
         assert list(frame.columns) == TABLES[name].names, name
         assert not frame.empty, name

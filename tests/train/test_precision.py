@@ -35,6 +35,8 @@ def test_precision_is_validated_and_keys_only_when_not_float32():
     assert TrainConfig(precision="bfloat16").model_dump()["precision"] == "bfloat16"
     with pytest.raises(pydantic.ValidationError):
         TrainConfig(precision="float16")
+    with pytest.raises(pydantic.ValidationError, match="DP-SGD trains in float32"):
+        TrainConfig(precision="bfloat16", dp={"noise_multiplier": 1.0})
 
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])

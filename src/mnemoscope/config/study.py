@@ -11,9 +11,10 @@ default one: ``mnemoscope study --dry-run`` prints its plan, and the YAML is
       applications: {}                                # detection per kind, sources, rare class
       removal: {methods: [feldman_zhang], ks: [0.01, 0.05, 0.1, 0.2], seeds: 3, archs: [mlp]}
       summarization: {method: sample_info_function, fraction: 0.1, steps: 3, seeds: 3}
+      dp: {settings: [null, {target_epsilon: 8}, {target_epsilon: 1}], n_models: 16}
       quick: {n_samples: 400, n_models: 16}           # what --quick shrinks to
 
-Every analysis may be ``null`` (off). ``removal`` and ``summarization`` retrain models
+Every analysis may be ``null`` (off). ``removal``, ``summarization`` and ``dp`` retrain models
 (their cost is in ``--dry-run``'s estimate); the others read the score tables.
 """
 
@@ -24,6 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from mnemoscope.config.common import _STRICT
+from mnemoscope.train.options import DPConfig
 
 
 def _fractions(values: list[float]) -> list[float]:
@@ -161,6 +163,31 @@ class QuickConfig(BaseModel):
     n_bootstrap: int = Field(100, ge=10, le=100_000)
 
 
+class DPSweepConfig(BaseModel):
+    """The DP sweep (``study.dp``): for each setting in ``settings`` (``null``: no DP; else a
+    ``train.dp`` entry, :class:`~mnemoscope.train.options.DPConfig`), ``n_models`` models
+    on ``subset_fraction`` subsets trained with it → ``dp.parquet``: test accuracy, the
+    Feldman–Zhang distribution, LiRA AUC and TPR at 0.1% FPR, the privacy score, canary
+    exposure, the accountant's ε and an empirical lower bound from the attack
+    (:mod:`mnemoscope.runner.dp_sweep`). Needs ``mnemoscope[dp]`` (Opacus's accountant)."""
+
+    model_config = _STRICT
+
+    settings: list[DPConfig | None] = Field(
+        default_factory=lambda: [
+            None,
+            DPConfig(target_epsilon=8.0),
+            DPConfig(target_epsilon=1.0),
+        ],
+        min_length=1,
+        max_length=20,
+    )
+    n_models: int = Field(16, ge=2, le=10_000)
+    subset_fraction: float = Field(0.5, gt=0, lt=1)
+    archs: list[str] | None = None
+    """The archs swept (None: all)."""
+
+
 class StudySection(BaseModel):
     """The analyses of a study (``study:``); each may be ``null``."""
 
@@ -172,6 +199,7 @@ class StudySection(BaseModel):
     applications: ApplicationsConfig | None = ApplicationsConfig()
     removal: RemovalConfig | None = None
     summarization: SummarizationConfig | None = None
+    dp: DPSweepConfig | None = None
     quick: QuickConfig = QuickConfig()
 
 
@@ -200,6 +228,7 @@ def study_problem(
     for name, part in (
         ("removal", section.removal),
         ("summarization", section.summarization),
+        ("dp", section.dp),
         ("quick", section.quick),
     ):
         for i, arch in enumerate(getattr(part, "archs", None) or []):
@@ -248,6 +277,11 @@ def quick_config(data: dict, quick: QuickConfig) -> dict:
         "n_bootstrap": min(data.get("analysis", {}).get("n_bootstrap", 1000), quick.n_bootstrap),
     }
     study = dict(data.get("study") or {})
+    if study.get("dp") is not None:
+        study["dp"] = {
+            **study["dp"],
+            "n_models": min(study["dp"].get("n_models", 16), quick.n_models),
+        }
     for name in ("removal", "summarization"):
         part = study.get(name)
         if part is None:

@@ -28,17 +28,29 @@ class Dense:
         return self.g.square().sum(1).double()
 
 
+_BLOCK_FLOATS = 1 << 17
+"""Floats of per-example products formed at once for squared norms (512 KiB in float32)."""
+
+
 @dataclass
 class Outer:
-    """Per-example weight gradients ``D_i U_iᵀ`` kept as ``u [b, patch, P]``, ``d [b, out, P]``."""
+    """Per-example weight gradients ``D_i U_iᵀ`` kept as ``u [b, patch, P]``, ``d [b, out, P]``.
+
+    ``channels_last``: None where the patch is in the order of the weight's ``flatten()``;
+    a convolution's ``(*kernel, C)`` where it is ordered (kernel offsets, channel) instead
+    (norms and dot products do not depend on the order; :attr:`dense` restores it)."""
 
     u: torch.Tensor
     d: torch.Tensor
+    channels_last: tuple[int, ...] | None = None
 
     @cached_property
     def dense(self) -> torch.Tensor:
         """``[b, out·patch]``, in the order of the weight's ``flatten()``."""
-        return torch.bmm(self.d, self.u.transpose(1, 2)).flatten(1)
+        g = torch.bmm(self.d, self.u.transpose(1, 2))
+        if self.channels_last:
+            g = g.view(*g.shape[:2], *self.channels_last).movedim(-1, 2)
+        return g.flatten(1)
 
     def _gram_cost(self, positions: int) -> tuple[int, int]:
         patch, out = self.u.shape[1], self.d.shape[1]
@@ -47,7 +59,13 @@ class Outer:
     def sq_norms(self) -> torch.Tensor:
         gram, product = self._gram_cost(self.u.shape[2])
         if gram >= product:
-            return Dense(self.dense).sq_norms()
+            # a few examples' products at a time: the [rows, out, patch] block stays in the
+            # core's cache (3.5x faster for the digits cnn's second conv at batch 512)
+            rows = max(1, _BLOCK_FLOATS // product)
+            blocks = zip(self.u.split(rows), self.d.split(rows))
+            return torch.cat(
+                [torch.bmm(d, u.transpose(1, 2)).square().sum((1, 2)) for u, d in blocks]
+            ).double()
         if self.u.shape[2] == 1:
             return self.u.square().sum((1, 2)).double() * self.d.square().sum((1, 2)).double()
         u, d = self.u.double(), self.d.double()
@@ -60,6 +78,12 @@ class Outer:
         memory too)."""
         gram, product = self._gram_cost(self.u.shape[2] ** 2)
         return gram < product
+
+    def projected(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """``[b, k_o·k_i]``: ``vec(Lᵀ D_i U_iᵀ R)`` for ``L [out, k_o]``, ``R [patch, k_i]``,
+        the flattened gradient times ``L ⊗ R`` (LoGra, Choe et al. 2024), from the factors
+        in ``b·P·(out·k_o + patch·k_i + k_o·k_i)`` flops, never forming the gradient."""
+        return torch.bmm(left.T @ self.d, self.u.transpose(1, 2) @ right).flatten(1)
 
     def dots(self, other: Outer) -> torch.Tensor:
         gram, product = self._gram_cost(self.u.shape[2] * other.u.shape[2])
@@ -93,13 +117,19 @@ class LayerAdapter:
 
 
 def conv_patches(
-    a: torch.Tensor, conv: nn.Conv1d | nn.Conv2d, positions: torch.Size | None = None
+    a: torch.Tensor,
+    conv: nn.Conv1d | nn.Conv2d,
+    positions: torch.Size | None = None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """``a [b, C, *spatial]`` → ``[b, C·kernel, P]``, what ``F.unfold`` gives, as one copy of
     a strided view ``[b, C, *kernel, *positions]`` (several times faster than ``im2col`` on
     small maps). ``positions``: the output's spatial shape (None: from the conv's shape
-    arithmetic). The patches of a layer's input serve its layer-wise gradient identities
-    here and its Kronecker factors in :mod:`~mnemoscope.influence.ekfac`."""
+    arithmetic). ``channels_last``: ``[b, P, kernel·C]`` instead, the patch ordered
+    (kernel offsets, channel), copied from a channels-last view in runs of ``kernel_w·C``
+    contiguous floats (twice as fast again for the digits cnn's second conv). The patches
+    of a layer's input serve its layer-wise gradient identities here and its Kronecker
+    factors in :mod:`~mnemoscope.influence.ekfac`."""
     padding = (0,) * (a.dim() - 2) if isinstance(conv.padding, str) else conv.padding
     if positions is None:
         positions = torch.Size(
@@ -108,19 +138,22 @@ def conv_patches(
                 a.shape[2:], padding, conv.dilation, conv.kernel_size, conv.stride
             )
         )
+    if channels_last:  # padded and copied channels-last in one go, then viewed as [b, C, ...]
+        a = a.movedim(1, -1)
     if any(padding):
-        a = F.pad(a, [p for p in reversed(padding) for _ in range(2)])
-    a = a.contiguous()
+        a = F.pad(a, [0, 0] * channels_last + [p for p in reversed(padding) for _ in range(2)])
+    a = a.contiguous().movedim(-1, 1) if channels_last else a.contiguous()
     spatial = a.stride()[2:]
-    view = a.as_strided(
-        (*a.shape[:2], *conv.kernel_size, *positions),
-        (
-            *a.stride()[:2],
-            *(s * d for s, d in zip(spatial, conv.dilation)),
-            *(s * t for s, t in zip(spatial, conv.stride)),
-        ),
-    )
-    return view.reshape(a.shape[0], -1, positions.numel())
+    kernel = [s * d for s, d in zip(spatial, conv.dilation)]
+    steps = [s * t for s, t in zip(spatial, conv.stride)]
+    b, c = a.shape[:2]
+    if channels_last:
+        view = a.as_strided(
+            (b, *positions, *conv.kernel_size, c), (a.stride(0), *steps, *kernel, 1)
+        )
+        return view.reshape(b, positions.numel(), -1)
+    view = a.as_strided((b, c, *conv.kernel_size, *positions), (*a.stride()[:2], *kernel, *steps))
+    return view.reshape(b, -1, positions.numel())
 
 
 def _norm_pieces(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> dict[str, Piece]:
@@ -144,6 +177,10 @@ def _linear_pieces(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> di
 
 def _conv_pieces(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> dict[str, Piece]:
     d = delta.flatten(2)
+    # the layout whose copy moves the longer contiguous runs: kernel_w·C or positions_w
+    if layer.kernel_size[-1] * a.shape[1] > delta.shape[-1]:
+        u = conv_patches(a, layer, delta.shape[2:], channels_last=True).transpose(1, 2)
+        return {"weight": Outer(u, d, (*layer.kernel_size, a.shape[1])), "bias": Dense(d.sum(2))}
     return {"weight": Outer(conv_patches(a, layer, delta.shape[2:]), d), "bias": Dense(d.sum(2))}
 
 

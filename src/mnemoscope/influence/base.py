@@ -31,6 +31,7 @@ from torch import nn
 
 from mnemoscope.estimator import Estimator, Family, PlanContext, Scores
 from mnemoscope.influence.gradients import per_example_grads
+from mnemoscope.meter import count
 from mnemoscope.params import select_params
 from mnemoscope.task import Measurement
 from mnemoscope.train import EnsembleSpec
@@ -167,12 +168,11 @@ class InfluenceEstimator(Estimator):
     def _penultimate(self, x: torch.Tensor) -> torch.Tensor:
         """``[b, ...]`` → ``[b, d]`` float64 penultimate features of the held model, computed
         ``FEATURE_BATCH`` inputs at a time."""
-        return torch.cat(
-            [
-                self.task_.features(self.module_, self.params_, xb.to(self.device_)).double()
-                for xb in x.split(FEATURE_BATCH)
-            ]
-        )
+        features = []
+        for xb in x.split(FEATURE_BATCH):
+            features.append(self.task_.features(self.module_, self.params_, xb.to(self.device_)))
+            count(len(xb))
+        return torch.cat(features).double()
 
     def _example_grads(
         self,

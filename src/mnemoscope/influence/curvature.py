@@ -11,7 +11,8 @@ the last layer alone) the two are equal.
 
 Everything is built on Hessian-vector products with ``torch.func``: ``jvp`` of
 ``grad`` (Hessian) or ``jvp`` then ``vjp`` of the logits (Gauss–Newton), vectorised
-over several vectors at once. Solvers work in float64 on flattened ``[m, P]`` rows.
+over several vectors at once (the dense Gauss–Newton matrix: on the logits' Jacobians).
+Solvers work in float64 on flattened ``[m, P]`` rows.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.func import functional_call, grad, hessian, jacrev, jvp, vjp, vmap
 
+from mnemoscope.meter import count
 from mnemoscope.task import Task
 
 CurvatureKind = Literal["hessian", "gauss_newton"]
@@ -32,7 +34,9 @@ MatVec = Callable[[torch.Tensor], torch.Tensor]
 PAIRS_PER_CALL = 2**14
 """Example-vector pairs in one vectorised curvature product (bounds activation memory)."""
 DENSE_COLUMNS = 256
-"""Columns of the identity multiplied at once when the dense matrix is built."""
+"""Columns of the identity multiplied at once when the dense Hessian is built."""
+JACOBIAN_ENTRIES = 2**23
+"""Entries of per-example logit Jacobians held at once for the dense Gauss–Newton matrix."""
 
 
 class Curvature:
@@ -93,13 +97,36 @@ class Curvature:
         return out / len(y) + self.shift * vectors.double()
 
     def dense(self) -> torch.Tensor:
-        """The ``[P, P]`` float64 matrix A, symmetrised; P curvature products."""
-        columns = [
-            self.matvec(torch.eye(self.n_params, dtype=torch.float64, device=self.device)[s:e])
-            for s, e in _spans(self.n_params, DENSE_COLUMNS)
-        ]
-        matrix = torch.cat(columns)
+        """The ``[P, P]`` float64 matrix A, symmetrised: the Hessian from P curvature
+        products; the Gauss–Newton matrix ``(1/n) Σ_i J_iᵀ ∇²_f ℓ_i J_i`` from the logits'
+        per-example Jacobians ``J_i [C, P]`` (C backward passes per example, not P)."""
+        eye = torch.eye(self.n_params, dtype=torch.float64, device=self.device)
+        if self.kind == "gauss_newton":
+            matrix = self._gauss_newton_sum() / self.n_train + self.shift * eye
+        else:
+            matrix = torch.cat([self.matvec(columns) for columns in eye.split(DENSE_COLUMNS)])
         return (matrix + matrix.T) / 2
+
+    def _gauss_newton_sum(self) -> torch.Tensor:
+        """``Σ_i J_iᵀ ∇²_f ℓ_i J_i`` ``[P, P]`` float64, ``JACOBIAN_ENTRIES`` of the stacked
+        Jacobians at a time (each block's product in the parameters' dtype)."""
+        frozen, module, task = self.frozen, self.module, self.task
+        jacobians = vmap(
+            jacrev(lambda theta, x: functional_call(module, {**frozen, **theta}, (x[None],))[0]),
+            (None, 0),
+        )
+        output_hessians = vmap(hessian(lambda z, y: task.loss(z[None], y[None])[0]))
+        total = torch.zeros(self.n_params, self.n_params, dtype=torch.float64, device=self.device)
+        classes = functional_call(module, {**frozen, **self.trainable}, (self.x[:1],)).shape[1]
+        rows = max(1, min(self.batch_size, JACOBIAN_ENTRIES // (classes * self.n_params)))
+        for xb, yb in zip(self.x.split(rows), self.y.split(rows)):
+            z = functional_call(module, {**frozen, **self.trainable}, (xb,)).detach()
+            parts = jacobians(self.trainable, xb)
+            j = torch.cat([parts[k].flatten(2) for k in self.names], 2)  # [b, C, P]
+            hj = torch.bmm(output_hessians(z, yb), j)
+            total += (j.flatten(0, 1).T @ hj.flatten(0, 1)).double()
+            count(len(yb))
+        return total
 
     def _unflatten(self, rows: torch.Tensor) -> Params:
         parts = rows.split(self.sizes, dim=1)
@@ -135,10 +162,6 @@ class Curvature:
 
         result = vmap(product)(self._unflatten(rows))
         return torch.cat([result[k].flatten(1) for k in self.names], dim=1)
-
-
-def _spans(total: int, width: int) -> list[tuple[int, int]]:
-    return [(s, min(s + width, total)) for s in range(0, total, width)]
 
 
 def lanczos(

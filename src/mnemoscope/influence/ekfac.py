@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -12,14 +13,20 @@ from torch import nn
 from torch.func import functional_call
 
 from mnemoscope.data import Dataset
-from mnemoscope.estimator import Scores, register
+from mnemoscope.estimator import register
 from mnemoscope.influence.adapters import layer_adapter
-from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
+from mnemoscope.influence.functions import InfluenceFunction
 from mnemoscope.influence.gradient_dot import GradDotConfig
+from mnemoscope.influence.layerwise import LayerwiseGradients, _Recorder
+from mnemoscope.meter import count
 from mnemoscope.task import Task
 
 if TYPE_CHECKING:
     from typing import Self
+
+COORDINATE_BYTES = 8 * 2**20
+"""Bytes of float64 eigen-coordinates formed at once: the allocator reuses blocks this small
+(fresh 107 MB blocks of 512 digits-mlp examples were several times slower per element)."""
 
 
 class EKFACConfig(GradDotConfig):
@@ -33,7 +40,8 @@ class EKFACConfig(GradDotConfig):
     """'true': labels drawn from the model's predictive distribution (the Fisher equals the
     Gauss–Newton matrix in expectation); 'empirical': the training labels."""
     fisher_samples: int = Field(1, ge=1, le=1000)
-    """Labels drawn per training example for the true Fisher (ignored for 'empirical')."""
+    """Labels drawn per training example for the true Fisher (ignored for 'empirical'): the
+    fit's time grows with it, the noise of the draws shrinks (table in docs/methods.md)."""
     seed: int = Field(0, ge=0, le=2**32 - 1)
     """Seed of the label draws."""
 
@@ -63,10 +71,6 @@ class KroneckerLayer:
     d_out: int
     d_in: int
 
-    @property
-    def size(self) -> int:
-        return self.d_out * self.d_in
-
     def inputs(self, a: torch.Tensor) -> torch.Tensor:
         """Layer input → ``[b, T, d_in]``: input patches per position, then a 1 for the bias."""
         patches = layer_adapter(self.module, subclasses=True).patches(self.module, a)
@@ -79,14 +83,6 @@ class KroneckerLayer:
         """Gradient w.r.t. the layer output → ``[b, T, d_out]``."""
         return layer_adapter(self.module, subclasses=True).positions(delta)
 
-    def matrix(self, g: torch.Tensor) -> torch.Tensor:
-        """``[b, size]`` flat gradient (weight flattened, then bias) → ``[b, d_out, d_in]``."""
-        b, n_weight = g.shape[0], self.d_out * (self.d_in - (self.bias is not None))
-        parts = [g[:, :n_weight].reshape(b, self.d_out, -1)] if self.weight else []
-        if self.bias:
-            parts.append(g[:, n_weight:].reshape(b, self.d_out, 1))
-        return torch.cat(parts, 2)
-
 
 def _kronecker_layers(
     module: nn.Module, params: dict[str, torch.Tensor], names: list[str], probe: torch.Tensor
@@ -94,28 +90,25 @@ def _kronecker_layers(
     """Split the selected parameters into Kronecker layers and the rest (generic path).
 
     A Linear, or a Conv1d/Conv2d with ``groups=1``, numeric padding and zero padding mode,
-    gets a Kronecker block if its forward runs on ``probe`` (a layer whose parameters are
-    used without calling it, e.g. through ``F.linear``, would have no hooks fire)."""
-    called: set[str] = set()
-    handles = [
-        m.register_forward_hook(lambda *_, name=name: called.add(name))
-        for name, m in module.named_modules()
-    ]
+    gets a Kronecker block if its forward runs on ``probe`` and its selected parameters are
+    read by that forward alone (a weight tied to another name, or also read elsewhere, e.g.
+    through ``F.linear``, has gradients its layer's inputs and outputs do not give)."""
+    candidates: dict[nn.Module, tuple[str, str | None, str | None]] = {}
+    for path, m in module.named_modules():
+        adapter, prefix = layer_adapter(m, subclasses=True), f"{path}." if path else ""
+        if adapter is not None and adapter.kronecker(m):
+            candidates[m] = (path, f"{prefix}weight", f"{prefix}bias")
+    recorder = _Recorder({m: [] for m in candidates}, {id(params[n]): n for n in names})
     try:
-        with torch.no_grad():
+        with torch.no_grad(), recorder:
             functional_call(module, params, (probe,))
     finally:
-        for handle in handles:
-            handle.remove()
-    selected, layers = set(names), []
-    for path, m in module.named_modules():
-        prefix = f"{path}." if path else ""
-        adapter = layer_adapter(m, subclasses=True)
-        if adapter is None or not adapter.kronecker(m) or path not in called:
-            continue
-        weight = f"{prefix}weight" if f"{prefix}weight" in selected else None
-        bias = f"{prefix}bias" if m.bias is not None and f"{prefix}bias" in selected else None
-        if weight or bias:
+        recorder.remove()
+    layers, selected = [], set(names)
+    for m, (path, weight, bias) in candidates.items():
+        weight, bias = (n if n in selected and n in params else None for n in (weight, bias))
+        own = [n for n in (weight, bias) if n]
+        if own and recorder.calls[m] and all(set(recorder.uses[n]) == {m} for n in own):
             patch = m.weight[0].numel() if weight else 0
             d_out = m.weight.shape[0]
             layers.append(KroneckerLayer(path, m, weight, bias, d_out, patch + (bias is not None)))
@@ -124,7 +117,7 @@ def _kronecker_layers(
 
 
 @register
-class EKFAC(InfluenceEstimator):
+class EKFAC(InfluenceFunction):
     """Influence functions with an eigenvalue-corrected Kronecker-factored Gauss–Newton.
 
     ``I(i, z) = (1/n) ∇ℓ(z)ᵀ (G + (λ + l2) I)⁻¹ ∇ℓ(z_i)``: the first-order change of the
@@ -148,14 +141,18 @@ class EKFAC(InfluenceEstimator):
     ``Λ_kl = E[(Q_Sᵀ G_i Q_A)_kl²]``, the mean over examples and label draws of the squared
     per-example gradient ``G_i = Σ_t δ_t ā_tᵀ`` in the Kronecker eigenbasis. Then
     ``(G + λ')⁻¹ v = Q_S ((Q_Sᵀ V Q_A) / (Λ + λ')) Q_Aᵀ``. Every other parameter (GroupNorm,
-    LayerNorm, embeddings, grouped convolutions, parameters used outside a module's forward)
+    LayerNorm, embeddings, grouped convolutions, a layer's parameters read outside its forward)
     goes through a diagonal Fisher, ``Λ_j = E[g_ij²]``: EK-FAC with the identity basis.
     Where ``Λ + λ'`` is 0 (no damping, no curvature) the direction is dropped.
 
-    **Cost.** Per label draw, one batched forward/backward pass (factors) and one
-    per-example gradient pass (correction); one eigendecomposition of each A and S
-    (``O(d_in³ + d_out³)`` per layer, ``d_in² + d_out²`` memory); then one per-example
-    gradient pass for self-influence, and one per target batch for train×target influence.
+    **As an influence function** on the gradients' coordinates in the eigenbasis, where the
+    solve divides by ``Λ + λ'``; a layer's ``Q_Sᵀ G_i Q_A = Σ_t (Q_Sᵀ δ_t)(Q_Aᵀ ā_t)ᵀ`` come
+    from its rotated inputs and output gradients (float32, sums over examples in float64).
+
+    **Cost.** Per batch, a forward pass and per label draw a backward pass to the layer
+    outputs, twice (factors, correction); ``eigh`` of each A and S; then one such pass for
+    self-influence and one per block of targets for train×target influence, each
+    ``T·(d_in² + d_out² + d_in·d_out)`` per example and layer for the coordinates.
 
     **References.** T. George, C. Laurent, X. Bouthillier, N. Ballas, P. Vincent, "Fast
     Approximate Natural Gradient Descent in a Kronecker-factored Eigenbasis", NeurIPS 2018
@@ -168,27 +165,33 @@ class EKFAC(InfluenceEstimator):
 
     name = "if_ekfac"
     config_class = EKFACConfig
-    cost = "per label draw: one factor pass and one per-example gradient pass; eigh per layer"
+    cost = "per label draw: two batched passes; eigh per layer; one pass per score"
     reference = (
         "George et al. 2018 (EK-FAC, §3); Grosse et al. 2023, 'Studying Large Language Model "
         "Generalization with Influence Functions', §2.2.3, eqs. 20–21"
     )
     summary = "influence functions with an eigenvalue-corrected Kronecker-factored Gauss–Newton"
     cache_fit = True
-    config: EKFACConfig
+    config: EKFACConfig  # type: ignore[assignment]
+    bytes_per_target_coordinate: ClassVar[int] = 20
+    """A target's coordinate in float32, in float64 and solved."""
 
-    def _setup(self, ensembles, dataset: Dataset, task: Task, device) -> None:
+    def _prepare(self, ensembles, dataset: Dataset, task: Task, device) -> None:
         self._hold_final_model(ensembles, dataset, task, device)
         probe = dataset.x_train[:1].to(self.device_)
         self.layers_, self.generic_names_ = _kronecker_layers(
             self.module_, self.params_, self.names_, probe
         )
-        self.order_ = [p for layer in self.layers_ for p in (layer.weight, layer.bias) if p]
-        self.order_ += self.generic_names_
-        self.n_coordinates_ = sum(self.params_[k].numel() for k in self.order_)
+        self.generic_ = None
+        if self.generic_names_:
+            self.generic_ = LayerwiseGradients(self.module_, self.generic_names_, task)
+        self.shapes_ = {layer.name: (layer.d_out, layer.d_in) for layer in self.layers_}
+        self.shapes_.update({k: self.params_[k].shape for k in self.generic_names_})
+        self.n_coordinates_ = sum(math.prod(shape) for shape in self.shapes_.values())
 
-    def fit(self, ensembles, dataset: Dataset, task: Task, device="cpu") -> Self:
-        self._setup(ensembles, dataset, task, device)
+    _setup = _prepare  # the fit's prologue under the name its tests call
+
+    def _fit_curvature(self) -> None:
         self.fisher_labels_ = self._fisher_labels()
         self.factors_ = self._factors()
         self.bases_ = {
@@ -196,7 +199,6 @@ class EKFAC(InfluenceEstimator):
             for name, (a, s) in self.factors_.items()
         }
         self.eigenvalues_ = self._corrected_eigenvalues()
-        return self
 
     def fitted_state(self) -> dict[str, torch.Tensor]:
         state = {"eigenvalues": self.eigenvalues_, "fisher_labels": self.fisher_labels_}
@@ -206,7 +208,7 @@ class EKFAC(InfluenceEstimator):
         return state
 
     def load_fitted(self, state, ensembles, dataset, task, device="cpu") -> Self:
-        self._setup(ensembles, dataset, task, device)
+        self._prepare(ensembles, dataset, task, device)
         at = {k: v.to(self.device_) for k, v in state.items()}
         names = [layer.name for layer in self.layers_]
         self.factors_ = {n: (at[f"A.{n}"], at[f"S.{n}"]) for n in names}
@@ -220,147 +222,125 @@ class EKFAC(InfluenceEstimator):
         if self.config.fisher == "empirical":
             return data.y_train[:, None].clone()
         with torch.no_grad():
-            probs = torch.cat(
-                [
-                    torch.softmax(
-                        functional_call(self.module_, self.params_, (x.to(self.device_),)), -1
-                    )
-                    for x in data.x_train.split(self.config.batch_size)
-                ]
-            )
+            logits = [
+                functional_call(self.module_, self.params_, (x.to(self.device_),))
+                for x in data.x_train.split(self.config.batch_size)
+            ]
+        probs = torch.softmax(torch.cat(logits), -1).double().cpu()
         generator = torch.Generator().manual_seed(self.config.seed)
-        return torch.multinomial(
-            probs.double().cpu(), self.config.fisher_samples, replacement=True, generator=generator
-        )
+        return torch.multinomial(probs, self.config.fisher_samples, True, generator=generator)
 
-    def _factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """K-FAC factors ``(A, S)`` of each Kronecker layer, from forward hooks (inputs and
-        outputs) and the gradients of the summed loss w.r.t. the outputs."""
-        layers, data, labels = self.layers_, self.dataset_, self.fisher_labels_
-        if not layers:
-            return {}
-        dtype = torch.float64
-        sums = {
-            layer.name: (
-                torch.zeros(layer.d_in, layer.d_in, dtype=dtype, device=self.device_),
-                torch.zeros(layer.d_out, layer.d_out, dtype=dtype, device=self.device_),
-            )
-            for layer in layers
-        }
-        seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-
-        def record(name: str):
-            return lambda _m, args, out: seen.setdefault(name, []).append((args[0], out))
-
-        handles = [layer.module.register_forward_hook(record(layer.name)) for layer in layers]
-        size = self.config.batch_size
+    def _recorded_forward(self, x: torch.Tensor):
+        """The logits of ``x`` and, per Kronecker layer, the ``(input, output)`` of each of
+        its calls; the parameters require gradients so that every output does."""
+        calls: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in self.layers_]
+        params = {k: v.detach().requires_grad_() for k, v in self.params_.items()}
+        handles = []
+        for layer, own in zip(self.layers_, calls):
+            record = lambda _m, args, out, own=own: own.append((args[0], out))  # noqa: E731
+            handles.append(layer.module.register_forward_hook(record))
         try:
-            for start in range(0, data.n_train, size):
-                x = data.x_train[start : start + size].to(self.device_).requires_grad_(True)
-                seen.clear()
-                logits = functional_call(self.module_, self.params_, (x,))
-                outputs = [out for layer in layers for _, out in seen[layer.name]]
-                for r in range(labels.shape[1]):
-                    y = labels[start : start + size, r].to(self.device_)
-                    grads = torch.autograd.grad(
-                        self.task_.loss(logits, y).sum(),
-                        outputs,
-                        retain_graph=True,
-                        allow_unused=True,
-                    )
-                    at = 0
-                    for layer in layers:
-                        calls = seen[layer.name]
-                        deltas = [
-                            layer.output_grads(torch.zeros_like(out) if g is None else g)
-                            for g, (_, out) in zip(grads[at : at + len(calls)], calls)
-                        ]
-                        at += len(calls)
-                        delta = torch.cat(deltas, 1).to(dtype)
-                        sums[layer.name][1].add_(
-                            torch.einsum("bto,btp->op", delta, delta) / delta.shape[1]
-                        )
-                        if r == 0:
-                            a = torch.cat([layer.inputs(inp.detach()) for inp, _ in calls], 1).to(
-                                dtype
-                            )
-                            sums[layer.name][0].add_(torch.einsum("btd,bte->de", a, a))
+            return functional_call(self.module_, params, (x,)), calls
         finally:
             for handle in handles:
                 handle.remove()
-        n, m = data.n_train, labels.shape[1]
-        return {name: (a / n, s / (n * m)) for name, (a, s) in sums.items()}
 
-    def _coordinates(self, g: torch.Tensor) -> torch.Tensor:
-        """``[b, P]`` gradients (in ``order_``) → ``[b, P]`` float64 coordinates in the
-        eigenbasis: ``Q_Sᵀ G Q_A`` for each Kronecker layer, then the generic ones as they are."""
-        g = g.to(torch.float64)
-        parts, at = [], 0
-        for layer in self.layers_:
-            q_a, q_s = self.bases_[layer.name]
-            block = layer.matrix(g[:, at : at + layer.size])
-            parts.append(torch.einsum("ok,boi,il->bkl", q_s, block, q_a).flatten(1))
-            at += layer.size
-        parts.append(g[:, at:])
-        return torch.cat(parts, 1)
+    def _layer_gradients(
+        self, x: torch.Tensor, labels: torch.Tensor
+    ) -> Iterator[tuple[int, list[torch.Tensor], list[torch.Tensor], torch.Tensor]]:
+        """For each batch of ``x`` and each label column r of ``labels [n, m]``:
+        ``(r, inputs, deltas, generic)``, per Kronecker layer its input patches
+        ``ā [b, T, d_in]`` and the gradients of the summed loss at its outputs
+        ``δ [b, T, d_out]`` (one forward pass, one backward pass to the outputs per label
+        column), and the generic parameters' per-example gradients ``[b, P_generic]``, in
+        blocks of the rows whose coordinates take ``COORDINATE_BYTES``."""
+        size, draws, layers = self.config.batch_size, labels.shape[1], self.layers_
+        rows = max(1, COORDINATE_BYTES // (8 * self.n_coordinates_))
+        unused = {"allow_unused": True, "materialize_grads": True}  # zeros for unused outputs
+        for start in range(0, len(x), size):
+            xb = x[start : start + size].to(self.device_)
+            logits, calls = self._recorded_forward(xb)
+            inputs = [
+                torch.cat([layer.inputs(a.detach()) for a, _ in own], 1)
+                for layer, own in zip(layers, calls)
+            ]
+            outputs = [out for own in calls for _, out in own]
+            for r in range(draws):
+                yb = labels[start : start + len(xb), r].to(self.device_)
+                loss = self.task_.loss(logits, yb).sum()
+                grads = iter(
+                    torch.autograd.grad(loss, outputs, retain_graph=r + 1 < draws, **unused)
+                    if outputs
+                    else ()
+                )
+                deltas = [
+                    torch.cat([layer.output_grads(next(grads)) for _ in own], 1)
+                    for layer, own in zip(layers, calls)
+                ]
+                if self.generic_ is None:
+                    count(len(yb))
+                    generic = torch.zeros(len(yb), 0, device=self.device_)
+                else:  # layer-wise where the adapters allow, vmap(grad) otherwise; counted
+                    factors = self.generic_(self.params_, xb, yb).pieces.values()
+                    generic = torch.cat([piece.dense for piece in factors], 1)
+                for first in range(0, len(yb), rows):
+                    block = slice(first, first + rows)
+                    yield r, [a[block] for a in inputs], [d[block] for d in deltas], generic[block]
 
-    def _gradients(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[torch.Tensor]:
-        return self._example_grads(x, y, self.order_)
+    def _factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """K-FAC factors ``(A, S)`` of each Kronecker layer, accumulated in float64."""
+        f64 = {"dtype": torch.float64, "device": self.device_}
+        a_sums = [torch.zeros(layer.d_in, layer.d_in, **f64) for layer in self.layers_]
+        s_sums = [torch.zeros(layer.d_out, layer.d_out, **f64) for layer in self.layers_]
+        labels = self.fisher_labels_
+        if self.layers_:
+            for r, inputs, deltas, _ in self._layer_gradients(self.dataset_.x_train, labels):
+                for a_sum, s_sum, a, delta in zip(a_sums, s_sums, inputs, deltas):
+                    if r == 0:
+                        a_sum.addmm_(a.flatten(0, 1).double().T, a.flatten(0, 1).double())
+                    delta = delta.double()
+                    s_sum.add_(torch.einsum("bto,btp->op", delta, delta) / delta.shape[1])
+        n, m = self.n_train_, labels.shape[1]
+        return {
+            layer.name: (a / n, s / (n * m)) for layer, a, s in zip(self.layers_, a_sums, s_sums)
+        }
+
+    def _coordinates(
+        self, inputs: list[torch.Tensor], deltas: list[torch.Tensor], generic: torch.Tensor
+    ) -> torch.Tensor:
+        """``[b, P]`` float64 coordinates of the per-example gradients in the eigenbasis:
+        ``Σ_t (Q_Sᵀ δ_t)(Q_Aᵀ ā_t)ᵀ`` flattened ``[d_out, d_in]`` for each Kronecker layer,
+        then the generic gradients as they are."""
+        out = generic.new_empty(len(generic), self.n_coordinates_, dtype=torch.float64)
+        sizes = [layer.d_out * layer.d_in for layer in self.layers_] + [generic.shape[1]]
+        blocks = out.split(sizes, 1)
+        for layer, a, delta, block in zip(self.layers_, inputs, deltas, blocks):
+            q_a, q_s = (q.to(a.dtype) for q in self.bases_[layer.name])
+            rotated = torch.einsum("btk,btl->bkl", delta @ q_s, a @ q_a)
+            block.view(-1, layer.d_out, layer.d_in).copy_(rotated)
+        blocks[-1].copy_(generic)
+        return out
+
+    def _grads(self, x: torch.Tensor, y: torch.Tensor, measurement="loss"):
+        """``[b, P]`` float64 loss-gradient coordinates in the eigenbasis, block by block."""
+        return (self._coordinates(*parts) for _, *parts in self._layer_gradients(x, y[:, None]))
 
     def _corrected_eigenvalues(self) -> torch.Tensor:
         """``[P]``: mean over examples and label draws of the squared eigen-coordinates."""
         labels = self.fisher_labels_
         total = torch.zeros(self.n_coordinates_, dtype=torch.float64, device=self.device_)
-        for r in range(labels.shape[1]):
-            for g in self._gradients(self.dataset_.x_train, labels[:, r]):
-                total += (self._coordinates(g) ** 2).sum(0)
+        for _, *parts in self._layer_gradients(self.dataset_.x_train, labels):
+            total += (self._coordinates(*parts) ** 2).sum(0)
         return total / (self.n_train_ * labels.shape[1])
 
     def corrected_eigenvalues(self) -> dict[str, torch.Tensor]:
         """The fitted Λ: ``[d_out, d_in]`` per Kronecker layer (by module path), and the
         diagonal Fisher, shaped like the parameter, per generic parameter (by name)."""
-        out, at = {}, 0
-        for layer in self.layers_:
-            out[layer.name] = self.eigenvalues_[at : at + layer.size].view(layer.d_out, layer.d_in)
-            at += layer.size
-        for name in self.generic_names_:
-            shape = self.module_.get_parameter(name).shape
-            out[name] = self.eigenvalues_[at : at + shape.numel()].view(shape)
-            at += shape.numel()
-        return out
+        parts = self.eigenvalues_.split([math.prod(shape) for shape in self.shapes_.values()])
+        return {name: part.view(shape) for (name, shape), part in zip(self.shapes_.items(), parts)}
 
-    def _inverse_curvature(self) -> torch.Tensor:
-        """``[P]`` ``1/(Λ + λ + l2)``, 0 where that sum is 0."""
+    def solve(self, rows: torch.Tensor) -> torch.Tensor:
+        """Eigen-coordinates ``[m, P]`` → ``rows / (Λ + λ + l2)``, 0 where that sum is 0."""
         total = self.eigenvalues_ + self.config.damping + self.task_.l2
-        return torch.where(total > 0, 1 / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)
-
-    def self_influence(self) -> Scores:
-        data, inverse = self.dataset_, self._inverse_curvature()
-        values = [
-            ((self._coordinates(g) ** 2) @ inverse).cpu()
-            for g in self._gradients(data.x_train, data.y_train)
-        ]
-        score = torch.cat(values) / data.n_train
-        return self._scores(score)
-
-    def influence(
-        self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET
-    ) -> Iterator[InfluenceBlock]:
-        """Blocks of ``[batch_size, b_t]``: targets preconditioned ``b_t`` at a time, with
-        ``b_t`` the most whose float32 gradients and two float64 copies fit half of
-        ``memory_budget`` (at least one), against training gradients a batch at a time."""
-        data, inverse = self.dataset_, self._inverse_curvature()
-        per_target = 20 * len(inverse)
-        return self.streamed_blocks(
-            x_target,
-            y_target,
-            memory_budget,
-            2 * per_target,
-            held=lambda x, y: (
-                torch.cat([self._coordinates(g) for g in self._gradients(x, y)]) * inverse
-            ),
-            train=lambda: self._gradients(data.x_train, data.y_train),
-            pair=lambda g, preconditioned, _: (
-                self._coordinates(g) @ preconditioned.T / data.n_train
-            ),
-        )
+        inverse = torch.where(total > 0, 1 / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)
+        return rows * inverse

@@ -12,7 +12,7 @@ parameters, λ the damping. Removing z_i moves the optimum by ``θ̂_{−i} − 
 removing i would raise the target's loss (i helps z), the sign convention of every
 attributor. The estimators differ only in how they apply ``A⁻¹`` to a block of vectors
 (:meth:`InfluenceFunction.solve`); self-influence and train×target influence share one
-code path each.
+code path each, EK-FAC's too (:mod:`~mnemoscope.influence.ekfac`, in its eigenbasis).
 """
 
 from __future__ import annotations
@@ -52,9 +52,6 @@ at 10⁴) and its eigendecomposition O(P³)."""
 FIT_WORKSPACE = 3
 """Dense float64 matrices an exact influence function's fit holds at once: the
 Hessian, its eigenvectors and the solver's workspace."""
-BYTES_PER_TARGET_PARAM = 8 * 6
-"""float64 copies of a target's P-vector held while its block is solved (gradient,
-solution and the solvers' work vectors)."""
 
 
 class IFExactConfig(GradDotConfig):
@@ -118,6 +115,8 @@ class InfluenceFunction(InfluenceEstimator):
     config: IFExactConfig
     measurement: ClassVar[Measurement] = "loss"
     sign: ClassVar[float] = 1.0
+    bytes_per_target_coordinate: ClassVar[int] = 8 * 6
+    """Bytes per coordinate of a target while its block is solved (float64 work vectors)."""
 
     def check_model(self, module) -> None:
         names = select_params(module, self.config.params)
@@ -145,10 +144,10 @@ class InfluenceFunction(InfluenceEstimator):
             batch_size=self.config.batch_size,
         )
         self._check_size(self.curvature_.n_params)
+        self.n_coordinates_ = self.curvature_.n_params
 
-    @abstractmethod
     def _fit_curvature(self) -> None:
-        """Whatever :meth:`solve` needs, computed once."""
+        """Whatever :meth:`solve` needs, computed once (nothing, by default)."""
 
     @abstractmethod
     def solve(self, rows: torch.Tensor) -> torch.Tensor:
@@ -191,7 +190,7 @@ class InfluenceFunction(InfluenceEstimator):
         most whose vectors fit half of ``memory_budget``, at least one), dotted with the
         training gradients one batch at a time."""
         n_train = self.n_train_
-        per_target = BYTES_PER_TARGET_PARAM * self.curvature_.n_params
+        per_target = self.bytes_per_target_coordinate * self.n_coordinates_
         normaliser = self._normaliser()
 
         def pair(grads: tuple[torch.Tensor, torch.Tensor], solved, row: int) -> torch.Tensor:
@@ -245,9 +244,10 @@ class IFExact(_SpectralInfluence):
     Gauss–Newton with l2 + λ > 0; the true Hessian of a non-convex net may be indefinite,
     which the fit reports with a warning).
 
-    Cost: the dense P×P matrix from P curvature products over the training set, one
-    O(P³) eigendecomposition (cached), then per batch of b examples one gradient pass and
-    an O(b·P²) product. Refused above 10⁴ selected parameters.
+    Cost: the dense P×P matrix (Gauss–Newton: the logits' per-example Jacobians, C
+    backward passes per example; Hessian: P curvature products), one O(P³)
+    eigendecomposition (cached), then per batch of b examples one gradient pass and an
+    O(b·P²) product. Refused above 10⁴ selected parameters.
     """
 
     name = "if_exact"
@@ -301,9 +301,6 @@ class IFConjugateGradient(InfluenceFunction):
     reference = "Koh & Liang 2017, eq. 2, §3 (conjugate gradients)"
     summary = "influence function, inverse-Hessian-vector products by conjugate gradients"
     config: IFConjugateGradientConfig
-
-    def _fit_curvature(self) -> None:
-        return None
 
     def solve(self, rows: torch.Tensor) -> torch.Tensor:
         config = self.config

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.func import grad, vmap
 
+from mnemoscope.meter import count
 from mnemoscope.params import ParamSelection, select_params
 from mnemoscope.task import Measurement, Task
 
@@ -48,4 +49,5 @@ def per_example_grads(
     per_example = vmap(grad(value), in_dims=(None, 0, 0))
     for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
         g = per_example(trainable, xb, yb)
+        count(len(yb))
         yield torch.cat([g[k].flatten(1) for k in names], dim=1)

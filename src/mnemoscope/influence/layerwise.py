@@ -39,7 +39,7 @@ Cost per batch of b: one forward and one backward pass (to the layer outputs onl
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -50,6 +50,7 @@ from torch.overrides import TorchFunctionMode
 from mnemoscope.errors import ConfigError
 from mnemoscope.influence.adapters import Dense, Outer, Piece, layer_adapter
 from mnemoscope.influence.gradients import Params, per_example_grads
+from mnemoscope.meter import count
 from mnemoscope.task import Measurement, Task
 
 
@@ -90,9 +91,10 @@ class GradientFactors:
         for name in parts[0].pieces:
             own = [part.pieces[name] for part in parts]
             if all(isinstance(p, Outer) and p.keeps_factors for p in own) and (
-                len({p.u.shape[2] for p in own}) == 1
+                len({(p.u.shape[2], p.channels_last) for p in own}) == 1
             ):
-                pieces[name] = Outer(torch.cat([p.u for p in own]), torch.cat([p.d for p in own]))
+                u, d = torch.cat([p.u for p in own]), torch.cat([p.d for p in own])
+                pieces[name] = Outer(u, d, own[0].channels_last)
             else:
                 pieces[name] = Dense(torch.cat([p.dense for p in own]))
         fallback = sorted({name for part in parts for name in part.fallback})
@@ -226,6 +228,8 @@ class LayerwiseGradients:
             )
             sizes = [params[name].numel() for name in fallback]
             pieces.update({name: Dense(part) for name, part in zip(fallback, g.split(sizes, 1))})
+        else:  # per_example_grads counted the fallback's examples
+            count(len(y))
         return GradientFactors({name: pieces[name] for name in self.names}, fallback)
 
     def _layerwise(
@@ -296,45 +300,3 @@ def gradient_factors(
     """Per-example gradients of ``m(z_i; θ)`` for one batch ``x [b, ...]``, ``y [b]``, with
     respect to the parameters ``names`` (:class:`LayerwiseGradients` for one batch)."""
     return LayerwiseGradients(module, names, task, measurement)(params, x, y)
-
-
-def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple]:
-    return zip(x.split(batch_size), y.split(batch_size))
-
-
-def per_example_sq_norms(
-    module: nn.Module,
-    params: Params,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    names: Sequence[str],
-    batch_size: int = 256,
-    task: Task | None = None,
-    measurement: Measurement = "loss",
-) -> torch.Tensor:
-    """``[n]`` float64: ``‖∇_θ m(z_i; θ)‖²`` over the parameters ``names``, ``batch_size``
-    examples at a time (see :class:`LayerwiseGradients`)."""
-    factors = LayerwiseGradients(module, names, task, measurement)
-    return torch.cat([factors(params, xb, yb).sq_norms() for xb, yb in _batches(x, y, batch_size)])
-
-
-def per_example_dots(
-    module: nn.Module,
-    params: Params,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    x_target: torch.Tensor,
-    y_target: torch.Tensor,
-    names: Sequence[str],
-    batch_size: int = 256,
-    task: Task | None = None,
-    measurement: Measurement = "loss",
-) -> Iterator[torch.Tensor]:
-    """Yield ``[b, n_target]`` float64 blocks ``∇m(z_i) · ∇m(z_t)`` for consecutive batches
-    of ``batch_size`` training examples; the targets' factors are held throughout."""
-    factors = LayerwiseGradients(module, names, task, measurement)
-    targets = GradientFactors.cat(
-        [factors(params, xb, yb) for xb, yb in _batches(x_target, y_target, batch_size)]
-    )
-    for xb, yb in _batches(x, y, batch_size):
-        yield factors(params, xb, yb).dots(targets)

@@ -3,7 +3,6 @@ kernel regression between them."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
 
@@ -12,31 +11,21 @@ from pydantic import Field
 
 from mnemoscope.data import Dataset
 from mnemoscope.estimator import PlanContext, Scores, register
+from mnemoscope.influence.adapters import Outer
 from mnemoscope.influence.base import DEFAULT_MEMORY_BUDGET, InfluenceBlock, InfluenceEstimator
 from mnemoscope.influence.gradient_dot import (
     DenseGradientsConfig,
     checkpoints_or_error,
     evenly_spaced_epochs,
 )
-from mnemoscope.influence.gradients import Params, per_example_grads, select_params
-from mnemoscope.projection import random_matrix
+from mnemoscope.influence.gradients import Params, select_params
+from mnemoscope.influence.layerwise import LayerwiseGradients
+from mnemoscope.projection import RandomProjection
 from mnemoscope.task import Task, log_odds  # noqa: F401  (defined in the task; importable here)
-from mnemoscope.train import (
-    EnsembleSpec,
-    TrainedEnsemble,
-    derive_seed,
-    full_masks,
-    subset_masks,
-)
+from mnemoscope.train import EnsembleSpec, TrainedEnsemble, full_masks, subset_masks
 
 if TYPE_CHECKING:
     from typing import Self
-
-PROJECTION_ROWS = 16 * 2**20
-"""Bytes of one chunk of the projection matrix (rows over parameters × proj_dim columns)."""
-PROJECTION_CACHE = 64 * 2**20
-"""Projection matrices of all models up to this size are kept after they are first drawn;
-larger ones are drawn again, chunk by chunk, for every batch (same values either way)."""
 
 
 class TRAKConfig(DenseGradientsConfig):
@@ -56,6 +45,14 @@ class TRAKConfig(DenseGradientsConfig):
     leave-one-out on a logistic regression (digits, n = 240) 0.01 did better than 0."""
     projection: Literal["rademacher", "gaussian"] = "rademacher"
     """Entries of the projection: ±1/√k with equal odds, or normal with variance 1/k."""
+    projection_structure: Literal["dense", "factored"] = "dense"
+    """'dense' (the default): one ``[#params, k]`` matrix on the flattened gradient.
+    'factored' (LoGra, Choe et al. 2024): a weight whose per-example gradient is
+    ``D_i U_iᵀ`` (Linear, Conv1d/2d) is projected by a Kronecker product
+    ``P_out ⊗ P_in`` as ``vec(P_outᵀ D_i U_iᵀ P_in)``, from its two factors, never forming
+    the gradient; k is split as ``k_out · k_in`` (the divisor of k nearest below √k for
+    ``k_out``: 512 = 16 · 32); every other parameter is projected densely, each with its
+    own matrix, and all land summed in the same k coordinates."""
     seed: int = Field(0, ge=0, le=2**32 - 1)
     """Seed of the projections (model m draws its own from ``(seed, m)``)."""
     checkpoints: int = Field(1, ge=1, le=1_000)
@@ -92,9 +89,9 @@ class TRAK(InfluenceEstimator):
     per example from the fit, never as an n×n matrix. Normalisation: none beyond the
     kernel inverse (a sum over the training set, so scores shrink like 1/n).
 
-    Cost: M trainings; M·n per-example gradients projected to k dimensions (the
-    projection is drawn in chunks of rows, so memory is O(k · chunk), never
-    ``[n, #params]``); a ``k×k`` eigendecomposition per model. The fit keeps ``[M, n, k]``
+    Cost: M trainings; M·n layer-wise per-example gradients projected to k dimensions,
+    ``O(#params · k)`` each (``factored``: ``O((out + in)·√k + k)`` per Linear weight); a
+    ``k×k`` eigendecomposition per model. The fit keeps ``[M, n, k]``
     float32 preconditioned features (cached by the runner); each target costs M
     gradients and an ``[n, k]`` product per model.
     """
@@ -150,11 +147,18 @@ class TRAK(InfluenceEstimator):
             for m in range(models.n_models)
             for stacked in self.stacked_
         ]
+        self.gradients_ = LayerwiseGradients(self.module_, self.names_, task, "log_odds")
         self.n_params_ = sum(self.module_.get_parameter(k).numel() for k in self.names_)
-        rows = max(1, PROJECTION_ROWS // (4 * self.config.proj_dim))
-        self.chunks_ = [(s, min(s + rows, self.n_params_)) for s in range(0, self.n_params_, rows)]
-        keep = 4 * self.n_params_ * self.config.proj_dim * len(self.params_) <= PROJECTION_CACHE
-        self.projections_: dict[tuple[int, int], torch.Tensor] | None = {} if keep else None
+        self.projectors_: dict[tuple[str, int], RandomProjection] = {}
+
+    def _projector(self, name: str, side: int, rows: int, k: int) -> RandomProjection:
+        """The projection of ``rows`` coordinates to k of parameter ``name`` (``'*'``: all
+        of them concatenated; side 0, or 1 and 2 for a factored weight's output and input
+        gradients), made once; each keeps the current model's matrix only."""
+        if (name, side) not in self.projectors_:
+            distribution, device = self.config.projection, self.device_
+            self.projectors_[name, side] = RandomProjection(rows, k, distribution, device=device)
+        return self.projectors_[name, side]
 
     def fit_bytes(self, module, n_train: int, n_classes: int) -> int:
         """The ``[M, n, k]`` float32 features kept, and one model's features and their
@@ -193,35 +197,26 @@ class TRAK(InfluenceEstimator):
         inverse = torch.where(shifted > floor, 1 / shifted, torch.zeros_like(shifted))
         return (vectors * inverse) @ vectors.T
 
-    def _projection(self, m: int, chunk: int) -> torch.Tensor:
-        """Rows ``chunks_[chunk]`` of model m's projection, ``[rows, k]`` float32, drawn on
-        the CPU from a seed of ``(seed, m, chunk)`` (identical on every device)."""
-        if self.projections_ is not None and (m, chunk) in self.projections_:
-            return self.projections_[m, chunk]
-        start, stop = self.chunks_[chunk]
-        k = self.config.proj_dim
-        seed = derive_seed(self.config.seed, m, chunk)
-        draw = random_matrix(seed, stop - start, k, self.config.projection)
-        matrix = (draw / math.sqrt(k)).to(self.device_)
-        if self.projections_ is not None:
-            self.projections_[m, chunk] = matrix
-        return matrix
-
-    def _log_odds_grads(self, params: Params, x: torch.Tensor, y: torch.Tensor):
-        """``[b, #params]`` gradients of the task's log-odds, batch by batch."""
-        size = self.config.batch_size
-        for xb, yb in zip(x.split(size), y.split(size)):
-            xb, yb = xb.to(self.device_), yb.to(self.device_)
-            yield from per_example_grads(
-                self.module_, params, xb, yb, self.names_, size, self.task_, "log_odds"
-            )
-
     def _features(self, m: int, x: torch.Tensor, y: torch.Tensor) -> Iterator[torch.Tensor]:
-        """``[b, k]`` float32 projected log-odds gradients under model m, batch by batch."""
-        for g in self._log_odds_grads(self.params_[m], x, y):
-            phi = torch.zeros(g.shape[0], self.config.proj_dim, device=self.device_)
-            for chunk, (start, stop) in enumerate(self.chunks_):
-                phi += g[:, start:stop] @ self._projection(m, chunk)
+        """``[b, k]`` float32 projected log-odds gradients under model m, batch by batch; the
+        matrices of model m are drawn from seeds of ``(seed, m, ...)``."""
+        k, size = self.config.proj_dim, self.config.batch_size
+        k_out = max(f for f in range(1, int(k**0.5) + 1) if k % f == 0)
+        for xb, yb in zip(x.split(size), y.split(size)):
+            factors = self.gradients_(self.params_[m], xb.to(self.device_), yb.to(self.device_))
+            if self.config.projection_structure == "dense":
+                g = torch.cat([piece.dense for piece in factors.pieces.values()], 1)
+                yield self._projector("*", 0, self.n_params_, k)(g, (self.config.seed, m))
+                continue
+            phi = torch.zeros(len(yb), k, device=self.device_)
+            for j, (name, piece) in enumerate(factors.pieces.items()):
+                key = (self.config.seed, m, j)
+                if isinstance(piece, Outer):
+                    left = self._projector(name, 1, piece.d.shape[1], k_out).matrix((*key, 1))
+                    right = self._projector(name, 2, piece.u.shape[1], k // k_out)
+                    phi += piece.projected(left, right.matrix((*key, 2)))
+                else:
+                    phi += self._projector(name, 0, piece.dense.shape[1], k)(piece.dense, key)
             yield phi
 
     def influence(self, x_target, y_target, memory_budget=DEFAULT_MEMORY_BUDGET):
@@ -230,8 +225,7 @@ class TRAK(InfluenceEstimator):
         n_models = len(self.params_)
         per_target = 8 * (self.n_train_ + n_models * self.config.proj_dim)
         for targets in self.target_slices(len(y_target), per_target, memory_budget):
-            values = torch.zeros(self.n_train_, targets.stop - targets.start, dtype=torch.float64)
-            values = values.to(self.device_)
+            values = self.keep_.new_zeros(self.n_train_, targets.stop - targets.start)
             for m in range(n_models):
                 phi = torch.cat(list(self._features(m, x_target[targets], y_target[targets])))
                 values += (self.preconditioned_[m] @ phi.T).double()

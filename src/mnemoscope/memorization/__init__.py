@@ -3,12 +3,6 @@
 from mnemoscope.memorization.base import MemorizationEstimator
 from mnemoscope.memorization.canary import Canary, CanaryConfig
 from mnemoscope.memorization.counterfactual import Counterfactual, CounterfactualConfig
-from mnemoscope.memorization.dynamics import (
-    CumulativeSampleLoss,
-    FinalLoss,
-    Forgetting,
-    NegativeMargin,
-)
 from mnemoscope.memorization.feldman_zhang import FeldmanZhang, FeldmanZhangConfig
 from mnemoscope.memorization.lira import Lira, LiraConfig, LossAttack, LossAttackConfig
 from mnemoscope.memorization.sample_info import (
@@ -17,7 +11,13 @@ from mnemoscope.memorization.sample_info import (
     SampleInfoFunctionConfig,
     SampleInfoWeights,
 )
-from mnemoscope.memorization.sign import SignMemorization, SignMemorizationConfig
+from mnemoscope.memorization.sign_memorization import SignMemorization, SignMemorizationConfig
+from mnemoscope.memorization.training_dynamics import (
+    CumulativeSampleLoss,
+    FinalLoss,
+    Forgetting,
+    NegativeMargin,
+)
 
 __all__ = [
     "Canary",

@@ -17,8 +17,8 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from mnemoscope.errors import ConfigError
-from mnemoscope.projection import random_matrix
-from mnemoscope.train import derive_seed
+from mnemoscope.meter import count
+from mnemoscope.projection import RandomProjection
 
 Params = dict[str, torch.Tensor]
 
@@ -28,30 +28,34 @@ class GaussianProjection:
 
     A tensor with ``p > dim`` entries has its ``[rows, p]`` Jacobian block replaced by
     ``block @ G / sqrt(dim)``, ``G`` ``[p, dim]`` with i.i.d. standard normal entries drawn
-    from a seed derived from ``(seed, position of the tensor)``; smaller tensors are kept
-    exactly. Since ``E[G Gᵀ] = dim · I``, the projected kernel is an unbiased estimate of
-    ``Θ`` whose relative error shrinks like ``1/sqrt(dim)``.
+    (:class:`~mnemoscope.projection.RandomProjection`, float64) from seeds derived from
+    ``(seed, position of the tensor)``; smaller tensors are kept exactly. Since
+    ``E[G Gᵀ] = dim · I``, the projected kernel is an unbiased estimate of ``Θ`` whose
+    relative error shrinks like ``1/sqrt(dim)``.
 
     Memory: ``Σ p · dim`` float64 for the matrices, held for the whole fit.
     """
 
     def __init__(self, dim: int, seed: int, sizes: dict[str, int], device: torch.device) -> None:
         self.dim = dim
-        self.matrices: dict[str, torch.Tensor] = {}
-        for position, (name, size) in enumerate(sizes.items()):
-            if size > dim:
-                g = random_matrix(
-                    derive_seed(seed, 0x5A3F, position), size, dim, dtype=torch.float64
-                )
-                self.matrices[name] = g.to(device) / dim**0.5
+        self.projections: dict[str, tuple[RandomProjection, tuple[int, ...]]] = {
+            name: (
+                RandomProjection(size, dim, "gaussian", torch.float64, device, cache_bytes=None),
+                (seed, 0x5A3F, position),
+            )
+            for position, (name, size) in enumerate(sizes.items())
+            if size > dim
+        }
 
     def columns(self, name: str, size: int) -> int:
         """Columns the projected block of tensor ``name`` (``size`` entries) has."""
-        return self.dim if name in self.matrices else size
+        return self.dim if name in self.projections else size
 
     def __call__(self, name: str, block: torch.Tensor) -> torch.Tensor:
-        matrix = self.matrices.get(name)
-        return block if matrix is None else block @ matrix
+        if name not in self.projections:
+            return block
+        projection, key = self.projections[name]
+        return projection(block, key)
 
 
 def output_jacobian(
@@ -79,6 +83,7 @@ def output_jacobian(
     rows = []
     for xb in x.double().split(batch_size):
         jacobian = per_example(trainable, xb)  # name -> [b, k, *shape]
+        count(len(xb))
         blocks = [jacobian[name].flatten(2).flatten(0, 1) for name in names]
         if projection is not None:
             blocks = [projection(name, block) for name, block in zip(names, blocks)]

@@ -29,7 +29,7 @@ import pandas as pd
 from safetensors import SafetensorError, safe_open
 
 from mnemoscope.errors import UserError
-from mnemoscope.report import evidence, figures, outcomes
+from mnemoscope.report import evidence, figures, outcomes, privacy
 from mnemoscope.report.answer import answer_facts, headline_pairs
 from mnemoscope.report.run import Run, load_run
 from mnemoscope.report.tables import (
@@ -391,6 +391,7 @@ EVIDENCE = (
     ("roc-attacks", "Membership inference", evidence.attack_roc),
     ("removal", "Removal", outcomes.removal_curves),
     ("summarization", "Summarization", outcomes.summarization_curves),
+    ("dp", "Differential privacy: ε, accuracy and leakage", privacy.dp_tradeoff),
     ("applications", "Sample information's applications", outcomes.applications),
     ("lds", "Linear datamodeling score", outcomes.lds),
     ("detection-auc", "Detection AUCs", outcomes.detection_aucs),

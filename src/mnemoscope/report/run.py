@@ -18,6 +18,7 @@ STUDY_REPORT_TABLES = (
     "leakage",
     "applications",
     "removal",
+    "dp",
     "influence_eval",
     "attack_roc",
 )

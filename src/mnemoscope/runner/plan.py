@@ -35,7 +35,7 @@ from mnemoscope.runner.dependencies import code_units, estimator_code, estimator
 from mnemoscope.store import DatasetInfo, RunDir, code_version, content_hash
 from mnemoscope.task import Task
 from mnemoscope.train import EnsembleSpec, derive_seed, merge_specs
-from mnemoscope.train.ensemble import DEFAULT_CHUNK
+from mnemoscope.train.ensemble import DEFAULT_CHUNK, DP_CODE
 
 PART_TABLES = ("attacks", "attack_roc", "score_parts")
 """Tables gathered from estimators' :attr:`~mnemoscope.estimator.Estimator.extra_tables`;
@@ -470,7 +470,12 @@ class Planner:
                     },
                     outputs=(file,),
                     after=(f"data/{dataset}",),
-                    code=("mnemoscope.train", "mnemoscope.models", "mnemoscope.task"),
+                    code=(
+                        "mnemoscope.train",
+                        "mnemoscope.models",
+                        "mnemoscope.task",
+                        *((DP_CODE,) if train.dp is not None else ()),
+                    ),
                 )
             )
             files.append(file)

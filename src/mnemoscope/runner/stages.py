@@ -49,6 +49,7 @@ from mnemoscope.store.atomic import atomic_path
 from mnemoscope.store.tables import to_arrow, without_fit
 from mnemoscope.task import Task
 from mnemoscope.train import TrainConfig, TrainedEnsemble, derive_seed, train_ensemble
+from mnemoscope.train.dp import privacy_record
 
 Args = dict[str, Any]
 # seed streams of the data stage's plantings (see runner.plan for the others)
@@ -184,7 +185,12 @@ def train_part(root: Path, args: Args, reporter: Reporter) -> Args:
         )
     require_finite(trained.train_logits.numpy(), "final logits")
     trained.save(Path(root) / args["output"])
-    return {"models": [start, stop], "fit": training_fit(trained, dataset)}
+    record = {"models": [start, stop], "fit": training_fit(trained, dataset)}
+    if config.dp is not None:  # the accountant's ε of these models, from Opacus
+        record["privacy"] = privacy_record(
+            config.dp, trained.masks, config.batch_size, config.epochs
+        )
+    return record
 
 
 def training_fit(trained: TrainedEnsemble, dataset: Dataset) -> Args:

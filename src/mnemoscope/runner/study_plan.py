@@ -1,6 +1,6 @@
 """The stages a config's ``study:`` section adds to a plan (``mnemoscope study``):
-``removal/<ds>/<arch>`` and ``summarization/<ds>/<arch>`` (retraining experiments that
-train inside the stage, :mod:`mnemoscope.runner.retraining`) and ``study`` (the study's
+``removal/<ds>/<arch>``, ``summarization/<ds>/<arch>`` and ``dp/<ds>/<arch>`` (retraining
+experiments that train inside the stage, :mod:`mnemoscope.runner.retraining`) and ``study`` (the study's
 tables, :func:`mnemoscope.runner.study_stages.study_tables`)."""
 
 from __future__ import annotations
@@ -8,8 +8,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mnemoscope.models import arch_options, arch_source
+from mnemoscope.runner import dp_sweep
 from mnemoscope.runner import study_stages as study_work
 from mnemoscope.runner.dependencies import code_units
+from mnemoscope.train.ensemble import DP_CODE
 
 if TYPE_CHECKING:
     from mnemoscope.runner.plan import Planner, Stage
@@ -24,7 +26,7 @@ def study_stages(planner: Planner) -> Stage:
     cfg, study = planner.config, planner.config.study
     assert study is not None
     entries = {e.method: e.model_dump(mode="json") for e in [*cfg.memorization, *cfg.influence]}
-    removal, summarization = [], []
+    removal, summarization, private = [], [], []
     for cell in planner.cells:
         dataset, arch = cell["dataset"]["name"], cell["arch"]
         common = {
@@ -37,6 +39,8 @@ def study_stages(planner: Planner) -> Stage:
             "device": planner.device,
         }
         code = ("mnemoscope.runner.retraining", "mnemoscope.train", "mnemoscope.models")
+        if cfg.train_for(arch).dp is not None:
+            code = (*code, DP_CODE)
         if study.removal is not None and arch in (study.removal.archs or cfg.archs):
             file = planner.run.part_file("removal", dataset, arch)
             methods = study.removal.methods
@@ -80,6 +84,20 @@ def study_stages(planner: Planner) -> Stage:
                 )
             )
             summarization.append((stage.name, file))
+        sweep = study.dp
+        if sweep is not None and arch in (sweep.archs or cfg.archs):
+            file = planner.run.part_file("dp", dataset, arch)
+            stage = planner.plan.add(
+                Stage(
+                    name=f"dp/{dataset}/{arch}",
+                    function=dp_sweep.dp_stage,
+                    args={**common, "sweep": sweep.model_dump(mode="json"), "output": file},
+                    outputs=(file,),
+                    after=(f"data/{dataset}",),
+                    code=code_units(("mnemoscope.runner.dp_sweep", *code)),
+                )
+            )
+            private.append((stage.name, file))
     outputs = [
         f"{name}.parquet"
         for name in ("overlap", "cross_arch", "leakage")
@@ -89,6 +107,8 @@ def study_stages(planner: Planner) -> Stage:
         outputs.append("applications.parquet")
     if removal:
         outputs.append("removal.parquet")
+    if private:
+        outputs.append("dp.parquet")
     return planner.plan.add(
         Stage(
             name="study",
@@ -103,9 +123,14 @@ def study_stages(planner: Planner) -> Stage:
                 "costs": [cost for cell in planner.cells for cost in cell["costs"]],
                 "removal": [file for _, file in removal],
                 "summarization": [file for _, file in summarization],
+                "dp": [file for _, file in private],
             },
             outputs=tuple(outputs),
-            after=("tables", "fits", *(name for name, _ in removal + summarization)),
+            after=(
+                "tables",
+                "fits",
+                *(name for name, _ in removal + summarization + private),
+            ),
             code=code_units(("mnemoscope.analysis", "mnemoscope.runner.study_stages")),
         )
     )

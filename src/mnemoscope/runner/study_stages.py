@@ -166,7 +166,7 @@ def score_costs(root: Path, costs: list[Args]) -> pd.DataFrame:
 
 
 def study_tables(root: Path, args: Args, reporter: Reporter) -> Args:
-    """The study's tables: overlap, cross_arch, leakage, applications, removal."""
+    """The study's tables: overlap, cross_arch, leakage, applications, removal, dp."""
     from mnemoscope.analysis import (
         accuracy_curve_rows,
         cross_arch_table,
@@ -176,7 +176,7 @@ def study_tables(root: Path, args: Args, reporter: Reporter) -> Args:
         overlap_table,
         removal_table,
     )
-    from mnemoscope.store import APPLICATIONS, CROSS_ARCH, LEAKAGE, OVERLAP, REMOVAL
+    from mnemoscope.store import APPLICATIONS, CROSS_ARCH, DP, LEAKAGE, OVERLAP, REMOVAL
 
     root = Path(root)
     study = args["study"]
@@ -236,4 +236,7 @@ def study_tables(root: Path, args: Args, reporter: Reporter) -> Args:
                 for condition, part in runs.groupby("condition", sort=False)
             ]
             write("removal", pd.concat(frames, ignore_index=True), REMOVAL)
+        if args.get("dp"):
+            runs = pd.concat([pd.read_parquet(root / f) for f in args["dp"]], ignore_index=True)
+            write("dp", runs, DP)
     return {"rows": written}

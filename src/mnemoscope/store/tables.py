@@ -254,6 +254,34 @@ REMOVAL = pa.schema(
 )
 """Columns of ``removal.parquet`` (Feldman & Zhang 2020): retraining without top-k examples."""
 
+DP = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("arch", pa.string()),
+        ("setting", pa.string()),  # 'none' | 'sigma=<σ>' | 'eps=<target ε>'
+        ("noise_multiplier", pa.float64()),  # σ (the largest of the models'); null: no DP
+        ("epsilon", pa.float64()),  # the accountant's ε, worst model; null: no DP (∞)
+        ("delta", pa.float64()),
+        # empirical lower bound on ε from LiRA (Clopper–Pearson, 95%) and its attack's rates
+        ("epsilon_lower", pa.float64()),
+        ("epsilon_lower_tpr", pa.float64()),
+        ("epsilon_lower_fpr", pa.float64()),
+        ("test_accuracy", pa.float64()),  # mean over the models
+        ("fz_mean", pa.float64()),  # Feldman–Zhang memorization: mean and quantiles
+        ("fz_q50", pa.float64()),
+        ("fz_q90", pa.float64()),
+        ("fz_q99", pa.float64()),
+        ("fz_flipped_auc", pa.float64()),  # ROC AUC of FZ for the flipped labels
+        ("lira_auc", pa.float64()),
+        ("lira_tpr_at_0_1pct_fpr", pa.float64()),
+        ("privacy_score_mean", pa.float64()),  # LiRA's per-example d, mean
+        ("canary_exposure", pa.float64()),  # the canaries' mean canary score; null: none
+        ("canary_lira", pa.float64()),  # the canaries' mean LiRA d; null: none
+        ("n_models", pa.int64()),
+    ]
+)
+"""Columns of ``dp.parquet``, one row per (dataset, arch, DP setting): the study's DP sweep."""
+
 TABLES: dict[str, pa.Schema] = {
     "examples": EXAMPLES,
     "scores": SCORES,
@@ -270,9 +298,10 @@ TABLES: dict[str, pa.Schema] = {
     "leakage": LEAKAGE,
     "applications": APPLICATIONS,
     "removal": REMOVAL,
+    "dp": DP,
 }
 
-STUDY_TABLES = ("overlap", "cross_arch", "leakage", "applications", "removal")
+STUDY_TABLES = ("overlap", "cross_arch", "leakage", "applications", "removal", "dp")
 """Tables only a study (a config with ``study:``) writes, each where its analysis is on."""
 RUN_TABLES = tuple(name for name in TABLES if name not in STUDY_TABLES)
 """Tables every run writes."""

@@ -10,6 +10,7 @@ is an ensemble of one.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from mnemoscope.train.trained import (
 )
 
 DEFAULT_CHUNK = 64
+DP_CODE = "mnemoscope.train.dp"
+"""The module of DP-SGD (:mod:`mnemoscope.train.dp`), code of every stage training with DP."""
 
 
 def init_module(
@@ -348,9 +351,26 @@ def _train_chunk(
         lrs = tuple(config.lr_at(max(epoch * s - 1, 0), t) for s, t in zip(epoch_steps, total))
         checkpoints.append(Checkpoint(epoch, lrs[0], _snapshot(stack.params), lrs))
 
+    private = None
+    if config.dp is not None:
+        # imported by name: DP's per-example gradients come from influence (which imports
+        # train), and only the stages that train with DP depend on that code: their plan
+        # adds DP_CODE to their cache key, as no import statement here would
+        dp = importlib.import_module(DP_CODE)
+        example = (x_train[:8], y_train[:8])
+        args = (config.dp, config.batch_size, config.epochs, masks[ks], seed, ks)
+        private = dp.PrivateSteps(*args, stack.template, stack.params, example, task)
     if 0 in checkpoint_epochs:
         keep(0)
     for epoch in range(config.epochs):
+        if private is not None:
+            loss, correct = records.loss[:, epoch], records.correct[:, epoch]
+            private.epoch(stack.params, optimizer, x_train, y_train, loss, correct)
+            if epoch + 1 in checkpoint_epochs:
+                keep(epoch + 1)
+            if progress is not None:
+                progress(len(ks))
+            continue
         epoch_order = [next(o) for o in orders]
         index, weight = _batched_schedule(epoch_order, config.batch_size)
         index, weight = index.to(device), weight.to(device)

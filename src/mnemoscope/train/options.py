@@ -12,6 +12,7 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     model_serializer,
+    model_validator,
 )
 
 
@@ -21,6 +22,37 @@ def _list_as_tuple(value: Any) -> Any:
 
 
 Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
+class DPConfig(BaseModel):
+    """Differentially private training, DP-SGD (Abadi et al. 2016, Alg. 1): the ``dp:``
+    entry of ``train:``. Each step clips every example's gradient to ``max_grad_norm``,
+    sums, adds Gaussian noise of standard deviation ``noise_multiplier · max_grad_norm``
+    and divides by the expected batch size; batches are Poisson-sampled (see
+    :mod:`mnemoscope.train.dp`). Give ``noise_multiplier`` or ``target_epsilon``, not both.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    noise_multiplier: float | None = Field(None, ge=0, le=1e6)
+    """σ: the noise's standard deviation in units of ``max_grad_norm`` (0: clipping only,
+    no privacy: ε is infinite)."""
+    target_epsilon: float | None = Field(None, gt=0, le=1e6)
+    """The ε to reach after the run: σ is the smallest the accountant allows
+    (``opacus.accountants.utils.get_noise_multiplier``), model by model."""
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6)
+    """C: each example's gradient is scaled to norm at most C."""
+    delta: float = Field(1e-5, gt=0, lt=1)
+    """δ of the (ε, δ) guarantee."""
+    accountant: Literal["rdp", "prv"] = "rdp"
+    """Opacus's accountant that turns (σ, sampling rate, steps) into ε: Rényi DP
+    (Mironov 2017) or privacy random variables (Gopi et al. 2021)."""
+
+    @model_validator(mode="after")
+    def _one_noise_setting(self) -> DPConfig:
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("give exactly one of noise_multiplier and target_epsilon")
+        return self
 
 
 class TrainConfig(BaseModel):
@@ -64,15 +96,25 @@ class TrainConfig(BaseModel):
     matrix units (Intel AMX) and on GPUs; the scores move by what bf16's 8-bit mantissa
     changes in training (README, "Training settings"; BENCHMARKS.md)."""
 
+    dp: DPConfig | None = None
+    """DP-SGD settings (:class:`DPConfig`); None: ordinary training."""
+
+    @model_validator(mode="after")
+    def _dp_trains_in_float32(self) -> TrainConfig:
+        if self.dp is not None and self.precision != "float32":
+            raise ValueError(
+                f"precision {self.precision!r} is not available with dp: DP-SGD trains in "
+                "float32 (leave precision at float32)"
+            )
+        return self
+
     @model_serializer(mode="wrap")
-    def _without_defaults_of_later_fields(
-        self, handler: SerializerFunctionWrapHandler
-    ) -> dict[str, Any]:
-        """A constant schedule and float32 precision dump as before those fields existed:
-        training cache keys of existing configs stay as they were."""
+    def _without_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A constant schedule, float32 precision and no DP dump as before those fields
+        existed: training cache keys of existing configs stay as they were."""
         data = handler(self)
-        for name, default in (("schedule", "constant"), ("precision", "float32")):
-            if data.get(name) == default:
+        for name, default in (("schedule", "constant"), ("precision", "float32"), ("dp", None)):
+            if name in data and data[name] == default:
                 del data[name]
         return data
 

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from mnemoscope.estimator import PlanContext
 from mnemoscope.influence import GradDot, GradDotConfig
 from mnemoscope.memorization import CumulativeSampleLoss, FinalLoss, Forgetting, NegativeMargin
-from mnemoscope.memorization.dynamics import (
+from mnemoscope.memorization.training_dynamics import (
     CSLConfig,
     FinalLossConfig,
     ForgettingConfig,

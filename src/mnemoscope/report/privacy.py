@@ -1,0 +1,74 @@
+"""The report's differential-privacy evidence: ε against accuracy and leakage, from the
+study's DP sweep (``dp.parquet``, :mod:`mnemoscope.runner.dp_sweep`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mnemoscope.report import study_figures as draw
+from mnemoscope.report.evidence import cell_name
+from mnemoscope.report.run import Run
+from mnemoscope.report.study_figures import CurvePanel, Series
+
+NO_DP_AT = 2.0
+"""Where a setting without DP (ε infinite) is drawn: this factor beyond the largest ε."""
+
+CURVES = (
+    ("test accuracy", "test_accuracy"),
+    ("LiRA AUC", "lira_auc"),
+    ("flipped-label FZ AUC", "fz_flipped_auc"),
+    ("mean privacy score d", "privacy_score_mean"),
+)
+
+
+def dp_tradeoff(run: Run, sink: Any) -> list[dict[str, str]]:
+    """Per (dataset, arch): accuracy, LiRA AUC, flipped-label FZ AUC and privacy score
+    against the accountant's ε, and the empirical lower bound against ε."""
+    frame = run.tables.get("dp")
+    if frame is None or frame.empty:
+        return []
+    panels, bounds = [], []
+    for (dataset, arch), cell in frame.groupby(["dataset", "arch"], sort=True):
+        eps = cell["epsilon"].to_numpy(dtype=np.float64)
+        finite = eps[np.isfinite(eps)]
+        x = np.where(np.isfinite(eps), eps, (finite.max() if len(finite) else 1.0) * NO_DP_AT)
+        order = np.argsort(x)
+        name = cell_name(run, dataset, arch)
+        panels.append(
+            CurvePanel(
+                name,
+                [
+                    Series(label, x[order], cell[column].to_numpy()[order])
+                    for label, column in CURVES
+                ],
+            )
+        )
+        bounds.append(
+            CurvePanel(
+                name,
+                [
+                    Series("accountant ε", x[order], eps[order]),
+                    Series(
+                        "empirical lower bound", x[order], cell["epsilon_lower"].to_numpy()[order]
+                    ),
+                ],
+            )
+        )
+    rightmost = f"no DP drawn at {NO_DP_AT:g}× the largest ε"
+    return [
+        sink.add(
+            "dp-tradeoff",
+            draw.curve_grid(panels, "accountant's ε (DP-SGD)", "value", "ε vs accuracy vs leakage"),
+            "Each DP setting of the sweep: the models' test accuracy, LiRA's membership AUC, the "
+            "Feldman–Zhang AUC for the flipped labels and LiRA's mean per-example privacy score, "
+            f"against the accountant's ε (Opacus; {rightmost}).",
+        ),
+        sink.add(
+            "dp-audit",
+            draw.curve_grid(bounds, "accountant's ε (DP-SGD)", "ε", "Privacy audit"),
+            "The accountant's ε beside the lower bound LiRA's true and false positive rates "
+            "prove (ε ≥ log((TPR − δ)/FPR), Clopper–Pearson 95%); the bound must stay below.",
+        ),
+    ]

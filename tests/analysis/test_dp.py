@@ -1,0 +1,59 @@
+"""The empirical ε lower bound against μ-Gaussian DP, whose exact ε is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from mnemoscope.analysis.dp import clopper_pearson, empirical_epsilon, gaussian_dp_epsilon
+
+
+def _trials(mu: float, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    member = np.arange(2 * n) < n
+    return rng.normal(mu * member, 1.0), member
+
+
+def test_bound_stays_below_the_exact_epsilon_and_grows_with_the_leak():
+    medians = []
+    for mu in (0.5, 1.0, 2.0):
+        truth = gaussian_dp_epsilon(mu, 1e-5)
+        bounds = [empirical_epsilon(*_trials(mu, 20_000, s), delta=1e-5).epsilon for s in range(5)]
+        assert max(bounds) <= truth
+        medians.append(float(np.median(bounds)))
+        if mu >= 1:  # 40 000 trials find a good part of it (not in the far tail δ needs)
+            assert medians[-1] > 0.35 * truth
+    assert medians == sorted(medians)
+
+
+def test_no_leak_gives_no_epsilon():
+    found = [empirical_epsilon(*_trials(0.0, 5_000, seed), delta=1e-5) for seed in range(10)]
+    assert all(f.epsilon < 0.15 for f in found)
+    assert sum(f.epsilon == 0 for f in found) >= 5
+
+
+def test_bound_is_the_formula_at_the_chosen_threshold():
+    scores, member = _trials(1.5, 2_000, 3)
+    found = empirical_epsilon(scores, member, delta=1e-5, seed=1)
+    n_in, n_out = found.trials
+    assert (n_in, n_out) == (1_000, 1_000)
+    tpr_lo = stats.beta.ppf(0.025, found.tpr * n_in, n_in - found.tpr * n_in + 1)
+    fpr_hi = stats.beta.ppf(0.975, found.fpr * n_out + 1, n_out - found.fpr * n_out)
+    expected = max(np.log((tpr_lo - 1e-5) / fpr_hi), np.log((1 - fpr_hi - 1e-5) / (1 - tpr_lo)))
+    assert found.epsilon == pytest.approx(max(expected, 0.0), rel=1e-9)
+
+
+def test_clopper_pearson_covers():
+    rng = np.random.default_rng(0)
+    k = rng.binomial(50, 0.2, size=4000)
+    lower, upper = clopper_pearson(k, 50, 0.025)
+    covered = (lower <= 0.2) & (0.2 <= upper)
+    assert covered.mean() >= 0.95
+    assert clopper_pearson(np.array([0]), 10, 0.05)[0][0] == 0.0
+
+
+def test_gaussian_dp_epsilon_solves_its_equation():
+    eps = gaussian_dp_epsilon(1.0, 1e-5)
+    delta = stats.norm.cdf(-eps + 0.5) - np.exp(eps) * stats.norm.cdf(-eps - 0.5)
+    assert delta == pytest.approx(1e-5, rel=1e-6)
