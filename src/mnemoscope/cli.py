@@ -66,6 +66,7 @@ QUERY_TABLES = (
     "leakage",
     "applications",
     "removal",
+    "dp",
 )
 F = TypeVar("F", bound=Callable[..., Any])
 
