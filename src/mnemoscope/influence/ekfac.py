@@ -15,7 +15,7 @@ from torch.func import functional_call
 from mnemoscope.data import Dataset
 from mnemoscope.estimator import register
 from mnemoscope.influence.adapters import layer_adapter
-from mnemoscope.influence.functions import InfluenceFunction
+from mnemoscope.influence.influence_functions import InfluenceFunction
 from mnemoscope.influence.gradient_dot import GradDotConfig
 from mnemoscope.influence.layerwise import LayerwiseGradients, _Recorder
 from mnemoscope.meter import count

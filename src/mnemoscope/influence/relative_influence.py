@@ -1,6 +1,6 @@
 """Influence functions normalised or measured differently: RelatIF (Barshan et al. 2020)
 and classification influence (the target's margin instead of its loss), both on the
-exact damped inverse of :class:`~mnemoscope.influence.functions.IFExact`."""
+exact damped inverse of :class:`~mnemoscope.influence.influence_functions.IFExact`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from mnemoscope.task import Measurement
 if TYPE_CHECKING:
     pass
 
-from mnemoscope.influence.functions import IFExact, IFExactConfig
+from mnemoscope.influence.influence_functions import IFExact, IFExactConfig
 
 
 class RelatIFConfig(IFExactConfig):

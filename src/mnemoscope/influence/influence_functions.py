@@ -1,5 +1,5 @@
 """Influence functions (Koh & Liang 2017) with four ways to apply the inverse curvature,
-and two variants in :mod:`mnemoscope.influence.relative`: RelatIF and influence on the margin.
+and two variants in :mod:`mnemoscope.influence.relative_influence`: RelatIF and influence on the margin.
 
 All of them score training example i against a target z with
 
