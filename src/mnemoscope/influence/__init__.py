@@ -2,6 +2,9 @@
 
 from mnemoscope.influence.base import InfluenceEstimator
 from mnemoscope.influence.ekfac import EKFAC, EKFACConfig
+from mnemoscope.influence.gradient_cosine import GradCos, GradCosConfig
+from mnemoscope.influence.gradient_dot import GradDot, GradDotConfig, TracIn, TracInConfig
+from mnemoscope.influence.gradients import per_example_grads, select_params
 from mnemoscope.influence.influence_functions import (
     IFArnoldi,
     IFArnoldiConfig,
@@ -12,9 +15,6 @@ from mnemoscope.influence.influence_functions import (
     IFLissa,
     IFLissaConfig,
 )
-from mnemoscope.influence.gradient_cosine import GradCos, GradCosConfig
-from mnemoscope.influence.gradient_dot import GradDot, GradDotConfig, TracIn, TracInConfig
-from mnemoscope.influence.gradients import per_example_grads, select_params
 from mnemoscope.influence.knn_shapley import KNNShapley, KNNShapleyConfig
 from mnemoscope.influence.relative_influence import (
     ClassificationInfluence,

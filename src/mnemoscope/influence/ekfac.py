@@ -15,8 +15,8 @@ from torch.func import functional_call
 from mnemoscope.data import Dataset
 from mnemoscope.estimator import register
 from mnemoscope.influence.adapters import layer_adapter
-from mnemoscope.influence.influence_functions import InfluenceFunction
 from mnemoscope.influence.gradient_dot import GradDotConfig
+from mnemoscope.influence.influence_functions import InfluenceFunction
 from mnemoscope.influence.layerwise import LayerwiseGradients, _Recorder
 from mnemoscope.meter import count
 from mnemoscope.task import Task
