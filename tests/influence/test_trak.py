@@ -50,26 +50,31 @@ def test_features_are_projected_autograd_margin_gradients(mlps, digits_small):
     data = digits_small
     estimator = TRAK(TRAKConfig(n_models=2, proj_dim=32, params="last_layer", batch_size=7))
     estimator.fit({"models": mlps}, data, Task())
-    module = mlps.module()
-    names = estimator.names_
     for m in range(2):
         projection = estimator._projector("*", 0, estimator.n_params_, 32).matrix((0, m)).double()
         assert projection.shape == (estimator.n_params_, 32)
         torch.testing.assert_close(projection.abs(), torch.full_like(projection, 32**-0.5))
-        phi = torch.cat(list(estimator._features(m, data.x_train[:10], data.y_train[:10])))
-        module.load_state_dict({k: v[m] for k, v in mlps.params.items()})
-        for i in (0, 9):
-            module.zero_grad()
-            log_odds(module(data.x_train[i][None])[0], data.y_train[i]).backward()
-            named = dict(module.named_parameters())
-            g = torch.cat([named[n].grad.flatten() for n in names]).double()
-            torch.testing.assert_close(phi[i].double(), g @ projection, rtol=1e-4, atol=1e-5)
+        _assert_projected_gradients(estimator, mlps, data, m, projection)
     # the two models draw different projections; drawing them again gives the same ones
     projector = estimator._projector("*", 0, estimator.n_params_, 32)
     assert not torch.equal(projector.chunk((0, 0), 0), projector.chunk((0, 1), 0))
     cached = projector.chunk((0, 1), 0).clone()
     projector.cache.clear()
     assert torch.equal(projector.chunk((0, 1), 0), cached)
+
+
+def _assert_projected_gradients(estimator, mlps, data, m, projection) -> None:
+    """Model ``m``'s TRAK features of two training examples equal their autograd log-odds
+    gradients (over the estimator's parameters) times ``projection``."""
+    module, names = mlps.module(), estimator.names_
+    phi = torch.cat(list(estimator._features(m, data.x_train[:10], data.y_train[:10])))
+    module.load_state_dict({k: v[m] for k, v in mlps.params.items()})
+    for i in (0, 9):
+        module.zero_grad()
+        log_odds(module(data.x_train[i][None])[0], data.y_train[i]).backward()
+        named = dict(module.named_parameters())
+        g = torch.cat([named[n].grad.flatten() for n in names]).double()
+        torch.testing.assert_close(phi[i].double(), g @ projection, rtol=1e-4, atol=1e-5)
 
 
 def test_factored_features_are_kronecker_projected_autograd_gradients(mlps, digits_small):
@@ -95,14 +100,7 @@ def test_factored_features_are_kronecker_projected_autograd_gradients(mlps, digi
     assert projection.shape == (estimator.n_params_, 32)
     # every entry is ±1/√k, as for the dense Rademacher projection
     torch.testing.assert_close(projection.abs(), torch.full_like(projection, 32**-0.5))
-    phi = torch.cat(list(estimator._features(m, data.x_train[:10], data.y_train[:10])))
-    module.load_state_dict({k: v[m] for k, v in mlps.params.items()})
-    for i in (0, 9):
-        module.zero_grad()
-        log_odds(module(data.x_train[i][None])[0], data.y_train[i]).backward()
-        named = dict(module.named_parameters())
-        g = torch.cat([named[n].grad.flatten() for n in names]).double()
-        torch.testing.assert_close(phi[i].double(), g @ projection, rtol=1e-4, atol=1e-5)
+    _assert_projected_gradients(estimator, mlps, data, m, projection)
     # another structure, another estimate of the same kernel: close, not equal
     dense = TRAK(config.model_copy(update={"projection_structure": "dense"}))
     dense.fit({"models": mlps}, data, Task())
