@@ -42,62 +42,36 @@ def study_stages(planner: Planner) -> Stage:
         if cfg.train_for(arch).dp is not None:
             code = (*code, DP_CODE)
         if study.removal is not None and arch in (study.removal.archs or cfg.archs):
-            file = planner.run.part_file("removal", dataset, arch)
             methods = study.removal.methods
-            stage = planner.plan.add(
-                Stage(
-                    name=f"removal/{dataset}/{arch}",
-                    function=study_work.removal_stage,
-                    args={
-                        **common,
-                        "scores": {m: cell["scores"][m] for m in methods},
-                        "methods": [entries[m] for m in methods],
-                        "ks": study.removal.ks,
-                        "seeds": study.removal.seeds,
-                        "conditions": study.removal.conditions,
-                        "output": file,
-                    },
-                    outputs=(file,),
-                    after=(
-                        f"data/{dataset}",
-                        *(f"scores/{dataset}/{arch}/{m}" for m in methods),
-                    ),
-                    code=code_units((*code, *_codes(planner, methods))),
-                )
+            args = {
+                **common,
+                "scores": {m: cell["scores"][m] for m in methods},
+                "methods": [entries[m] for m in methods],
+                "ks": study.removal.ks,
+                "seeds": study.removal.seeds,
+                "conditions": study.removal.conditions,
+            }
+            after = tuple(f"scores/{dataset}/{arch}/{m}" for m in methods)
+            code_of = (*code, *_codes(planner, methods))
+            removal.append(
+                _part(planner, "removal", cell, study_work.removal_stage, args, after, code_of)
             )
-            removal.append((stage.name, file))
         part = study.summarization
         if part is not None and arch in (part.archs or cfg.archs):
-            file = planner.run.part_file("summarization", dataset, arch)
-            stage = planner.plan.add(
-                Stage(
-                    name=f"summarization/{dataset}/{arch}",
-                    function=study_work.summarization_stage,
-                    args={
-                        **common,
-                        "summarization": {**part.model_dump(), "method": entries[part.method]},
-                        "output": file,
-                    },
-                    outputs=(file,),
-                    after=(f"data/{dataset}",),
-                    code=code_units((*code, *_codes(planner, [part.method]))),
-                )
+            args = {
+                **common,
+                "summarization": {**part.model_dump(), "method": entries[part.method]},
+            }
+            code_of = (*code, *_codes(planner, [part.method]))
+            stage = _part(
+                planner, "summarization", cell, study_work.summarization_stage, args, (), code_of
             )
-            summarization.append((stage.name, file))
+            summarization.append(stage)
         sweep = study.dp
         if sweep is not None and arch in (sweep.archs or cfg.archs):
-            file = planner.run.part_file("dp", dataset, arch)
-            stage = planner.plan.add(
-                Stage(
-                    name=f"dp/{dataset}/{arch}",
-                    function=dp_sweep.dp_stage,
-                    args={**common, "sweep": sweep.model_dump(mode="json"), "output": file},
-                    outputs=(file,),
-                    after=(f"data/{dataset}",),
-                    code=code_units(("mnemoscope.runner.dp_sweep", *code)),
-                )
-            )
-            private.append((stage.name, file))
+            args = {**common, "sweep": sweep.model_dump(mode="json")}
+            code_of = ("mnemoscope.runner.dp_sweep", *code)
+            private.append(_part(planner, "dp", cell, dp_sweep.dp_stage, args, (), code_of))
     outputs = [
         f"{name}.parquet"
         for name in ("overlap", "cross_arch", "leakage")
@@ -134,6 +108,27 @@ def study_stages(planner: Planner) -> Stage:
             code=code_units(("mnemoscope.analysis", "mnemoscope.runner.study_stages")),
         )
     )
+
+
+def _part(planner: Planner, kind: str, cell: dict, function, args: dict, after: tuple, code: tuple):
+    """Add the experiment stage ``<kind>/<dataset>/<arch>`` of ``cell``, writing its part
+    file (``args`` plus that ``output``) after the dataset's stage and ``after``, keyed by
+    the modules ``code``; returns its name and file."""
+    from mnemoscope.runner.plan import Stage
+
+    dataset, arch = cell["dataset"]["name"], cell["arch"]
+    file = planner.run.part_file(kind, dataset, arch)
+    stage = planner.plan.add(
+        Stage(
+            name=f"{kind}/{dataset}/{arch}",
+            function=function,
+            args={**args, "output": file},
+            outputs=(file,),
+            after=(f"data/{dataset}", *after),
+            code=code_units(code),
+        )
+    )
+    return stage.name, file
 
 
 def _codes(planner: Planner, methods: list[str]) -> tuple[str, ...]:
