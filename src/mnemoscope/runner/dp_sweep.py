@@ -32,7 +32,7 @@ from mnemoscope.memorization.feldman_zhang import FeldmanZhang, FeldmanZhangConf
 from mnemoscope.memorization.lira import GLOBAL_VARIANCE_BELOW, Lira, LiraConfig
 from mnemoscope.runner.progress import Reporter
 from mnemoscope.runner.stages import load_dataset
-from mnemoscope.store.atomic import atomic_path
+from mnemoscope.store import write_parquet
 from mnemoscope.task import Task
 from mnemoscope.train import TrainConfig, subset_masks, train_ensemble
 from mnemoscope.train.dp import privacy_record
@@ -140,6 +140,5 @@ def dp_stage(root: Path, args: Args, reporter: Reporter) -> Args:
             progress=advance,
         )
     frame = frame.assign(dataset=dataset.name, arch=args["arch"])[list(DP_COLUMNS)]
-    with atomic_path(Path(root) / args["output"]) as tmp:
-        frame.to_parquet(tmp, index=False)
+    write_parquet(Path(root) / args["output"], frame)
     return {"settings": len(frame)}

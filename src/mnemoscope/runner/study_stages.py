@@ -18,7 +18,6 @@ from mnemoscope.runner.progress import Reporter
 from mnemoscope.runner.retraining import clean_labels, ranked, removal, score_by, summarization
 from mnemoscope.runner.stages import load_dataset
 from mnemoscope.store import FITS, write_parquet
-from mnemoscope.store.atomic import atomic_path
 from mnemoscope.train import TrainConfig
 from mnemoscope.train.fit import fit_problem
 
@@ -117,13 +116,8 @@ def removal_stage(root: Path, args: Args, reporter: Reporter) -> Args:
             frame = removal(data, rankings, args["ks"], args["seeds"], progress=advance, **common)
         parts.append(frame.assign(condition=condition))
     out = pd.concat(parts, ignore_index=True).assign(dataset=dataset.name, arch=args["arch"])
-    _write(root, args["output"], out)
+    write_parquet(Path(root) / args["output"], out)
     return {"models": int(len(out))}
-
-
-def _write(root: Path, file: str, frame: pd.DataFrame) -> None:
-    with atomic_path(Path(root) / file) as tmp:
-        frame.to_parquet(tmp, index=False)
 
 
 def summarization_stage(root: Path, args: Args, reporter: Reporter) -> Args:
@@ -146,7 +140,9 @@ def summarization_stage(root: Path, args: Args, reporter: Reporter) -> Args:
             args["seed"],
             args["device"],
         )
-    _write(root, args["output"], frame.assign(dataset=dataset.name, arch=args["arch"]))
+    write_parquet(
+        Path(root) / args["output"], frame.assign(dataset=dataset.name, arch=args["arch"])
+    )
     return {"steps": int(frame["fraction"].nunique()) - 1}
 
 
