@@ -143,3 +143,18 @@ def machine() -> dict[str, object]:
         "threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
     }
+
+
+def influence_agreement(ours: tuple, peer: tuple, scale: float) -> tuple[dict[str, float], str]:
+    """Agreement of ``(self-influence, train×target matrix)`` with the peer's after
+    ``ours × scale`` (influence functions: the peers sum where we average, scale n): the
+    train×target numbers of :func:`agreement` and the row's agreement text."""
+    on_self = agreement(ours[0] * scale, peer[0])
+    pairs = agreement(ours[1] * scale, peer[1])
+    worst = max(on_self["max_rel_diff"], pairs["max_rel_diff"])
+    text = (
+        f"self Spearman {on_self['spearman']:.6f} Pearson {on_self['pearson']:.6f}; "
+        f"pairwise Spearman {pairs['spearman']:.6f} Pearson {pairs['pearson']:.6f}; "
+        f"ours × n = theirs (max rel diff {worst:.1e})"
+    )
+    return pairs, text

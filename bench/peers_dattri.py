@@ -67,10 +67,9 @@ def run(repeats: int, device: str) -> list[dict]:
     torch.set_num_threads(1)
     data, model, task = _digits_logreg(device)
     n = data.n_train
-    our_self, our_matrix = ours(data, model, task, device)
-    peer_self, peer_matrix = theirs(data, model, task, device)
-    agree_self = peerlib.agreement(our_self * n, peer_self)
-    agree_pairs = peerlib.agreement(our_matrix * n, peer_matrix)
+    agree_pairs, agreement = peerlib.influence_agreement(
+        ours(data, model, task, device), theirs(data, model, task, device), n
+    )
     times = peerlib.interleaved(
         {
             "peer": lambda: theirs(data, model, task, device),
@@ -78,17 +77,11 @@ def run(repeats: int, device: str) -> list[dict]:
         },
         repeats,
     )
-    worst = max(agree_self["max_rel_diff"], agree_pairs["max_rel_diff"])
     return [
         {
             "peer": "dattri 0.3.0 IFAttributorExplicit",
             "method": f"if_exact, digits logreg, fit + self + {data.n_test} targets",
-            "agreement": (
-                f"self Spearman {agree_self['spearman']:.6f} Pearson {agree_self['pearson']:.6f}; "
-                f"pairwise Spearman {agree_pairs['spearman']:.6f} "
-                f"Pearson {agree_pairs['pearson']:.6f}; ours × n = theirs "
-                f"(max rel diff {worst:.1e})"
-            ),
+            "agreement": agreement,
             "target": 1.5,
             "notes": (
                 f"n {n}, P {sum(int(np.prod(v.shape[1:])) for v in model.params.values())}; "

@@ -111,10 +111,9 @@ def run(repeats: int, device: str) -> list[dict]:
     torch.set_num_threads(1)
     data, model, task = _digits_mlp(device)
     n = data.n_train
-    our_self, our_matrix = ours(data, model, task, device)
-    peer_self, peer_matrix = theirs(data, model, task, device)
-    agree_self = peerlib.agreement(our_self * n, peer_self)
-    agree_pairs = peerlib.agreement(our_matrix * n, peer_matrix)
+    agree_pairs, agreement = peerlib.influence_agreement(
+        ours(data, model, task, device), theirs(data, model, task, device), n
+    )
     sections: dict[str, list[float]] = {"fit": [], "self": [], "pairwise": []}
 
     def timed_ours():
@@ -131,12 +130,7 @@ def run(repeats: int, device: str) -> list[dict]:
         {
             "peer": "Kronfluence 1.0.1",
             "method": f"if_ekfac, digits mlp, empirical Fisher, fit + self + {N_TARGETS} targets",
-            "agreement": (
-                f"self Spearman {agree_self['spearman']:.6f} Pearson {agree_self['pearson']:.6f}; "
-                f"pairwise Spearman {agree_pairs['spearman']:.6f} "
-                f"Pearson {agree_pairs['pearson']:.6f}; ours × n = theirs "
-                f"(max rel diff {max(agree_self['max_rel_diff'], agree_pairs['max_rel_diff']):.1e})"
-            ),
+            "agreement": agreement,
             "target": 2.0,
             "notes": (
                 f"n {n}; damping theirs = ours + l2 ({DAMPING:g} + {task.l2:g}); ours: fit "
