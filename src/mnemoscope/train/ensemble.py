@@ -366,31 +366,28 @@ def _train_chunk(
         if private is not None:
             loss, correct = records.loss[:, epoch], records.correct[:, epoch]
             private.epoch(stack.params, optimizer, x_train, y_train, loss, correct)
-            if epoch + 1 in checkpoint_epochs:
-                keep(epoch + 1)
-            if progress is not None:
-                progress(len(ks))
-            continue
-        epoch_order = [next(o) for o in orders]
-        index, weight = _batched_schedule(epoch_order, config.batch_size)
-        index, weight = index.to(device), weight.to(device)
-        step_loss = torch.empty(index.shape, device=device)  # [K, steps, B], schedule order
-        step_correct = torch.empty(index.shape, dtype=torch.bool, device=device)
-        for step in range(index.shape[1]):
-            idx, w = index[:, step], weight[:, step]
-            labels = y_train[idx]
-            out = stack.forward(x_step[idx])
-            per_example = task.loss(out, labels)
-            step_loss[:, step] = per_example.detach()
-            step_correct[:, step] = out.argmax(-1) == labels
-            batch_loss = (per_example * w).sum(1) / w.sum(1).clamp_min(1.0)
-            grads = torch.autograd.grad(batch_loss.sum(), [stack.params[k] for k in names])
-            optimizer.step(stack.params, dict(zip(names, grads)), w.sum(1) > 0)
-        # model k's real examples are the first len(order) slots of its schedule
-        step_loss, step_correct = step_loss.cpu(), step_correct.cpu()
-        for row, presented in enumerate(epoch_order):
-            records.loss[row, epoch, presented] = step_loss[row].flatten()[: len(presented)]
-            records.correct[row, epoch, presented] = step_correct[row].flatten()[: len(presented)]
+        else:
+            epoch_order = [next(o) for o in orders]
+            index, weight = _batched_schedule(epoch_order, config.batch_size)
+            index, weight = index.to(device), weight.to(device)
+            step_loss = torch.empty(index.shape, device=device)  # [K, steps, B], schedule order
+            step_correct = torch.empty(index.shape, dtype=torch.bool, device=device)
+            for step in range(index.shape[1]):
+                idx, w = index[:, step], weight[:, step]
+                labels = y_train[idx]
+                out = stack.forward(x_step[idx])
+                per_example = task.loss(out, labels)
+                step_loss[:, step] = per_example.detach()
+                step_correct[:, step] = out.argmax(-1) == labels
+                batch_loss = (per_example * w).sum(1) / w.sum(1).clamp_min(1.0)
+                grads = torch.autograd.grad(batch_loss.sum(), [stack.params[k] for k in names])
+                optimizer.step(stack.params, dict(zip(names, grads)), w.sum(1) > 0)
+            # model k's real examples are the first len(order) slots of its schedule
+            step_loss, step_correct = step_loss.cpu(), step_correct.cpu()
+            for row, presented in enumerate(epoch_order):
+                real = len(presented)
+                records.loss[row, epoch, presented] = step_loss[row].flatten()[:real]
+                records.correct[row, epoch, presented] = step_correct[row].flatten()[:real]
         if epoch + 1 in checkpoint_epochs:
             keep(epoch + 1)
         if progress is not None:
