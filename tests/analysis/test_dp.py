@@ -57,3 +57,34 @@ def test_gaussian_dp_epsilon_solves_its_equation():
     eps = gaussian_dp_epsilon(1.0, 1e-5)
     delta = stats.norm.cdf(-eps + 0.5) - np.exp(eps) * stats.norm.cdf(-eps - 0.5)
     assert delta == pytest.approx(1e-5, rel=1e-6)
+
+
+def test_auc_interval_covers_the_binormal_auc():
+    """Positives N(d, 1), negatives N(0, 1): AUC = Φ(d/√2). The 95% bootstrap interval
+    holds it in most replicate samples, shrinks with n, and is [1, 1] for a perfect score."""
+    from mnemoscope.analysis.dp import _auc, auc_interval
+
+    d = 1.0
+    truth = stats.norm.cdf(d / np.sqrt(2))
+    covered, widths = 0, {}
+    for n in (100, 400):
+        for seed in range(40):
+            scores, positive = _trials(d, n // 2, seed)
+            low, high = auc_interval(scores, positive, 200, 0.95, seed)
+            assert low <= _auc(scores, positive) <= high
+            covered += int(low <= truth <= high) if n == 400 else 0
+            widths.setdefault(n, []).append(high - low)
+    assert covered >= 34  # of 40 (nominal 38)
+    assert np.median(widths[400]) < 0.65 * np.median(widths[100])  # ~ 1/√n
+    perfect = np.arange(50.0)
+    assert auc_interval(perfect, perfect >= 25, 100, 0.95, 0) == (1.0, 1.0)
+
+
+def test_auc_interval_resamples_an_examples_models_together():
+    """K identical rows per example are one example: the interval is the 1-D one's."""
+    from mnemoscope.analysis.dp import auc_interval
+
+    scores, positive = _trials(0.7, 60, 3)
+    one = auc_interval(scores, positive, 300, 0.9, 7)
+    stacked = auc_interval(np.tile(scores, (8, 1)), np.tile(positive, (8, 1)), 300, 0.9, 7)
+    assert stacked == pytest.approx(one, abs=1e-12)

@@ -80,15 +80,37 @@ def test_canaries_land_at_the_top_of_memorization():
         finite = scores[np.isfinite(scores)]
         above = [(finite < value).mean() for value in scores[index]]
         assert min(above) > 0.85, (estimator.name, above)
-    for reaction in ("label_shift", "kl"):
+    for reaction in ("label_shift", "probability_shift", "kl"):
         config = CanaryConfig(n_models=k, subset_fraction=0.5, reaction=reaction, n_ood=100)
         scores = Canary(config).fit({"subsets": trained}, data, Task()).score()
         np.testing.assert_array_equal(scores.example_ids, data.train_ids[index].numpy())
         assert np.isfinite(scores.stderr).all()
-        if reaction == "label_shift":
+        if reaction == "probability_shift":
+            _check_probability_shift(data, trained, scores, n_ood=100)
+        if reaction != "kl":
             assert (scores.score > 2 * scores.stderr).all()
         else:
             assert np.median(scores.score) > 0
+
+
+def _check_probability_shift(data, trained, scores, n_ood):
+    """The bounded reaction recomputed with numpy from the ensemble's logits: the mean
+    rise of the canary label's softmax probability, members' mean minus the others'."""
+    x = data.x_test[:n_ood]
+    plain = trained.logits(x).double().numpy()
+
+    def softmax(z):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    masks = trained.masks.numpy()
+    for c, i in enumerate(data.canaries.index.tolist()):
+        stamped = trained.logits(data.canaries.stamp(x, c)).double().numpy()
+        label = int(data.y_train[i])
+        r = (softmax(stamped)[..., label] - softmax(plain)[..., label]).mean(-1)  # [K]
+        assert np.all(np.abs(r) <= 1)
+        member = masks[:, i]
+        np.testing.assert_allclose(scores.score[c], r[member].mean() - r[~member].mean(), 1e-9)
 
 
 def test_a_study_plants_marks_and_scores_canaries(tmp_path):

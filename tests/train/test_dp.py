@@ -285,26 +285,37 @@ def test_a_study_sweeps_dp_settings_into_dp_parquet(tmp_path):
 
 @pytest.mark.slow
 def test_less_epsilon_less_memorization_and_leakage_on_digits(tmp_path):
-    """Digits with 10% flipped labels and 5 canaries, 16 mlps per setting. Measured
-    (2026-12-02): flipped-label FZ AUC 0.79 without DP, 0.45 at ε = 8 and 0.49 at ε = 1
-    (DP-SGD's clipping and noise stop label memorization already at ε = 8, and at ε = 100:
-    0.47); LiRA AUC 0.65 → 0.52 → 0.50; the canaries' LiRA score 6.6 → 2.0 → 1.1; the
-    audit's bound 3.5 without DP, 0.05 and 0 under it. The canaries' label-shift reaction
-    is not monotone (noise-dominated at ε = 1, where accuracy is 33%) and is not checked."""
+    """Digits with 10% flipped labels and 20 canaries, 16 mlps per setting, 30 epochs,
+    batch 64 (C = 1). Measured (2026-12-02, canary seeds 0 and 1): flipped-label FZ AUC
+    0.81–0.82 without DP, 0.47 at ε = 8 and 0.49 at ε = 1 (chance: DP-SGD's clipping
+    alone, σ = 0, already takes it to 0.46 while the models keep 93% accuracy; with
+    C = 10 it survives clipping, 0.72, and ε = 1000, 0.71, but not ε = 100, 0.51: see
+    docs/methods.md; 95% intervals [0.44, 0.51] and [0.47, 0.53]); LiRA AUC 0.66 →
+    0.52 → 0.50 (intervals [0.64, 0.67], [0.50, 0.53], [0.49, 0.51]: the fall from
+    ε = 8 to 1 is within them); the canaries' LiRA score 4.0–5.0 →
+    0.9–1.3 → 0.8 and their exposure (probability shift) 0.52–0.56 → 0.06–0.11 →
+    −0.04–0.00; the audit's bound 3.6 without DP and 0 under it."""
     frame = _sweep_study(
         tmp_path,
-        {"name": "digits", "label_noise": 0.1, "canaries": {"n": 5, "class": 0}},
+        {"name": "digits", "label_noise": 0.1, "canaries": {"n": 20, "class": 0}},
         {"epochs": 30, "batch_size": 64},
         {"settings": [None, {"target_epsilon": 8.0}, {"target_epsilon": 1.0}], "n_models": 16},
     ).set_index("setting")
     none, eight, one = frame.loc["none"], frame.loc["eps=8"], frame.loc["eps=1"]
     assert none["fz_flipped_auc"] > 0.7, frame.T
     for private in (eight, one):
-        assert private["fz_flipped_auc"] < none["fz_flipped_auc"] - 0.2, frame.T
-        assert abs(private["fz_flipped_auc"] - 0.5) < 0.1, frame.T  # chance
+        assert private["fz_flipped_auc_high"] < none["fz_flipped_auc_low"] - 0.2, frame.T
+        # at or below chance: the few examples DP still lets the models memorize are clean
+        assert 0.4 < private["fz_flipped_auc_low"] < 0.5 < private["fz_flipped_auc_high"] + 0.03, (
+            frame.T
+        )
+        assert private["lira_auc_high"] < none["lira_auc_low"], frame.T
         assert private["epsilon_lower"] <= private["epsilon"], frame.T
     assert none["lira_auc"] > eight["lira_auc"] > one["lira_auc"], frame.T
     assert none["canary_lira"] > eight["canary_lira"] > one["canary_lira"], frame.T
+    assert none["canary_exposure"] > 0.3 > eight["canary_exposure"] > one["canary_exposure"], (
+        frame.T
+    )
     assert none["epsilon_lower"] > 1.0, frame.T  # the audit finds the unprotected models
 
 

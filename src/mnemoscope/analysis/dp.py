@@ -135,7 +135,11 @@ DP_COLUMNS = (
     "fz_q90",
     "fz_q99",
     "fz_flipped_auc",
+    "fz_flipped_auc_low",
+    "fz_flipped_auc_high",
     "lira_auc",
+    "lira_auc_low",
+    "lira_auc_high",
     "lira_tpr_at_0_1pct_fpr",
     "privacy_score_mean",
     "canary_exposure",
@@ -159,6 +163,26 @@ def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
     )
 
 
+def auc_interval(
+    scores: np.ndarray, positive: np.ndarray, n_bootstrap: int, confidence: float, seed: int
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the ROC AUC of ``scores`` for ``positive``, both
+    ``[n]`` or ``[K, n]``: the resamples draw the n examples (columns) with replacement,
+    so the K entries of one example (one per model) stay together, as they are not
+    independent. NaN scores are dropped in each resample, as :func:`_auc` does."""
+    scores, positive = np.atleast_2d(scores), np.atleast_2d(np.asarray(positive, dtype=bool))
+    n = scores.shape[-1]
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_bootstrap)
+    for b in range(n_bootstrap):
+        drawn = rng.integers(0, n, size=n)
+        boot[b] = _auc(scores[:, drawn].ravel(), positive[:, drawn].ravel())
+    if np.isnan(boot).all():
+        return math.nan, math.nan
+    low, high = np.nanquantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(low), float(high)
+
+
 def dp_row(
     *,
     test_correct: np.ndarray,
@@ -173,6 +197,8 @@ def dp_row(
     epsilon: float | None,
     delta: float,
     seed: int = 0,
+    n_bootstrap: int = 200,
+    confidence: float = 0.95,
 ) -> dict[str, float | None]:
     """The numbers of one DP setting (the columns of :data:`DP_COLUMNS` after the setting's
     own): ``test_correct [K, n_test]``; Feldman–Zhang ``memorization [n]`` (its mean and
@@ -181,13 +207,19 @@ def dp_row(
     ``masks [K, n]`` and its ``attack_metrics`` (AUC, TPR at 0.1% FPR), whose empirical ε
     lower bound (:func:`empirical_epsilon`) sits beside the accountant's ``epsilon``
     (None: no DP, ε infinite); the mean per-example ``privacy_score``; the canaries' mean
-    ``canary`` score and mean LiRA privacy score (None without canaries)."""
+    ``canary`` score and mean LiRA privacy score (None without canaries). The two AUCs
+    come with ``confidence`` percentile bootstrap intervals over the examples
+    (:func:`auc_interval`, ``n_bootstrap`` resamples)."""
     memorization = np.asarray(memorization, dtype=np.float64)
     kept = memorization[np.isfinite(memorization)]
     lower = empirical_epsilon(
         attack[np.isfinite(attack)], masks[np.isfinite(attack)], delta, seed=seed
     )
     canaries = np.asarray(is_canary, dtype=bool)
+    flipped = np.asarray(flipped, dtype=bool)
+    interval = {"n_bootstrap": n_bootstrap, "confidence": confidence, "seed": seed}
+    fz_low, fz_high = auc_interval(memorization, flipped, **interval)
+    lira_low, lira_high = auc_interval(attack, np.asarray(masks, dtype=bool), **interval)
     return {
         "epsilon": epsilon,
         "delta": delta,
@@ -199,8 +231,12 @@ def dp_row(
         "fz_q50": float(np.quantile(kept, 0.5)),
         "fz_q90": float(np.quantile(kept, 0.9)),
         "fz_q99": float(np.quantile(kept, 0.99)),
-        "fz_flipped_auc": _auc(memorization, np.asarray(flipped, dtype=bool)),
+        "fz_flipped_auc": _auc(memorization, flipped),
+        "fz_flipped_auc_low": fz_low,
+        "fz_flipped_auc_high": fz_high,
         "lira_auc": attack_metrics[0],
+        "lira_auc_low": lira_low,
+        "lira_auc_high": lira_high,
         "lira_tpr_at_0_1pct_fpr": attack_metrics[1],
         "privacy_score_mean": float(np.nanmean(privacy_score)),
         "canary_exposure": None if canary is None else float(np.nanmean(canary[canaries])),

@@ -19,10 +19,12 @@ class CanaryConfig(FeldmanZhangConfig):
     method: Literal["canary"] = "canary"  # type: ignore[assignment]
     n_ood: int = Field(200, ge=1, le=1_000_000)
     """Held-out inputs the canaries' patterns are stamped on (the first of the test split)."""
-    reaction: Literal["label_shift", "kl"] = "label_shift"
+    reaction: Literal["label_shift", "probability_shift", "kl"] = "label_shift"
     """``label_shift``: rise of the log-probability of the canary's label when its pattern
-    is stamped on; ``kl``: KL divergence of the outputs with the pattern from those
-    without (direction-blind: any large perturbation moves the outputs of every model)."""
+    is stamped on; ``probability_shift``: rise of its probability (bounded in [−1, 1], so
+    comparable between models whose logits differ in scale, as DP-SGD's noise makes
+    them); ``kl``: KL divergence of the outputs with the pattern from those without
+    (direction-blind: any large perturbation moves the outputs of every model)."""
 
 
 def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -42,7 +44,10 @@ class Canary(FeldmanZhang):
     to c's feature over ``n_ood`` held-out inputs x (inputs no model trained on) with the
     pattern stamped on (``x ⊕ pattern_c``) is
 
-    ``r_kc = mean_x [log p_θk(y_c | x ⊕ pattern_c) − log p_θk(y_c | x)]`` (``label_shift``)
+    ``r_kc = mean_x [log p_θk(y_c | x ⊕ pattern_c) − log p_θk(y_c | x)]`` (``label_shift``),
+    ``r_kc = mean_x [p_θk(y_c | x ⊕ pattern_c) − p_θk(y_c | x)]`` (``probability_shift``:
+    bounded, for models whose logit scales differ: under DP-SGD at ε = 1 on digits the
+    label shift of single models reached hundreds of nats either way, pure noise)
 
     or ``r_kc = mean_x KL(p_θk(· | x ⊕ pattern_c) ‖ p_θk(· | x))`` (``kl``, Hartley &
     Tsaftaris's measure). The KL also grows for models that never saw the canary (a
@@ -69,7 +74,7 @@ class Canary(FeldmanZhang):
     reference = (
         "Hartley & Tsaftaris 2022, 'Measuring Unintended Memorisation of Unique Private Features'"
     )
-    summary = "reaction (KL) to a canary's unique feature, trained with it minus without"
+    summary = "reaction to a canary's unique feature, trained with it minus without"
     config: CanaryConfig
 
     def fit(self, ensembles, dataset, task, device="cpu"):
@@ -94,10 +99,11 @@ class Canary(FeldmanZhang):
                 columns.append(_kl(stamped, plain).mean(-1))
             else:
                 label = data.y_train[i]
-                shift = torch.log_softmax(stamped.double(), -1) - torch.log_softmax(
-                    plain.double(), -1
-                )
-                columns.append(shift[..., label].mean(-1))
+                after = torch.log_softmax(stamped.double(), -1)[..., label]
+                before = torch.log_softmax(plain.double(), -1)[..., label]
+                if self.config.reaction == "probability_shift":
+                    after, before = after.exp(), before.exp()
+                columns.append((after - before).mean(-1))
         return torch.stack(columns, dim=1)
 
     def score(self) -> Scores:

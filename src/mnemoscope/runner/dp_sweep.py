@@ -5,7 +5,9 @@ subset ensemble trained with it, and what it does to accuracy, memorization and 
 Each setting trains ``n_models`` models on the same ``subset_fraction`` subsets (the
 Feldman–Zhang / LiRA design) with the arch's training config and that setting's ``dp``;
 the scores are those of the registered estimators (``feldman_zhang``, ``lira``,
-``canary``) on the ensemble, and LiRA's online statistic, each model in turn the
+``canary``, with the bounded ``probability_shift`` reaction: DP-SGD's noise leaves some
+models with huge logits, whose log-probability shifts swamp the mean) on the ensemble,
+and LiRA's online statistic, each model in turn the
 target, is the attack whose empirical ε lower bound (:mod:`mnemoscope.analysis.dp`) is
 set beside the accountant's ε of the worst model.
 """
@@ -62,9 +64,12 @@ def dp_sweep(
     arch_options: dict[str, Any] | None = None,
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
+    n_bootstrap: int = 200,
+    confidence: float = 0.95,
 ) -> pd.DataFrame:
     """One row per setting (:data:`~mnemoscope.analysis.dp.DP_COLUMNS` without dataset
-    and arch). Cost: ``len(settings) · n_models`` trainings."""
+    and arch); the AUCs' intervals from ``n_bootstrap`` resamples of the examples at
+    ``confidence``. Cost: ``len(settings) · n_models`` trainings."""
     masks = subset_masks(n_models, dataset.n_train, subset_fraction, seed)
     method = {"n_models": n_models, "subset_fraction": subset_fraction}
     rows = []
@@ -90,7 +95,8 @@ def dp_sweep(
         metrics = attack_metrics(attack, masks.numpy())
         canary = None
         if dataset.canaries is not None:
-            found = Canary(CanaryConfig(**method)).fit(fitted, dataset, task).score()
+            exposure = CanaryConfig(**method, reaction="probability_shift")
+            found = Canary(exposure).fit(fitted, dataset, task).score()
             canary = pd.Series(found.score, found.example_ids).reindex(dataset.train_ids.numpy())
         record = (
             None
@@ -110,6 +116,8 @@ def dp_sweep(
             epsilon=None if record is None else record["epsilon_max"],
             delta=(setting or DPConfig(noise_multiplier=0.0)).delta,
             seed=seed,
+            n_bootstrap=n_bootstrap,
+            confidence=confidence,
         )
         sigma = None if record is None else max(record["noise_multiplier"])
         rows.append(
@@ -138,6 +146,7 @@ def dp_stage(root: Path, args: Args, reporter: Reporter) -> Args:
             arch_options=args["arch_options"],
             device=args["device"],
             progress=advance,
+            **args["bootstrap"],
         )
     frame = frame.assign(dataset=dataset.name, arch=args["arch"])[list(DP_COLUMNS)]
     write_parquet(Path(root) / args["output"], frame)

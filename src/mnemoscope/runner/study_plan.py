@@ -69,7 +69,11 @@ def study_stages(planner: Planner) -> Stage:
             summarization.append(stage)
         sweep = study.dp
         if sweep is not None and arch in (sweep.archs or cfg.archs):
-            args = {**common, "sweep": sweep.model_dump(mode="json")}
+            bootstrap = {
+                "n_bootstrap": cfg.analysis.n_bootstrap,
+                "confidence": cfg.analysis.confidence,
+            }
+            args = {**common, "sweep": sweep.model_dump(mode="json"), "bootstrap": bootstrap}
             code_of = ("mnemoscope.runner.dp_sweep", *code)
             private.append(_part(planner, "dp", cell, dp_sweep.dp_stage, args, (), code_of))
     outputs = [

@@ -272,10 +272,14 @@ DP = pa.schema(
         ("fz_q90", pa.float64()),
         ("fz_q99", pa.float64()),
         ("fz_flipped_auc", pa.float64()),  # ROC AUC of FZ for the flipped labels
+        ("fz_flipped_auc_low", pa.float64()),  # its bootstrap interval (examples resampled)
+        ("fz_flipped_auc_high", pa.float64()),
         ("lira_auc", pa.float64()),
+        ("lira_auc_low", pa.float64()),  # bootstrap interval, each example's models together
+        ("lira_auc_high", pa.float64()),
         ("lira_tpr_at_0_1pct_fpr", pa.float64()),
         ("privacy_score_mean", pa.float64()),  # LiRA's per-example d, mean
-        ("canary_exposure", pa.float64()),  # the canaries' mean canary score; null: none
+        ("canary_exposure", pa.float64()),  # canaries' mean probability_shift; null: none
         ("canary_lira", pa.float64()),  # the canaries' mean LiRA d; null: none
         ("n_models", pa.int64()),
     ]
