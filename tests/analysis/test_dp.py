@@ -68,13 +68,13 @@ def test_auc_interval_covers_the_binormal_auc():
     truth = stats.norm.cdf(d / np.sqrt(2))
     covered, widths = 0, {}
     for n in (100, 400):
-        for seed in range(40):
+        for seed in range(25):
             scores, positive = _trials(d, n // 2, seed)
-            low, high = auc_interval(scores, positive, 200, 0.95, seed)
+            low, high = auc_interval(scores, positive, 100, 0.95, seed)
             assert low <= _auc(scores, positive) <= high
             covered += int(low <= truth <= high) if n == 400 else 0
             widths.setdefault(n, []).append(high - low)
-    assert covered >= 34  # of 40 (nominal 38)
+    assert covered >= 21  # of 25 (nominal 23.75)
     assert np.median(widths[400]) < 0.65 * np.median(widths[100])  # ~ 1/√n
     perfect = np.arange(50.0)
     assert auc_interval(perfect, perfect >= 25, 100, 0.95, 0) == (1.0, 1.0)
