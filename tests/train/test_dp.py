@@ -256,7 +256,7 @@ def _sweep_study(tmp_path, dataset: dict, train: dict, sweep: dict) -> pd.DataFr
 def test_a_study_sweeps_dp_settings_into_dp_parquet(tmp_path):
     frame = _sweep_study(
         tmp_path,
-        {"name": "digits", "n_samples": 200, "label_noise": 0.1},
+        {"name": "digits", "n_samples": 200, "label_noise": 0.1, "canaries": {"n": 2, "class": 0}},
         {"epochs": 2, "batch_size": 32, "dp": {"noise_multiplier": 2.0}},
         {"settings": [None, {"noise_multiplier": 1.0}, {"target_epsilon": 4.0}], "n_models": 4},
     )
@@ -281,6 +281,15 @@ def test_a_study_sweeps_dp_settings_into_dp_parquet(tmp_path):
     assert 4.0 - 0.05 < target["epsilon"] <= 4.0
     assert (frame["epsilon_lower"] >= 0).all()
     assert (frame["epsilon_lower"][1:] <= frame["epsilon"][1:]).all()
+    for auc in ("fz_flipped_auc", "lira_auc"):
+        assert (frame[f"{auc}_low"] <= frame[auc]).all() and (
+            frame[auc] <= frame[f"{auc}_high"]
+        ).all()
+    assert frame["canary_exposure"].abs().le(1).all()  # the bounded probability shift
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "Differential privacy: ε, accuracy and leakage" in report
+    figures = sorted(p.name for p in (tmp_path / "run" / "figures").glob("dp-*.png"))
+    assert figures == ["dp-audit.png", "dp-tradeoff.png"] and "exposure (the rise of their label" in report
 
 
 @pytest.mark.slow

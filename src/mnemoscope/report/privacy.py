@@ -20,7 +20,9 @@ CURVES = (
     ("LiRA AUC", "lira_auc"),
     ("flipped-label FZ AUC", "fz_flipped_auc"),
     ("mean privacy score d", "privacy_score_mean"),
+    ("canary exposure (probability shift)", "canary_exposure"),
 )
+"""The curves of the trade-off panel; one whose column is empty (no canaries) is left out."""
 
 
 def dp_tradeoff(run: Run, sink: Any) -> list[dict[str, str]]:
@@ -40,8 +42,9 @@ def dp_tradeoff(run: Run, sink: Any) -> list[dict[str, str]]:
             CurvePanel(
                 name,
                 [
-                    Series(label, x[order], cell[column].to_numpy()[order])
+                    Series(label, x[order], values[order])
                     for label, column in CURVES
+                    if np.isfinite(values := cell[column].to_numpy(dtype=np.float64)).any()
                 ],
             )
         )
@@ -56,13 +59,20 @@ def dp_tradeoff(run: Run, sink: Any) -> list[dict[str, str]]:
                 ],
             )
         )
+    exposure = (
+        " and the canaries' exposure (the rise of their label's probability when their "
+        "pattern is stamped on held-out inputs, trained with them minus without)"
+        if frame["canary_exposure"].notna().any()
+        else ""
+    )
     rightmost = f"no DP drawn at {NO_DP_AT:g}× the largest ε"
     return [
         sink.add(
             "dp-tradeoff",
             draw.curve_grid(panels, "accountant's ε (DP-SGD)", "value", "ε vs accuracy vs leakage"),
             "Each DP setting of the sweep: the models' test accuracy, LiRA's membership AUC, the "
-            "Feldman–Zhang AUC for the flipped labels and LiRA's mean per-example privacy score, "
+            "Feldman–Zhang AUC for the flipped labels, LiRA's mean per-example privacy score"
+            f"{exposure}, "
             f"against the accountant's ε (Opacus; {rightmost}).",
         ),
         sink.add(
