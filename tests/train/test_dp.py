@@ -289,7 +289,10 @@ def test_a_study_sweeps_dp_settings_into_dp_parquet(tmp_path):
     report = (tmp_path / "run" / "report.html").read_text()
     assert "Differential privacy: ε, accuracy and leakage" in report
     figures = sorted(p.name for p in (tmp_path / "run" / "figures").glob("dp-*.png"))
-    assert figures == ["dp-audit.png", "dp-tradeoff.png"] and "exposure (the rise of their label" in report
+    assert (
+        figures == ["dp-audit.png", "dp-tradeoff.png"]
+        and "exposure (the rise of their label" in report
+    )
 
 
 @pytest.mark.slow

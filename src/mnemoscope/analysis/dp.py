@@ -25,6 +25,8 @@ import numpy as np
 from scipy import stats
 from scipy.optimize import brentq
 
+from mnemoscope.analysis.resampling import auc_resampled, count_blocks, resample_midranks
+
 
 @dataclass(frozen=True)
 class EpsilonBound:
@@ -167,16 +169,24 @@ def auc_interval(
     scores: np.ndarray, positive: np.ndarray, n_bootstrap: int, confidence: float, seed: int
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the ROC AUC of ``scores`` for ``positive``, both
-    ``[n]`` or ``[K, n]``: the resamples draw the n examples (columns) with replacement,
-    so the K entries of one example (one per model) stay together, as they are not
-    independent. NaN scores are dropped in each resample, as :func:`_auc` does."""
+    ``[n]`` or ``[K, n]``: the resamples draw the n examples (columns) with replacement
+    (:func:`~mnemoscope.analysis.resampling.count_blocks`), so the K entries of one example
+    (one per model) stay together, as they are not independent. NaN scores are dropped,
+    as :func:`_auc` does; the AUC of a resample is the Mann–Whitney one over its midranks
+    (:func:`~mnemoscope.analysis.resampling.auc_resampled`)."""
     scores, positive = np.atleast_2d(scores), np.atleast_2d(np.asarray(positive, dtype=bool))
+    kept = np.isfinite(scores)
     n = scores.shape[-1]
-    rng = np.random.default_rng(seed)
-    boot = np.empty(n_bootstrap)
-    for b in range(n_bootstrap):
-        drawn = rng.integers(0, n, size=n)
-        boot[b] = _auc(scores[:, drawn].ravel(), positive[:, drawn].ravel())
+    example = np.broadcast_to(np.arange(n), scores.shape)[kept]
+    values, positives = scores[kept], positive[kept]
+    boot = []
+    for counts in count_blocks(n, n_bootstrap, seed):
+        rows = max(1, len(counts) * n // max(values.size, 1))  # weights no larger than counts
+        for start in range(0, len(counts), rows):
+            weights = counts[start : start + rows, example]  # each entry as often as its example
+            ranks = resample_midranks(values, weights)[0]
+            boot.append(auc_resampled(ranks, weights * positives, weights.sum(axis=1)))
+    boot = np.concatenate(boot) if boot else np.empty(0)
     if np.isnan(boot).all():
         return math.nan, math.nan
     low, high = np.nanquantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
