@@ -31,8 +31,10 @@ def _cell(row: dict, column: str) -> str:
     if column == "ratio":
         return f"{row['ratio']:.2f}× ({row['ratio_min']:.2f}–{row['ratio_max']:.2f})"
     if column == "target":
-        return f"≥ {row['target']:g}×"
+        return "— (not on this CPU)" if row["target"] is None else f"≥ {row['target']:g}×"
     if column == "met":
+        if row["target"] is None:
+            return "n/a"
         return "yes" if row["ratio"] >= row["target"] else "**no**"
     return str(row.get(column, ""))
 

@@ -9,6 +9,8 @@ the same torch thread count on both sides: 1 (what ``peers.py`` sets), or each c
 ``PEERS_TRAINER_THREADS`` (e.g. ``1,2``); the row restores the caller's count afterwards.
 On a machine whose cores are busy with other work, more threads than free cores make
 both sides many times slower (OpenMP workers wait on each other): use 1 there.
+The bf16 target is the issue's for CPUs with AMX (and GPUs): on a CPU without it the row
+has no target (PyTorch emulates bf16 there, and the engine warns that it does).
 The notes put the target in FLOPs: the training FLOP rate the target would need, the rate
 the engine reached, and the machine's batched-GEMM rate at the engine's shape, precision
 and thread count (no training can run all its FLOPs faster than that).
@@ -97,7 +99,10 @@ def run(repeats: int, device: str) -> list[dict]:
                         "peer": "sequential torch.optim loop",
                         "method": f"train_ensemble {precision}, {MODELS} mlps, batch {BATCH}",
                         "agreement": "final training logits, engine vs loop",
-                        "target": target,
+                        # the bf16 target is for CPUs with AMX (or a GPU)
+                        "target": target
+                        if precision == "float32" or amx or device == "cuda"
+                        else None,
                         "notes": (
                             f"{threads} torch thread(s) each side; device {device}; "
                             f"CPU amx_bf16={amx}; {target:g}× needs {needed:.0f} GFLOP/s of "

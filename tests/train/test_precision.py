@@ -3,6 +3,8 @@ the same masks and seeds (parameters, records, Feldman–Zhang scores, flipped-l
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pydantic
 import pytest
@@ -15,6 +17,9 @@ from mnemoscope.memorization.feldman_zhang import FeldmanZhang
 from mnemoscope.subsets import FeldmanZhangConfig
 from mnemoscope.task import Task
 from mnemoscope.train import TrainConfig, subset_masks, train_ensemble
+
+# on a CPU without bf16 units every bf16 run warns (the last test checks that warning)
+pytestmark = pytest.mark.filterwarnings("ignore:train.precision. bfloat16:RuntimeWarning")
 
 
 def _pair(dataset, masks, config: TrainConfig, arch: str = "mlp"):
@@ -116,3 +121,26 @@ def test_bfloat16_feldman_zhang_scores_match_fp32():
     assert low <= auc["bf16"] <= high, (auc, low, high)
     low, high = _auc_interval(bf16, flipped)
     assert low <= auc["fp32"] <= high, (auc, low, high)
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "warns"),
+    [(False, False, True), (True, False, False), (False, True, False)],
+)
+def test_bf16_on_a_cpu_without_bf16_units_warns_that_it_is_emulated(
+    monkeypatch, avx512_bf16, amx, warns
+):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    dataset = prepare("digits", seed=0, n_samples=60)
+    masks = subset_masks(2, dataset.n_train, 0.5, seed=0)
+    config = TrainConfig(epochs=1, batch_size=16, precision="bfloat16")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_ensemble("logreg", dataset, masks, config, seed=0)
+        train_ensemble("logreg", dataset, masks, TrainConfig(epochs=1, batch_size=16), seed=0)
+    emulated = [w for w in caught if "emulates bf16" in str(w.message)]
+    assert len(emulated) == int(warns)  # once, for the bf16 run only
+    if warns:
+        assert emulated[0].category is RuntimeWarning
+        assert emulated[0].filename == __file__  # points at the caller's line

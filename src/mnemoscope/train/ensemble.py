@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +110,29 @@ def _batched_schedule(
 
 PRECISION = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 """The compute dtype of each :attr:`TrainConfig.precision`."""
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or Intel AMX tiles), the
+    ones that make bf16 GEMMs faster than fp32; without them PyTorch emulates bf16
+    arithmetic and a bf16 ``bmm`` runs an order of magnitude slower than fp32 (3 vs 52
+    GFLOP/s on a 2-core AMD EPYC with AVX2 only, BENCHMARKS.md). True where torch cannot
+    tell (the check uses ``torch.cpu``'s capability probes)."""
+    probes = [getattr(torch.cpu, f"_is_{n}_supported", None) for n in ("avx512_bf16", "amx_tile")]
+    if any(probe is None for probe in probes):
+        return True
+    return any(probe() for probe in probes)
+
+
+def _warn_if_bf16_is_emulated(precision: str, device: torch.device) -> None:
+    if precision == "bfloat16" and device.type == "cpu" and not cpu_has_bf16_units():
+        warnings.warn(
+            "train.precision: bfloat16 on a CPU without bf16 matrix instructions (no "
+            "AVX512-BF16, no AMX): PyTorch emulates bf16 here and training runs several "
+            "times slower than float32 (6-10x measured on a 2-core AVX2 CPU); use float32",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 class _Stack:
@@ -228,6 +252,7 @@ def train_ensemble(
     if bad:
         raise ValueError(f"checkpoint epochs {bad} outside 1..{config.epochs}")
     device = torch.device(device)
+    _warn_if_bf16_is_emulated(config.precision, device)
     x_train, y_train = dataset.x_train.to(device), dataset.y_train.to(device)
     x_test = dataset.x_test.to(device)
     chunk = config.chunk_size or min(len(indices), DEFAULT_CHUNK)
