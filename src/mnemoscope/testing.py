@@ -163,11 +163,14 @@ def _check_influence(
     }
     assert widths == {1}, f"{name}: a one-byte budget gave blocks of {sorted(widths)} targets"
     blocks = estimator.influence_matrix(data.x_train[:7], data.y_train[:7], memory_budget=1)
+    # float32 products of 1 target and of 7 round differently on some CPUs (AVX2 without
+    # AVX-512: trak's entries moved by up to 1e-6 of the largest, through its solve); a
+    # block that scored the wrong targets would move entries by their own size
     np.testing.assert_allclose(
         blocks.numpy(),
         matrix[:, :7].numpy(),
         rtol=1e-5,
-        atol=1e-7 * np.nanmax(np.abs(matrix.numpy())),
+        atol=1e-5 * np.nanmax(np.abs(matrix.numpy())),
         err_msg=f"{name}: blocks of a small memory budget change the influence",
     )
     return matrix

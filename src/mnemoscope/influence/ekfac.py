@@ -194,8 +194,13 @@ class EKFAC(InfluenceFunction):
     def _fit_curvature(self) -> None:
         self.fisher_labels_ = self._fisher_labels()
         self.factors_ = self._factors()
+        # row-major, as a loaded fit has them: eigh's column-major eigenvectors would take
+        # other BLAS kernels than the saved copies and round differently on some CPUs
         self.bases_ = {
-            name: (torch.linalg.eigh(a).eigenvectors, torch.linalg.eigh(s).eigenvectors)
+            name: (
+                torch.linalg.eigh(a).eigenvectors.contiguous(),
+                torch.linalg.eigh(s).eigenvectors.contiguous(),
+            )
             for name, (a, s) in self.factors_.items()
         }
         self.eigenvalues_ = self._corrected_eigenvalues()
