@@ -144,3 +144,25 @@ def test_bf16_on_a_cpu_without_bf16_units_warns_that_it_is_emulated(
     if warns:
         assert emulated[0].category is RuntimeWarning
         assert emulated[0].filename == __file__  # points at the caller's line
+
+
+def test_a_run_says_once_that_bf16_is_emulated_and_its_stages_stay_quiet(monkeypatch, tmp_path):
+    import mnemoscope as ms
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    config = {
+        "name": "bf16",
+        "seed": 0,
+        "datasets": [{"name": "digits", "n_samples": 60}],
+        "archs": ["logreg", "mlp"],
+        "train": {"epochs": 1, "batch_size": 16},
+        "arch_train": {"mlp": {"precision": "bfloat16"}},
+        "memorization": [{"method": "margin"}],
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = ms.run(config, tmp_path / "run")
+    assert not [w for w in caught if "emulates bf16" in str(w.message)]
+    emulated = [w for w in results.warnings if "emulates bf16" in w]
+    assert len(emulated) == 1 and emulated[0].startswith("mlp: train.precision")

@@ -11,6 +11,8 @@ manifest is written only here, by the process driving the run.
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from mnemoscope.runner.executors import LocalExecutor, RayExecutor, make_executo
 from mnemoscope.runner.plan import Plan, Planner, Stage, declared_ensembles
 from mnemoscope.runner.progress import Reporter
 from mnemoscope.store import DatasetInfo, RunDir, write_safetensors
+from mnemoscope.train.ensemble import BF16_EMULATED, bf16_is_emulated
 from mnemoscope.train.fit import FIT_WARNING as FIT_WARNING
 from mnemoscope.train.fit import fit_problem
 
@@ -146,6 +149,17 @@ class Study:
         self.estimate()  # before anything is written
         for note in self.sharing_notes():
             self.reporter.say(note)
+        emulated = [
+            a for a in cfg.archs if bf16_is_emulated(cfg.train_for(a).precision, self.device)
+        ]
+        if emulated:
+            self._warn(f"{', '.join(emulated)}: {BF16_EMULATED}")
+        with warnings.catch_warnings():  # said once above, not again by each training stage
+            warnings.filterwarnings("ignore", re.escape(BF16_EMULATED), RuntimeWarning)
+            return self._execute_all(only)
+
+    def _execute_all(self, only: Collection[str] | None) -> StudyResult:
+        cfg = self.config
         config = cfg.model_dump(mode="json")
         RunDir(self.root).claim(config, self.force)
         with RunDir(self.root).lock():
@@ -200,6 +214,9 @@ class Study:
             f"{name}: the ensemble {problem}; memorization cannot be seen when models do "
             "not fit their data (train longer or with a higher lr: arch_train)"
         )
+        self._warn(message)
+
+    def _warn(self, message: str) -> None:
         self.warnings.append(message)
         self.reporter.say(f"[yellow]warning[/yellow] {message}")
 

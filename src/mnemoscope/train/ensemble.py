@@ -124,15 +124,23 @@ def cpu_has_bf16_units() -> bool:
     return any(probe() for probe in probes)
 
 
+BF16_EMULATED = (
+    "train.precision: bfloat16 on a CPU without bf16 matrix instructions (no AVX512-BF16, "
+    "no AMX): PyTorch emulates bf16 here and training runs several times slower than "
+    "float32 (6-10x measured on a 2-core AVX2 CPU); use float32"
+)
+"""What training says (a ``RuntimeWarning``; a run's warning) when bf16 is emulated."""
+
+
+def bf16_is_emulated(precision: str, device: str | torch.device) -> bool:
+    """Whether training in ``precision`` on ``device`` would run bf16 without bf16 units."""
+    on_cpu = torch.device(device).type == "cpu"
+    return precision == "bfloat16" and on_cpu and not cpu_has_bf16_units()
+
+
 def _warn_if_bf16_is_emulated(precision: str, device: torch.device) -> None:
-    if precision == "bfloat16" and device.type == "cpu" and not cpu_has_bf16_units():
-        warnings.warn(
-            "train.precision: bfloat16 on a CPU without bf16 matrix instructions (no "
-            "AVX512-BF16, no AMX): PyTorch emulates bf16 here and training runs several "
-            "times slower than float32 (6-10x measured on a 2-core AVX2 CPU); use float32",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    if bf16_is_emulated(precision, device):
+        warnings.warn(BF16_EMULATED, RuntimeWarning, stacklevel=3)
 
 
 class _Stack:

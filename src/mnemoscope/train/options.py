@@ -93,8 +93,10 @@ class TrainConfig(BaseModel):
     the gradients reach the fp32 masters as fp32, and the optimizer state and the update
     stay fp32. The recorded losses and correctness come from those bf16 forward passes;
     the final logits are computed in fp32 from the fp32 weights. Faster on CPUs with bf16
-    matrix units (Intel AMX) and on GPUs; the scores move by what bf16's 8-bit mantissa
-    changes in training (README, "Training settings"; BENCHMARKS.md)."""
+    matrix units (Intel AMX) and on GPUs; a CPU without bf16 instructions (neither
+    AVX512-BF16 nor AMX) emulates them, 6–10× slower than fp32, and training warns. The
+    scores move by what bf16's 8-bit mantissa changes in training (README, "Training
+    settings"; BENCHMARKS.md)."""
 
     dp: DPConfig | None = None
     """DP-SGD settings (:class:`DPConfig`); None: ordinary training."""
