@@ -62,7 +62,8 @@ def test_gaussian_dp_epsilon_solves_its_equation():
 def test_auc_interval_covers_the_binormal_auc():
     """Positives N(d, 1), negatives N(0, 1): AUC = Φ(d/√2). The 95% bootstrap interval
     holds it in most replicate samples, shrinks with n, and is [1, 1] for a perfect score."""
-    from mnemoscope.analysis.dp import _auc, auc_interval
+    from mnemoscope.analysis.detection import detection_auc
+    from mnemoscope.analysis.dp import auc_interval
 
     d = 1.0
     truth = stats.norm.cdf(d / np.sqrt(2))
@@ -71,7 +72,7 @@ def test_auc_interval_covers_the_binormal_auc():
         for seed in range(25):
             scores, positive = _trials(d, n // 2, seed)
             low, high = auc_interval(scores, positive, 100, 0.95, seed)
-            assert low <= _auc(scores, positive) <= high
+            assert low <= detection_auc(scores, positive) <= high
             covered += int(low <= truth <= high) if n == 400 else 0
             widths.setdefault(n, []).append(high - low)
     assert covered >= 21  # of 25 (nominal 23.75)

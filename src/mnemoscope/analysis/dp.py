@@ -25,6 +25,7 @@ import numpy as np
 from scipy import stats
 from scipy.optimize import brentq
 
+from mnemoscope.analysis.detection import detection_auc
 from mnemoscope.analysis.resampling import auc_resampled, count_blocks, resample_midranks
 
 
@@ -151,20 +152,6 @@ DP_COLUMNS = (
 """Columns of ``dp.parquet``, one row per (dataset, arch, DP setting) (README's tables)."""
 
 
-def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """ROC AUC of ``scores`` for ``positive`` (ties one half); NaN scores dropped, NaN
-    without both classes."""
-    kept = np.isfinite(scores)
-    scores, positive = scores[kept], positive[kept]
-    if positive.all() or not positive.any():
-        return math.nan
-    ranks = stats.rankdata(scores)
-    n_pos = int(positive.sum())
-    return float(
-        (ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(scores) - n_pos))
-    )
-
-
 def auc_interval(
     scores: np.ndarray, positive: np.ndarray, n_bootstrap: int, confidence: float, seed: int
 ) -> tuple[float, float]:
@@ -241,7 +228,7 @@ def dp_row(
         "fz_q50": float(np.quantile(kept, 0.5)),
         "fz_q90": float(np.quantile(kept, 0.9)),
         "fz_q99": float(np.quantile(kept, 0.99)),
-        "fz_flipped_auc": _auc(memorization, flipped),
+        "fz_flipped_auc": detection_auc(memorization, flipped),
         "fz_flipped_auc_low": fz_low,
         "fz_flipped_auc_high": fz_high,
         "lira_auc": attack_metrics[0],
