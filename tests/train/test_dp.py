@@ -292,6 +292,7 @@ def test_a_study_sweeps_dp_settings_into_dp_parquet(tmp_path):
     assert (
         figures == ["dp-audit.png", "dp-tradeoff.png"]
         and "exposure (the rise of their label" in report
+        and "with their bootstrap intervals over the examples, shaded" in report
     )
 
 

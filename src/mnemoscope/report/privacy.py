@@ -25,6 +25,17 @@ CURVES = (
 """The curves of the trade-off panel; one whose column is empty (no canaries) is left out."""
 
 
+def _band(cell, column: str, order: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The bootstrap interval of ``column`` where the sweep has one (``{column}_low`` and
+    ``_high``: the two AUCs), in ``order``; (None, None) otherwise."""
+    if f"{column}_low" not in cell or f"{column}_high" not in cell:
+        return None, None
+    low, high = (
+        cell[f"{column}_{end}"].to_numpy(dtype=np.float64)[order] for end in ("low", "high")
+    )
+    return low, high
+
+
 def dp_tradeoff(run: Run, sink: Any) -> list[dict[str, str]]:
     """Per (dataset, arch): accuracy, LiRA AUC, flipped-label FZ AUC and privacy score
     against the accountant's ε, and the empirical lower bound against ε."""
@@ -42,7 +53,7 @@ def dp_tradeoff(run: Run, sink: Any) -> list[dict[str, str]]:
             CurvePanel(
                 name,
                 [
-                    Series(label, x[order], values[order])
+                    Series(label, x[order], values[order], *_band(cell, column, order))
                     for label, column in CURVES
                     if np.isfinite(values := cell[column].to_numpy(dtype=np.float64)).any()
                 ],
@@ -71,7 +82,8 @@ def dp_tradeoff(run: Run, sink: Any) -> list[dict[str, str]]:
             "dp-tradeoff",
             draw.curve_grid(panels, "accountant's ε (DP-SGD)", "value", "ε vs accuracy vs leakage"),
             "Each DP setting of the sweep: the models' test accuracy, LiRA's membership AUC, the "
-            "Feldman–Zhang AUC for the flipped labels, LiRA's mean per-example privacy score"
+            "Feldman–Zhang AUC for the flipped labels (both with their bootstrap intervals "
+            "over the examples, shaded), LiRA's mean per-example privacy score"
             f"{exposure}, "
             f"against the accountant's ε (Opacus; {rightmost}).",
         ),
