@@ -17,7 +17,7 @@ from mnemoscope.estimator import register
 from mnemoscope.influence.adapters import layer_adapter
 from mnemoscope.influence.gradient_dot import GradDotConfig
 from mnemoscope.influence.influence_functions import InfluenceFunction
-from mnemoscope.influence.layerwise import LayerwiseGradients, _Recorder
+from mnemoscope.influence.layerwise import ForwardRecorder, LayerwiseGradients
 from mnemoscope.meter import count
 from mnemoscope.task import Task
 
@@ -98,7 +98,7 @@ def _kronecker_layers(
         adapter, prefix = layer_adapter(m, subclasses=True), f"{path}." if path else ""
         if adapter is not None and adapter.kronecker(m):
             candidates[m] = (path, f"{prefix}weight", f"{prefix}bias")
-    recorder = _Recorder({m: [] for m in candidates}, {id(params[n]): n for n in names})
+    recorder = ForwardRecorder({m: [] for m in candidates}, {id(params[n]): n for n in names})
     try:
         with torch.no_grad(), recorder:
             functional_call(module, params, (probe,))

@@ -101,7 +101,7 @@ class GradientFactors:
         return GradientFactors(pieces, fallback)
 
 
-class _Recorder(TorchFunctionMode):
+class ForwardRecorder(TorchFunctionMode):
     """Watches one batched forward pass: each layer's input and output and how often it
     ran (hooks), and, while entered as a mode, which layer was running whenever an
     operation read a watched parameter (a layer called twice reads its parameters
@@ -248,7 +248,7 @@ class LayerwiseGradients:
             for group in layers.values()
             for name in group
         }
-        recorder = _Recorder(layers, {id(tensor): name for name, tensor in watched.items()})
+        recorder = ForwardRecorder(layers, {id(tensor): name for name, tensor in watched.items()})
         try:
             with recorder if known is None else contextlib.nullcontext():
                 logits = functional_call(
