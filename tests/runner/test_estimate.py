@@ -22,6 +22,7 @@ from mnemoscope.runner.estimate import (
     profile,
     refuse_if_too_big,
 )
+from mnemoscope.train import TrainConfig
 
 CIFAR = (3, 32, 32)
 
@@ -144,3 +145,38 @@ def test_large_fitted_matrices_are_counted_and_refused(cifar_shaped):
     assert _item(estimate, "train cifar_shaped/").peak_bytes < 4 * 2**30
     with pytest.raises(UserError, match=r"needs about [\d.]+ GiB for fit cifar_shaped/resnet/trak"):
         refuse_if_too_big(estimate, memory=4 * 2**30)
+
+
+def test_a_dp_sweep_has_its_line_and_dp_training_counts_its_batches_and_gradients(
+    cifar_shaped,
+):
+    """The DP sweep trains ``settings × n_models`` models on subsets of the same size (3
+    forward passes per presentation, then the final logits), one setting at a time; a
+    DP-SGD step holds Poisson batches up to B + 4√B and the per-example gradients of the
+    parameters without a layer-wise identity (the transformer's attention and
+    embeddings; none of the resnet's)."""
+    from mnemoscope.runner.estimate import TRAIN_OVERHEAD, dp_batch_bound, part_bytes
+
+    study = _study()
+    sweep = {"settings": [None, {"noise_multiplier": 1.0}, {"target_epsilon": 4.0}]}
+    study["study"] = {"dp": {**sweep, "n_models": 4, "subset_fraction": 0.5}}
+    items = estimate_study(parse_config(study)).items
+    (line,) = [i for i in items if i.what.startswith("dp sweep cifar_shaped/resnet ")]
+    assert "(3 settings × 4 models)" in line.what
+    resnet = profile(build_model("resnet", CIFAR, 10, width=16), CIFAR)
+    assert resnet.per_example_params == 0
+    assert line.flop == resnet.forward_flop * (3 * 12 * 25_000 + 12 * 62_500)
+    assert dp_batch_bound(128) == 128 + 46
+    for arch, shape, covered in (("resnet", CIFAR, True), ("transformer", (1, 64), False)):
+        prof = profile(build_model(arch, shape, 10), shape)
+        assert (prof.per_example_params == 0) == covered
+        plain = TrainConfig(epochs=1, batch_size=128)
+        private = TrainConfig(epochs=1, batch_size=128, dp={"noise_multiplier": 1.0})
+        grown = part_bytes(prof, private, 4, 1000, 100, 10) - part_bytes(
+            prof, plain, 4, 1000, 100, 10
+        )
+        # 4 models: 46 more examples' activations, 174 examples' gradients of those params
+        expected = (
+            4 * 46 * TRAIN_OVERHEAD * prof.saved_bytes + 4 * 174 * 4 * prof.per_example_params
+        )
+        assert abs(grown - expected) <= 1

@@ -11,7 +11,10 @@ the estimators declare:
   evaluation pass's (a few of the widest layer outputs of ``EVAL_BATCH``
   model-examples): the allocator does not hand back what the steps freed;
 * reading the ensemble to score it holds every model's records (twice while parts
-  are joined).
+  are joined);
+* DP-SGD training (``train.dp``, and the study's DP sweep, one line per dataset ×
+  architecture for all its settings) holds Poisson batches up to ``B + 4√B`` and the
+  per-example gradients of the parameters no layer-wise identity covers.
 
 Activation sizes and forward FLOP come from one traced forward pass of the
 architecture on a single example: the tensors autograd saves for the backward pass
@@ -48,6 +51,7 @@ from mnemoscope.config import DatasetConfig, StudyConfig
 from mnemoscope.data import layout
 from mnemoscope.errors import UserError
 from mnemoscope.estimator import REGISTRY
+from mnemoscope.influence.adapters import layer_adapter
 from mnemoscope.models import build_model
 from mnemoscope.resources import PHYSICAL, MemoryLimit, memory_limit
 from mnemoscope.store import DatasetInfo
@@ -144,6 +148,9 @@ class Profile:
     """Bytes autograd keeps from the forward pass of one example for its backward."""
     widest_floats: int
     """Elements of the largest output of a leaf module, for one example."""
+    per_example_params: int = 0
+    """Parameters without a layer-wise gradient identity (no layer adapter): DP-SGD forms
+    their per-example gradients (``vmap(grad)``), every other layer's never."""
 
 
 def profile(module: nn.Module, input_shape: tuple[int, ...]) -> Profile:
@@ -178,8 +185,19 @@ def profile(module: nn.Module, input_shape: tuple[int, ...]) -> Profile:
     finally:
         for handle in handles:
             handle.remove()
+
+    def identity(m: nn.Module) -> bool:
+        adapter = layer_adapter(m)
+        return adapter is not None and adapter.supports(m)
+
     return Profile(
         n_params=sum(p.numel() for p in module.parameters()),
+        per_example_params=sum(
+            p.numel()
+            for m in module.modules()
+            if not identity(m)
+            for p in m.parameters(recurse=False)
+        ),
         forward_flop=float(counter.get_total_flops()),
         # per example: what one more example adds (constants such as the transposed
         # weights a linear layer saves are not per example)
@@ -237,16 +255,28 @@ def part_bytes(
     """Memory of training ``n_models`` models at once besides the runtime and the data:
     their records (:func:`model_bytes`), a training step (parameters, gradients,
     optimizer state; ``TRAIN_OVERHEAD`` times the saved activations of a batch per
-    model), an evaluation pass and one epoch's buffers."""
+    model), an evaluation pass and one epoch's buffers. With ``train.dp`` the batch is
+    :func:`dp_batch_bound` (Poisson batches, padded to the largest of the step) and
+    the step adds the per-example gradients of ``prof.per_example_params``."""
     states = 1 if train.optimizer == "sgd" else 2
+    batch = train.batch_size if train.dp is None else dp_batch_bound(train.batch_size)
     step = n_models * (
-        FLOATS * prof.n_params * (2 + states) + TRAIN_OVERHEAD * train.batch_size * prof.saved_bytes
+        FLOATS * prof.n_params * (2 + states) + TRAIN_OVERHEAD * batch * prof.saved_bytes
     )
+    if train.dp is not None:  # the per-example gradients of the layers without an identity
+        step += n_models * batch * FLOATS * prof.per_example_params
     per_pass = n_models * eval_batch(n_models)
     evaluation = EVAL_OVERHEAD * FLOATS * per_pass * prof.widest_floats
     # the allocator keeps what the training steps freed: evaluation adds to it
     records = n_models * model_bytes(prof.n_params, train.epochs, n_train, n_test, n_classes, kept)
     return records + int(step + evaluation) + n_models * n_train * EPOCH_BUFFERS
+
+
+def dp_batch_bound(batch_size: int) -> int:
+    """The batch a DP-SGD step holds at most, in practice: Poisson batches of mean B are
+    padded to the largest of the step's models, ``B + 4√B`` (a Poisson(B) count exceeds
+    it with probability below 1e-4 for B ≥ 16)."""
+    return batch_size + math.ceil(4 * math.sqrt(batch_size))
 
 
 def estimate_study(config: StudyConfig) -> Estimate:
@@ -355,6 +385,23 @@ def _experiment_items(
         if "clean" in removal.conditions:
             presented += rescored(removal.methods, 1)
         items.append(trained(n_models, presented, "removal"))
+    sweep = study.dp
+    if sweep is not None and arch in (sweep.archs or cfg.archs):
+        # each setting trains its n_models on the same subsets, one setting after another
+        k = min(sweep.n_models, train.chunk_size or DEFAULT_CHUNK)
+        private = [s for s in sweep.settings if s is not None]
+        worst = train.model_copy(update={"dp": private[0] if private else None})
+        memory = base + part_bytes(prof, worst, k, n_train, n_test, n_classes)
+        n_models = sweep.n_models * len(sweep.settings)
+        presented = n_models * round(sweep.subset_fraction * n_train) * train.epochs
+        flop = prof.forward_flop * (3 * presented + n_models * (n_train + n_test))
+        items.append(
+            Item(
+                f"dp sweep {where} ({len(sweep.settings)} settings × {sweep.n_models} models)",
+                memory,
+                flop,
+            )
+        )
     part = study.summarization
     if part is not None and arch in (part.archs or cfg.archs):
         n_models = 2 * (part.steps + 1) * part.seeds
