@@ -20,3 +20,19 @@ def digits_small() -> Dataset:
 @pytest.fixture(scope="session")
 def mnist1d_small() -> Dataset:
     return prepare("mnist1d", seed=0, label_noise=0.1, n_samples=300)
+
+
+# The longest modules first: under `make test` (`-n 2 --dist loadscope`) a long module
+# handed out last keeps one worker busy while the other has nothing left to run.
+_LONGEST_FIRST = (
+    "tests/study/test_study_run.py",
+    "tests/runner/test_executors.py",
+    "tests/train/test_scale.py",
+    "tests/runner/test_safety.py",
+    "tests/test_hostile_runs.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {module: i for i, module in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
