@@ -365,11 +365,20 @@ def _experiment_items(
     if study is None:
         return []
 
-    def trained(n_models: int, presented: float, what: str) -> Item:
-        k = min(n_models, train.chunk_size or DEFAULT_CHUNK)
-        flop = prof.forward_flop * (3 * presented * train.epochs + n_models * (n_train + n_test))
-        memory = base + part_bytes(prof, train, k, n_train, n_test, n_classes)
-        return Item(f"{what} {where} ({n_models} models)", memory, flop)
+    def trained(
+        n_models: int,
+        presented: float,
+        what: str,
+        config: TrainConfig = train,
+        at_once: int | None = None,
+        count: str | None = None,
+    ) -> Item:
+        """``n_models`` models presented ``presented`` examples per epoch in all, trained
+        ``at_once`` at a time (None: all) with ``config``; ``count`` names them."""
+        k = min(at_once or n_models, config.chunk_size or DEFAULT_CHUNK)
+        flop = prof.forward_flop * (3 * presented * config.epochs + n_models * (n_train + n_test))
+        memory = base + part_bytes(prof, config, k, n_train, n_test, n_classes)
+        return Item(f"{what} {where} ({count or f'{n_models} models'})", memory, flop)
 
     def rescored(methods: list[str], times: int) -> float:
         digests = {d for m in methods for d in roles.get(m, {}).values()}
@@ -387,21 +396,14 @@ def _experiment_items(
         items.append(trained(n_models, presented, "removal"))
     sweep = study.dp
     if sweep is not None and arch in (sweep.archs or cfg.archs):
-        # each setting trains its n_models on the same subsets, one setting after another
-        k = min(sweep.n_models, train.chunk_size or DEFAULT_CHUNK)
+        # each setting trains its n_models on the same subsets, one setting after another;
+        # memory: a part of a private setting's models (DP batches and gradients)
         private = [s for s in sweep.settings if s is not None]
         worst = train.model_copy(update={"dp": private[0] if private else None})
-        memory = base + part_bytes(prof, worst, k, n_train, n_test, n_classes)
         n_models = sweep.n_models * len(sweep.settings)
-        presented = n_models * round(sweep.subset_fraction * n_train) * train.epochs
-        flop = prof.forward_flop * (3 * presented + n_models * (n_train + n_test))
-        items.append(
-            Item(
-                f"dp sweep {where} ({len(sweep.settings)} settings × {sweep.n_models} models)",
-                memory,
-                flop,
-            )
-        )
+        presented = n_models * round(sweep.subset_fraction * n_train)
+        count = f"{len(sweep.settings)} settings × {sweep.n_models} models"
+        items.append(trained(n_models, presented, "dp sweep", worst, sweep.n_models, count))
     part = study.summarization
     if part is not None and arch in (part.archs or cfg.archs):
         n_models = 2 * (part.steps + 1) * part.seeds

@@ -138,11 +138,6 @@ def bf16_is_emulated(precision: str, device: str | torch.device) -> bool:
     return precision == "bfloat16" and on_cpu and not cpu_has_bf16_units()
 
 
-def _warn_if_bf16_is_emulated(precision: str, device: torch.device) -> None:
-    if bf16_is_emulated(precision, device):
-        warnings.warn(BF16_EMULATED, RuntimeWarning, stacklevel=3)
-
-
 class _Stack:
     """K models as stacked parameters and a vmapped forward pass, computed in
     ``compute`` (mixed precision when it is not the parameters' dtype)."""
@@ -260,7 +255,8 @@ def train_ensemble(
     if bad:
         raise ValueError(f"checkpoint epochs {bad} outside 1..{config.epochs}")
     device = torch.device(device)
-    _warn_if_bf16_is_emulated(config.precision, device)
+    if bf16_is_emulated(config.precision, device):
+        warnings.warn(BF16_EMULATED, RuntimeWarning, stacklevel=2)
     x_train, y_train = dataset.x_train.to(device), dataset.y_train.to(device)
     x_test = dataset.x_test.to(device)
     chunk = config.chunk_size or min(len(indices), DEFAULT_CHUNK)
